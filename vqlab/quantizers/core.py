@@ -1,0 +1,224 @@
+"""Pieces every quantizer shares: the output type, input checks, code statistics.
+
+Statistics are computed from global arrays inside `jit`, so a batch sharded over a
+mesh gives the same numbers as the same batch on one device (no `axis_name`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class QuantizerOutput:
+  """What every quantizer returns.
+
+  quantized: same shape and dtype as the input; gradients reach the input through the
+    quantizer's estimator.
+  indices: int32 code indices, shape `input.shape[:-1]` (+ a trailing level/group axis
+    for residual and grouped quantizers).
+  loss: scalar auxiliary loss (codebook + commitment, entropy, ...), already weighted.
+  metrics: dict of float32 scalars for logging.
+  aux: anything else worth returning (per-level outputs, active levels, ...).
+  """
+
+  quantized: Array
+  indices: Array
+  loss: Array
+  metrics: dict[str, Array]
+  aux: dict[str, Any] = flax.struct.field(default_factory=dict)
+
+
+class QuantizerState(nnx.Variable):
+  """Quantizer statistics updated in the forward pass, not by the optimizer: code-usage
+  EMA, EMA codebooks, the k-means-done flag. Checkpointed with the model."""
+
+
+def check_last_dim(z: Array, dim: int, name: str = "z") -> None:
+  if z.ndim < 1 or z.shape[-1] != dim:
+    raise ValueError(
+        f"{name}: expected last dimension {dim}, got shape {tuple(z.shape)}")
+
+
+def check_indices(indices: Array, name: str = "indices") -> None:
+  if not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise ValueError(f"{name}: expected an integer array, got dtype {indices.dtype}")
+
+
+def check_mask(mask: Array | None, z: Array) -> None:
+  if mask is not None and tuple(mask.shape) != tuple(z.shape[:-1]):
+    raise ValueError(f"mask: expected shape {tuple(z.shape[:-1])}, got {tuple(mask.shape)}")
+
+
+def entropy(probs: Array, axis: int = -1) -> Array:
+  """Shannon entropy in nats, safe at p = 0."""
+  probs = probs.astype(jnp.float32)
+  return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.maximum(probs, 1e-30)), 0.0),
+                  axis=axis)
+
+
+def code_counts(indices: Array, codebook_size: int, mask: Array | None = None) -> Array:
+  """Number of times each code was chosen, float32 (K,). `mask` drops entries."""
+  flat = indices.reshape(-1).astype(jnp.int32)
+  weights = None if mask is None else mask.reshape(-1).astype(jnp.float32)
+  return jnp.bincount(flat, weights=weights, length=codebook_size).astype(jnp.float32)
+
+
+def usage_metrics(counts: Array, prefix: str = "") -> dict[str, Array]:
+  """Batch code usage (fraction of codes hit), entropy (nats) and perplexity."""
+  probs = counts / jnp.maximum(counts.sum(), 1.0)
+  ent = entropy(probs)
+  return {
+      f"{prefix}usage": jnp.mean((counts > 0).astype(jnp.float32)),
+      f"{prefix}entropy": ent,
+      f"{prefix}perplexity": jnp.exp(ent),
+  }
+
+
+def ema_usage_metrics(usage_ema: Array, threshold: float, prefix: str = "") -> dict[str, Array]:
+  """Usage over the recent past: codes whose EMA count per step is >= `threshold`."""
+  probs = usage_ema / jnp.maximum(usage_ema.sum(), 1e-12)
+  return {
+      f"{prefix}ema_usage": jnp.mean((usage_ema >= threshold).astype(jnp.float32)),
+      f"{prefix}ema_perplexity": jnp.exp(entropy(probs)),
+  }
+
+
+def ema(old: Array, new: Array, decay: float) -> Array:
+  return old * decay + new * (1.0 - decay)
+
+
+def track_usage(module: nnx.Module, indices: Array, mask: Array | None = None
+                ) -> dict[str, Array]:
+  """Batch usage metrics and, when training, the module's usage EMA update.
+
+  The module needs `codebook_size`, `usage` (a `QuantizerState` (K,)), `usage_decay`,
+  `usage_threshold` and `deterministic`. The EMA starts at the first batch's counts
+  rather than at zero, so a fresh codebook is not declared dead on its first steps.
+  """
+  counts = code_counts(indices, module.codebook_size, mask)
+  metrics = usage_metrics(counts)
+  if not module.deterministic:
+    old = module.usage[...]
+    module.usage[...] = jnp.where(jnp.all(old == 0), counts, ema(old, counts, module.usage_decay))
+  metrics.update(ema_usage_metrics(module.usage[...], module.usage_threshold))
+  return metrics
+
+
+def sg(x: Array) -> Array:
+  return jax.lax.stop_gradient(x)
+
+
+def mse(a: Array, b: Array) -> Array:
+  return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
+  x32 = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=axis, keepdims=True))
+  return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
+
+
+def binary_entropy_terms(bit_logits: Array, group_bits: int, mask: Array | None = None
+                         ) -> tuple[Array, Array]:
+  """Per-sample and codebook entropy of a factorized distribution over binary codes.
+
+  `bit_logits` (N, D) are log-odds of each bit being 1; the distribution over the 2^D
+  codes is the product of the D Bernoullis (exact for LFQ and BSQ, whose
+  softmax-over-codes factorizes over bits). The per-sample entropy is then exact: a sum
+  of binary entropies. The codebook (batch-averaged) distribution does not factorize,
+  so, as Open-MAGVIT2 and BSQ do, it is computed exactly within groups of `group_bits`
+  bits and summed over groups: exact when `group_bits == D`, tractable at 2^18 codes.
+  `mask` (N,) drops rows. Returns (mean per-sample entropy, codebook entropy), nats.
+  """
+  n, d = bit_logits.shape
+  w = jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+  w = w / jnp.maximum(w.sum(), 1.0)
+  if d % group_bits:
+    raise ValueError(f"group_bits: expected a divisor of the {d} code bits, got {group_bits}")
+  logits = bit_logits.astype(jnp.float32)
+  p1 = jax.nn.sigmoid(logits)
+  # H(Bernoulli) from logits, stable for large |logit|.
+  per_sample = jnp.sum(w * jnp.sum(jax.nn.softplus(logits) - p1 * logits, axis=-1))
+  # Probability of every group code: product over the group's bits (MSB first).
+  groups = d // group_bits
+  codes = (jnp.arange(2**group_bits)[:, None] >> jnp.arange(group_bits - 1, -1, -1)) & 1
+  log_p1 = jax.nn.log_sigmoid(logits).reshape(n, groups, group_bits)
+  log_p0 = jax.nn.log_sigmoid(-logits).reshape(n, groups, group_bits)
+  log_probs = (jnp.einsum("ngb,cb->ngc", log_p1, codes.astype(jnp.float32))
+               + jnp.einsum("ngb,cb->ngc", log_p0, 1.0 - codes.astype(jnp.float32)))
+  avg_probs = jnp.einsum("n,ngc->gc", w, jnp.exp(log_probs))  # (groups, 2^group_bits)
+  codebook = entropy(avg_probs).sum()
+  return per_sample, codebook
+
+
+def bits_to_indices(bits: Array) -> Array:
+  """(..., D) {0,1} -> int32 index, most-significant bit first (LFQ/BSQ convention)."""
+  d = bits.shape[-1]
+  if d > 31:
+    raise ValueError(f"bits: at most 31 bits fit an int32 index, got {d}")
+  weights = (1 << jnp.arange(d - 1, -1, -1)).astype(jnp.int32)
+  return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1).astype(jnp.int32)
+
+
+def indices_to_bits(indices: Array, d: int) -> Array:
+  shifts = jnp.arange(d - 1, -1, -1, dtype=jnp.int32)
+  return (indices.astype(jnp.int32)[..., None] >> shifts) & 1
+
+
+class ImplicitCodebookQuantizer(nnx.Module):
+  """Skeleton shared by FSQ, LFQ and BSQ: codes are computed, not looked up.
+
+  Optional linear projections map `dim` input channels to the `code_dim` code axes and
+  back. Subclasses define `quantize_codes(h, mask) -> (codes, loss, metrics)` on float32
+  rows, `codes_to_indices` and `indices_to_codes`.
+  """
+
+  def __init__(self, dim: int | None, code_dim: int, codebook_size: int, *,
+               usage_decay: float, usage_threshold: float, rngs: nnx.Rngs | None):
+    dim = code_dim if dim is None else dim
+    if not isinstance(dim, int) or dim < 1:
+      raise ValueError(f"dim: expected a positive int, got {dim!r}")
+    self.dim, self.code_dim, self.codebook_size = dim, code_dim, codebook_size
+    self.usage_decay, self.usage_threshold = usage_decay, usage_threshold
+    self.deterministic = False
+    if dim != code_dim and rngs is None:
+      raise ValueError(f"rngs: needed for the projections from dim={dim} to "
+                       f"code_dim={code_dim}, got None")
+    project = dim != code_dim
+    self.project_in = nnx.data(nnx.Linear(dim, code_dim, rngs=rngs) if project else None)
+    self.project_out = nnx.data(nnx.Linear(code_dim, dim, rngs=rngs) if project else None)
+    self.usage = QuantizerState(jnp.zeros((codebook_size,)))
+
+  def __call__(self, z: Array, mask: Array | None = None) -> QuantizerOutput:
+    check_last_dim(z, self.dim)
+    check_mask(mask, z)
+    h = z if self.project_in is None else self.project_in(z)
+    codes, loss, metrics = self.quantize_codes(h.astype(jnp.float32), mask)
+    indices = self.codes_to_indices(sg(codes))
+    metrics.update(track_usage(self, indices, mask))
+    out = codes if self.project_out is None else self.project_out(codes)
+    return QuantizerOutput(quantized=out.astype(z.dtype), indices=indices,
+                           loss=jnp.asarray(loss, jnp.float32), metrics=metrics)
+
+  def decode(self, indices: Array) -> Array:
+    """Indices (...) -> quantized vectors (..., dim) without the input."""
+    check_indices(indices)
+    codes = self.indices_to_codes(indices)
+    return codes if self.project_out is None else self.project_out(codes)
+
+
+def masked_mean(x: Array, mask: Array | None) -> Array:
+  """Mean of x (..., D) over all entries, counting only rows where mask (...) is set."""
+  x = x.astype(jnp.float32)
+  if mask is None:
+    return jnp.mean(x)
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m) * x.shape[-1], 1.0)

@@ -1,0 +1,199 @@
+"""Multi-scale residual VQ for next-scale prediction (VAR, Tian et al. 2024,
+https://arxiv.org/abs/2404.02905), following the official FoundationVision/VAR
+`quant.py` operation for operation:
+
+- scales `patch_nums` (default 1, 2, 3, 4, 5, 6, 8, 10, 13, 16), the last = feature size;
+- at scale k the residual is area-downsampled (adaptive average pooling) to pn_k x pn_k,
+  quantized with the one shared codebook, bicubically upsampled back (PyTorch's
+  `interpolate(mode="bicubic")`: a = -0.75, align_corners=False, no antialiasing,
+  clamped borders), passed through phi and subtracted;
+- phi_k(h) = (1 - r) h + r conv3x3(h), r = |quant_resi|; `num_phi` convs shared along
+  the scales by nearest tick of linspace(1/(3K), 1 - 1/(3K), K) to k / (SN - 1);
+- loss = mean over scales of beta |sg(f_hat) - f|^2 + |f_hat - sg(f)|^2, and the output
+  is f + sg(f_hat - f) (straight-through).
+Channels are last: features (B, H, W, C). Indices are the scales' raster orders
+concatenated, (B, sum pn^2), as VAR's `gt_idx_Bl`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vqlab.quantizers.core import QuantizerOutput, check_indices, mse, sg, track_usage
+from vqlab.quantizers.core import QuantizerState
+from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
+
+Array = jax.Array
+
+VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+BICUBIC_A = -0.75  # PyTorch's cubic convolution constant
+
+
+@functools.lru_cache(maxsize=None)
+def area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of adaptive average pooling along one axis."""
+  m = np.zeros((n_out, n_in), np.float32)
+  for i in range(n_out):
+    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def _cubic_weights(t: float, a: float = BICUBIC_A) -> tuple[float, ...]:
+  near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1          # |x| <= 1
+  far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a      # 1 < |x| < 2
+  return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+@functools.lru_cache(maxsize=None)
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of PyTorch bicubic resizing (align_corners=False)."""
+  m = np.zeros((n_out, n_in), np.float64)
+  scale = n_in / n_out
+  for o in range(n_out):
+    x = (o + 0.5) * scale - 0.5  # not clamped at 0 for cubic, as in PyTorch
+    x0 = int(np.floor(x))
+    for k, w in enumerate(_cubic_weights(x - x0)):
+      m[o, min(max(x0 - 1 + k, 0), n_in - 1)] += w
+  return m.astype(np.float32)
+
+
+def resize(x_bhwc: Array, size: int, kind: str) -> Array:
+  """Separable resize of (B, H, W, C) to (B, size, size, C); kind "area" or "bicubic"."""
+  make = area_matrix if kind == "area" else bicubic_matrix
+  mh = jnp.asarray(make(x_bhwc.shape[1], size))
+  mw = jnp.asarray(make(x_bhwc.shape[2], size))
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,bhwc->bowc", mh, x_bhwc, precision=hi)
+  return jnp.einsum("pw,bowc->bopc", mw, x, precision=hi)
+
+
+def phi_index(si: int, num_scales: int, num_phi: int) -> int:
+  """Which of the `num_phi` shared convs serves scale `si` (VAR's PhiPartiallyShared)."""
+  ticks = np.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
+  at = si / (num_scales - 1) if num_scales > 1 else 0.0
+  return int(np.argmin(np.abs(ticks - at)))
+
+
+class MultiScaleVQ(nnx.Module):
+  """VAR's multi-scale residual quantizer over features (B, H, W, C), H = W = last scale.
+
+  Args:
+    dim: feature channels C (VAR: 32).
+    codebook_size: shared codebook size (VAR: 4096).
+    patch_nums: the scale schedule; the last must equal the feature size.
+    beta: commitment weight (VAR: 0.25).
+    quant_resi: phi's residual ratio r (VAR: 0.5); 0 makes phi the identity.
+    num_phi: number of partially shared phi convs (VAR: 4); 0 means one per scale.
+    metric: "l2", or "cosine" (VAR's using_znorm: cosine search, raw code vectors).
+  """
+
+  def __init__(self, dim: int, codebook_size: int, patch_nums: Sequence[int] = VAR_PATCH_NUMS,
+               *, beta: float = 0.25, quant_resi: float = 0.5, num_phi: int = 4,
+               metric: str = "l2", usage_decay: float = 0.99, usage_threshold: float = 1e-3,
+               block_size: int = DEFAULT_BLOCK_SIZE, rngs: nnx.Rngs):
+    check_metric(metric)
+    patch_nums = tuple(int(p) for p in patch_nums)
+    if not patch_nums or any(p < 1 for p in patch_nums) or list(patch_nums) != sorted(patch_nums):
+      raise ValueError(f"patch_nums: expected increasing positive sizes, got {list(patch_nums)}")
+    if num_phi < 0:
+      raise ValueError(f"num_phi: expected >= 0, got {num_phi}")
+    self.dim, self.codebook_size, self.patch_nums = dim, codebook_size, patch_nums
+    self.beta, self.quant_resi, self.metric = beta, abs(quant_resi), metric
+    self.usage_decay, self.usage_threshold = usage_decay, usage_threshold
+    self.block_size = block_size
+    self.deterministic = False
+    self.codebook = nnx.Param(jax.random.uniform(
+        rngs.params(), (codebook_size, dim), minval=-1.0 / codebook_size,
+        maxval=1.0 / codebook_size))
+    self.num_phi = num_phi or len(patch_nums)
+    self.phis = nnx.List([nnx.Conv(dim, dim, (3, 3), padding="SAME", rngs=rngs)
+                          for _ in range(self.num_phi if self.quant_resi > 1e-6 else 0)])
+    self.usage = QuantizerState(jnp.zeros((codebook_size,)))
+
+  @property
+  def seq_len(self) -> int:
+    return sum(p * p for p in self.patch_nums)
+
+  def phi(self, h: Array, si: int) -> Array:
+    if not self.phis:
+      return h
+    conv = self.phis[phi_index(si, len(self.patch_nums), self.num_phi)]
+    return h * (1 - self.quant_resi) + conv(h) * self.quant_resi
+
+  def _check_features(self, f: Array) -> None:
+    side = self.patch_nums[-1]
+    if f.ndim != 4 or f.shape[1:] != (side, side, self.dim):
+      raise ValueError(f"f: expected (B, {side}, {side}, {self.dim}) features, got shape "
+                       f"{tuple(f.shape)}")
+
+  def _upsampled(self, h: Array, si: int, side: int) -> Array:
+    """Scale si's code map, upsampled to the feature size (not the last) and through phi."""
+    if si != len(self.patch_nums) - 1:
+      h = resize(h, side, "bicubic")
+    return self.phi(h, si)
+
+  def __call__(self, f: Array, mask: Array | None = None) -> QuantizerOutput:
+    del mask  # every position of a feature map counts
+    self._check_features(f)
+    b, side = f.shape[0], self.patch_nums[-1]
+    f32 = f.astype(jnp.float32)
+    f_rest = sg(f32)
+    f_hat = jnp.zeros_like(f32)
+    codebook = self.codebook[...].astype(jnp.float32)
+    loss, scale_indices = 0.0, []
+    for si, pn in enumerate(self.patch_nums):
+      rest = f_rest if si == len(self.patch_nums) - 1 else resize(f_rest, pn, "area")
+      idx, _ = nearest_code(rest.reshape(-1, self.dim), codebook, self.metric, self.block_size)
+      h = self._upsampled(jnp.take(codebook, idx, axis=0).reshape(b, pn, pn, self.dim), si, side)
+      f_hat = f_hat + h
+      f_rest = f_rest - h
+      loss = loss + self.beta * mse(sg(f_hat), f32) + mse(f_hat, sg(f32))
+      scale_indices.append(idx.reshape(b, pn * pn))
+    indices = jnp.concatenate(scale_indices, axis=1)
+    metrics = track_usage(self, indices)
+    quantized = f32 + sg(f_hat - f32)
+    return QuantizerOutput(quantized=quantized.astype(f.dtype), indices=indices,
+                           loss=loss / len(self.patch_nums), metrics=metrics,
+                           aux={"scale_indices": scale_indices})
+
+  def split_scales(self, indices: Array) -> list[Array]:
+    """(B, sum pn^2) -> [(B, pn, pn)] per scale."""
+    check_indices(indices)
+    if indices.ndim != 2 or indices.shape[1] != self.seq_len:
+      raise ValueError(f"indices: expected (B, {self.seq_len}), got shape {tuple(indices.shape)}")
+    bounds = np.cumsum([p * p for p in self.patch_nums])[:-1]
+    return [x.reshape(-1, p, p) for x, p in
+            zip(jnp.split(indices, bounds, axis=1), self.patch_nums)]
+
+  def decode(self, indices: Array) -> Array:
+    """Indices (B, sum pn^2) -> f_hat (B, H, W, C), VAR's `embed_to_fhat` over all scales."""
+    side = self.patch_nums[-1]
+    codebook = self.codebook[...].astype(jnp.float32)
+    f_hat = 0.0
+    for si, idx in enumerate(self.split_scales(indices)):
+      f_hat = f_hat + self._upsampled(jnp.take(codebook, idx, axis=0), si, side)
+    return f_hat
+
+  def teacher_forcing_input(self, indices: Array) -> Array:
+    """VAR's `idxBl_to_var_input`: (B, sum pn^2 - pn_0^2, C) transformer inputs.
+
+    Entry for scale k+1 is the cumulative f_hat after scales <= k, area-downsampled to
+    pn_{k+1}, in raster order.
+    """
+    side = self.patch_nums[-1]
+    codebook = self.codebook[...].astype(jnp.float32)
+    scale_indices = self.split_scales(indices)
+    f_hat, inputs = 0.0, []
+    for si in range(len(self.patch_nums) - 1):
+      h = resize(jnp.take(codebook, scale_indices[si], axis=0), side, "bicubic")
+      f_hat = f_hat + self.phi(h, si)
+      nxt = self.patch_nums[si + 1]
+      inputs.append(resize(f_hat, nxt, "area").reshape(f_hat.shape[0], nxt * nxt, self.dim))
+    return jnp.concatenate(inputs, axis=1)

@@ -1,0 +1,330 @@
+"""Vector quantization: nearest code in a codebook, with the variants the field uses.
+
+VQ-VAE (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937): codebook loss
+|sg(z) - q|^2 plus beta * commitment |z - sg(q)|^2, as in VQGAN (taming-transformers).
+Variants, each a small function below composed by `VectorQuantizer`:
+- metric "cosine" + `code_dim`: factorized, l2-normalised low-dimensional codes
+  (ViT-VQGAN, Yu et al. 2021, https://arxiv.org/abs/2110.04627; LlamaGen).
+- codebook "ema": EMA cluster statistics with Laplace smoothing instead of a codebook
+  loss (VQ-VAE appendix; SoundStream / EnCodec).
+- k-means init on the first training batch; dead-code restart from batch vectors
+  (Dhariwal et al. 2020 Jukebox; EnCodec).
+- codebook "projected": frozen codebook times a learned linear map. With the default
+  random frozen codebook this is SimVQ (Zhu et al. 2024, https://arxiv.org/abs/2411.02038);
+  with `frozen_codebook=` features (e.g. clustered CLIP features) it is VQGAN-LC
+  (Zhu et al. 2024, https://arxiv.org/abs/2406.11837).
+- estimator "ste" / "rotation" / "ibq" / "gumbel" (see estimators.py).
+Conventions follow vector-quantize-pytorch unless noted.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vqlab.quantizers import estimators
+from vqlab.quantizers.core import (QuantizerOutput, QuantizerState, check_indices,
+                                   check_last_dim, check_mask, ema, l2_normalize,
+                                   masked_mean, sg,
+                                   track_usage)
+from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
+
+Array = jax.Array
+
+CODEBOOKS = ("learned", "ema", "projected")
+
+
+class FrozenCodebook(nnx.Variable):
+  """A codebook that no optimizer touches (SimVQ / VQGAN-LC)."""
+
+
+# --- pure functions ----------------------------------------------------------------
+
+def vq_loss(z: Array, q: Array, beta: float, codebook_learns_by_loss: bool,
+            mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
+  """Codebook loss |sg(z) - q|^2 (when the codebook learns by gradient) + beta |z - sg(q)|^2."""
+  commitment = masked_mean(jnp.square(z - sg(q)), mask)
+  codebook = masked_mean(jnp.square(sg(z) - q), mask) if codebook_learns_by_loss else 0.0
+  return codebook + beta * commitment, {"commitment": commitment,
+                                        "codebook_loss": jnp.asarray(codebook, jnp.float32)}
+
+
+def cluster_sums(z_nd: Array, indices: Array, k: int, mask: Array | None = None
+                 ) -> tuple[Array, Array]:
+  """Per-code counts (K,) and vector sums (K, D) of the rows assigned to each code."""
+  w = jnp.ones(z_nd.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+  counts = jax.ops.segment_sum(w, indices, num_segments=k)
+  sums = jax.ops.segment_sum(z_nd.astype(jnp.float32) * w[:, None], indices, num_segments=k)
+  return counts, sums
+
+
+def ema_codebook_update(cluster_size: Array, embed_sum: Array, z_nd: Array, indices: Array,
+                        decay: float, eps: float = 1e-5, mask: Array | None = None
+                        ) -> tuple[Array, Array, Array]:
+  """EMA of cluster sizes and sums; codebook = sums / Laplace-smoothed sizes.
+
+  Returns (cluster_size, embed_sum, codebook). Smoothing: (n_k + eps) / (n + K eps) * n.
+  """
+  counts, sums = cluster_sums(z_nd, indices, cluster_size.shape[0], mask)
+  cluster_size = ema(cluster_size, counts, decay)
+  embed_sum = ema(embed_sum, sums, decay)
+  n = jnp.sum(cluster_size)
+  smoothed = (cluster_size + eps) / (n + cluster_size.shape[0] * eps) * n
+  return cluster_size, embed_sum, embed_sum / smoothed[:, None]
+
+
+def kmeans(z_nd: Array, k: int, key: Array, iters: int = 10, metric: str = "l2",
+           block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[Array, Array]:
+  """Lloyd's k-means from k random rows; empty clusters keep their centre.
+
+  Runs on the global batch under jit, so a sharded batch gives the one-device result.
+  Returns (centres (K, D) float32, cluster counts (K,)).
+  """
+  z = z_nd.astype(jnp.float32)
+  if metric == "cosine":
+    z = l2_normalize(z)
+  n = z.shape[0]
+  init = z[jax.random.choice(key, n, (k,), replace=n < k)]
+
+  def step(centres, _):
+    idx, _ = nearest_code(z, centres, metric, block_size)
+    counts, sums = cluster_sums(z, idx, k)
+    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+    if metric == "cosine":
+      new = l2_normalize(new)
+    return new, counts
+
+  centres, counts = jax.lax.scan(step, init, None, length=iters)
+  return centres, counts[-1]
+
+
+def restart_dead_codes(codebook: Array, usage: Array, z_nd: Array, threshold: float,
+                       key: Array) -> tuple[Array, Array]:
+  """Replace codes whose usage is below `threshold` with random rows of the batch.
+
+  Returns (codebook, dead mask). Rows are drawn uniformly from the global batch.
+  """
+  dead = usage < threshold
+  picks = jax.random.randint(key, (codebook.shape[0],), 0, z_nd.shape[0])
+  sampled = z_nd[picks].astype(codebook.dtype)
+  return jnp.where(dead[:, None], sampled, codebook), dead
+
+
+def apply_estimator(name: str, z: Array, codebook: Array, indices: Array, *,
+                    noise: Array | None = None, temperature: float = 1.0,
+                    block_size: int = DEFAULT_BLOCK_SIZE) -> Array:
+  """Hard code vectors C[indices] with the gradient of the named estimator."""
+  if name == "ste":
+    return estimators.straight_through(z, jnp.take(codebook, indices, axis=0))
+  if name == "rotation":
+    return estimators.rotation_trick(z, jnp.take(codebook, indices, axis=0))
+  if name == "ibq":
+    return estimators.index_backprop(z, codebook, indices, block_size)
+  if name == "gumbel":
+    return estimators.gumbel_softmax(z, codebook, noise, indices, temperature, block_size)
+  estimators.check_estimator(name)
+  raise AssertionError(name)
+
+
+# --- module --------------------------------------------------------------------------
+
+class VectorQuantizer(nnx.Module):
+  """Nearest-code VQ over the last axis of `z (..., dim)`.
+
+  Args:
+    dim: input channels.
+    codebook_size: K.
+    code_dim: if set, codes live in this (low) dimension behind learned in/out
+      projections (ViT-VQGAN factorized codes).
+    metric: "l2" or "cosine" (l2-normalised inputs and codes).
+    estimator: "ste", "rotation", "ibq" or "gumbel".
+    beta: commitment weight.
+    codebook: "learned" (by the codebook loss), "ema", or "projected" (SimVQ/VQGAN-LC).
+    frozen_codebook: (K, F) features for codebook="projected" (VQGAN-LC); default a
+      random normal codebook of width code_dim (SimVQ).
+    ema_decay, ema_eps: EMA codebook decay and Laplace smoothing.
+    kmeans_init: initialise the codebook by k-means on the first training batch.
+    dead_code_threshold: restart codes whose EMA count per step falls below this (0: off).
+    usage_decay: decay of the per-code usage EMA used by metrics and restarts.
+    gumbel_temperature, gumbel_kl_weight: Gumbel estimator temperature and the weight
+      of its KL to the uniform prior (taming's GumbelQuantize).
+    block_size: most distances held at once by the nearest-code search.
+  Set `deterministic = True` (or call `.eval()`) to freeze statistics and noise.
+  """
+
+  def __init__(self, dim: int, codebook_size: int, *, code_dim: int | None = None,
+               metric: str = "l2", estimator: str = "ste", beta: float = 0.25,
+               codebook: str = "learned", frozen_codebook: Array | None = None,
+               ema_decay: float = 0.99, ema_eps: float = 1e-5, kmeans_init: bool = False,
+               kmeans_iters: int = 10, dead_code_threshold: float = 0.0,
+               usage_decay: float = 0.99, gumbel_temperature: float = 1.0,
+               gumbel_kl_weight: float = 0.0, block_size: int = DEFAULT_BLOCK_SIZE,
+               rngs: nnx.Rngs):
+    check_metric(metric)
+    estimators.check_estimator(estimator)
+    if codebook not in CODEBOOKS:
+      raise ValueError(f"codebook: expected one of {CODEBOOKS}, got {codebook!r}")
+    for name, value in (("dim", dim), ("codebook_size", codebook_size)):
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if code_dim is not None and (not isinstance(code_dim, int) or code_dim < 1):
+      raise ValueError(f"code_dim: expected None or a positive int, got {code_dim!r}")
+    if codebook == "projected" and (kmeans_init or dead_code_threshold > 0):
+      raise ValueError("codebook: 'projected' codes are a fixed basis times a learned map; "
+                       "kmeans_init and dead_code_threshold need a directly stored codebook")
+    if frozen_codebook is not None and codebook != "projected":
+      raise ValueError(f"frozen_codebook: only used with codebook='projected', got "
+                       f"codebook={codebook!r}")
+    if not 0.0 < ema_decay < 1.0 or not 0.0 < usage_decay < 1.0:
+      raise ValueError(f"ema_decay, usage_decay: expected in (0, 1), got {ema_decay}, "
+                       f"{usage_decay}")
+    if gumbel_temperature <= 0:
+      raise ValueError(f"gumbel_temperature: expected > 0, got {gumbel_temperature}")
+
+    self.dim, self.codebook_size = dim, codebook_size
+    self.code_dim = code_dim or dim
+    self.metric, self.estimator, self.beta = metric, estimator, beta
+    self.codebook_kind = codebook
+    self.ema_decay, self.ema_eps = ema_decay, ema_eps
+    self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
+    self.dead_code_threshold = dead_code_threshold
+    self.usage_decay = usage_decay
+    self.usage_threshold = dead_code_threshold if dead_code_threshold > 0 else 1e-3
+    self.gumbel_temperature, self.gumbel_kl_weight = gumbel_temperature, gumbel_kl_weight
+    self.block_size = block_size
+    self.deterministic = False
+    self.rngs = rngs
+
+    project = code_dim is not None and code_dim != dim
+    self.project_in = nnx.data(nnx.Linear(dim, code_dim, rngs=rngs) if project else None)
+    self.project_out = nnx.data(nnx.Linear(code_dim, dim, rngs=rngs) if project else None)
+
+    k, d = codebook_size, self.code_dim
+    key = rngs.params()
+    if codebook == "projected":
+      if frozen_codebook is None:
+        frozen_codebook = jax.random.normal(key, (k, d)) * d**-0.5
+      frozen_codebook = jnp.asarray(frozen_codebook, jnp.float32)
+      if frozen_codebook.ndim != 2 or frozen_codebook.shape[0] != k:
+        raise ValueError(f"frozen_codebook: expected shape ({k}, F), got "
+                         f"{tuple(frozen_codebook.shape)}")
+      self.frozen = FrozenCodebook(frozen_codebook)
+      self.projector = nnx.Linear(frozen_codebook.shape[1], d, use_bias=False, rngs=rngs)
+    else:
+      init = jax.random.uniform(key, (k, d), minval=-1.0 / k, maxval=1.0 / k)
+      if codebook == "ema":
+        init = jax.random.normal(key, (k, d))
+        self.codebook = QuantizerState(init)
+        self.cluster_size = QuantizerState(jnp.ones((k,)))
+        self.embed_sum = QuantizerState(init)
+      else:
+        self.codebook = nnx.Param(init)
+    self.usage = QuantizerState(jnp.zeros((k,)))
+    self.initialized = QuantizerState(jnp.asarray(not kmeans_init))
+
+  # codes --------------------------------------------------------------------------
+  def codes(self) -> Array:
+    """The effective codebook (K, code_dim) in float32, normalised for cosine."""
+    if self.codebook_kind == "projected":
+      c = self.projector(self.frozen[...])
+    else:
+      c = self.codebook[...]
+    c = c.astype(jnp.float32)
+    return l2_normalize(c) if self.metric == "cosine" else c
+
+  def decode(self, indices: Array) -> Array:
+    """Indices (...) -> quantized vectors (..., dim) without the input."""
+    check_indices(indices)
+    q = jnp.take(self.codes(), indices, axis=0, mode="clip")
+    return self.project_out(q) if self.project_out is not None else q
+
+  # forward ------------------------------------------------------------------------
+  def __call__(self, z: Array, mask: Array | None = None) -> QuantizerOutput:
+    """Quantize z (..., dim). `mask` (...) marks rows that count for losses/statistics."""
+    check_last_dim(z, self.dim)
+    check_mask(mask, z)
+    lead = z.shape[:-1]
+    h = z.reshape(-1, self.dim)
+    if self.project_in is not None:
+      h = self.project_in(h)
+    h = h.astype(jnp.float32)
+    if self.metric == "cosine":
+      h = l2_normalize(h)
+    flat_mask = None if mask is None else mask.reshape(-1)
+    training = not self.deterministic
+
+    if training and self.kmeans_init:
+      self._maybe_kmeans_init(h)
+    codebook = self.codes()
+
+    noise = None
+    if training and self.estimator == "gumbel":
+      noise = jax.random.gumbel(self.rngs.quantizer(), (h.shape[0], self.codebook_size))
+      logits = estimators.gumbel_logits(h, codebook) + noise
+      indices = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      indices, _ = nearest_code(h, codebook, "l2", self.block_size)
+
+    q_hard = jnp.take(codebook, indices, axis=0)
+    loss, metrics = vq_loss(h, q_hard, self.beta, self.codebook_kind != "ema", flat_mask)
+    if noise is not None and self.gumbel_kl_weight > 0:
+      log_probs = jax.nn.log_softmax(estimators.gumbel_logits(h, codebook), axis=-1)
+      kl = jnp.mean(jnp.sum(jnp.exp(log_probs) * (log_probs + jnp.log(self.codebook_size)), -1))
+      loss = loss + self.gumbel_kl_weight * kl
+      metrics["gumbel_kl"] = kl
+    estimator = self.estimator if training or self.estimator != "gumbel" else "ste"
+    q = apply_estimator(estimator, h, codebook, indices, noise=noise,
+                        temperature=self.gumbel_temperature, block_size=self.block_size)
+
+    metrics.update(track_usage(self, indices, flat_mask))
+    if training:
+      self._update_codebook(h, indices, flat_mask)
+
+    if self.project_out is not None:
+      q = self.project_out(q)
+    return QuantizerOutput(
+        quantized=q.reshape(*lead, self.dim).astype(z.dtype),
+        indices=indices.reshape(lead),
+        loss=loss.astype(jnp.float32),
+        metrics=metrics)
+
+  # statistics -----------------------------------------------------------------------
+  def _maybe_kmeans_init(self, h: Array) -> None:
+    key = self.rngs.quantizer()
+
+    def run_kmeans(_):
+      centres, counts = kmeans(h, self.codebook_size, key, self.kmeans_iters, self.metric,
+                               self.block_size)
+      return centres, counts
+
+    def keep(_):
+      return (self.codebook[...].astype(jnp.float32),
+              jnp.zeros((self.codebook_size,), jnp.float32))
+
+    done = self.initialized[...]
+    centres, counts = jax.lax.cond(done, keep, run_kmeans, None)
+    self.codebook[...] = centres.astype(self.codebook[...].dtype)
+    if self.codebook_kind == "ema":
+      size = jnp.where(done, self.cluster_size[...], counts)
+      self.cluster_size[...] = size
+      self.embed_sum[...] = jnp.where(done, self.embed_sum[...], centres * size[:, None])
+    self.initialized[...] = jnp.asarray(True)
+
+  def _update_codebook(self, h: Array, indices: Array, mask: Array | None) -> None:
+    if self.codebook_kind == "ema":
+      size, sums, codebook = ema_codebook_update(
+          self.cluster_size[...], self.embed_sum[...], h, indices, self.ema_decay,
+          self.ema_eps, mask)
+      self.cluster_size[...], self.embed_sum[...] = size, sums
+      self.codebook[...] = codebook
+    if self.dead_code_threshold > 0:
+      codebook, dead = restart_dead_codes(self.codebook[...], self.usage[...], h,
+                                          self.dead_code_threshold, self.rngs.quantizer())
+      self.codebook[...] = codebook
+      # A restarted code starts at the threshold: it must be used to stay alive.
+      self.usage[...] = jnp.where(dead, self.dead_code_threshold, self.usage[...])
+      if self.codebook_kind == "ema":
+        self.cluster_size[...] = jnp.where(dead, self.dead_code_threshold, self.cluster_size[...])
+        self.embed_sum[...] = jnp.where(dead[:, None], codebook * self.dead_code_threshold,
+                                        self.embed_sum[...])
