@@ -48,13 +48,20 @@ def _prepare(z_nd: Array, codebook_kd: Array, metric: str) -> tuple[Array, Array
   return z, c
 
 
+def _ranking_scores(z: Array, c_sq: Array, c: Array) -> Array:
+  """|c|^2 - 2 z.c: the squared distance minus |z|^2, which does not change the argmin
+  and saves a pass over the (rows, codes) block."""
+  return c_sq[None, :] - 2.0 * z @ c.T
+
+
 def nearest_code_naive(z_nd: Array, codebook_kd: Array, metric: str = "l2"
                        ) -> tuple[Array, Array]:
   """Reference search: full distance matrix. Returns (int32 indices, distances)."""
   z, c = _prepare(z_nd, codebook_kd, metric)
-  d = squared_distances(z, c)
-  idx = jnp.argmin(d, axis=-1).astype(jnp.int32)
-  return idx, jnp.take_along_axis(d, idx[:, None], axis=-1)[:, 0]
+  scores = _ranking_scores(z, jnp.sum(c * c, -1), c)
+  idx = jnp.argmin(scores, axis=-1).astype(jnp.int32)
+  best = jnp.take_along_axis(scores, idx[:, None], axis=-1)[:, 0]
+  return idx, best + jnp.sum(z * z, -1)
 
 
 def block_shape(n: int, k: int, block_size: int) -> tuple[int, int]:
@@ -87,12 +94,10 @@ def nearest_code(z_nd: Array, codebook_kd: Array, metric: str = "l2",
   c_sq = c_sq.reshape(k_blocks, bk)
 
   def search_rows(z_bd):
-    z_sq = jnp.sum(z_bd * z_bd, -1, keepdims=True)
-
     def scan_codes(carry, block):
       best_d, best_i = carry
       c_bd, c_sq_b, offset = block
-      d = z_sq - 2.0 * z_bd @ c_bd.T + c_sq_b[None, :]
+      d = _ranking_scores(z_bd, c_sq_b, c_bd)
       i = jnp.argmin(d, axis=-1)
       d_min = jnp.take_along_axis(d, i[:, None], axis=-1)[:, 0]
       better = d_min < best_d  # strict: ties keep the earlier (lower) index
@@ -102,7 +107,7 @@ def nearest_code(z_nd: Array, codebook_kd: Array, metric: str = "l2",
     init = (jnp.full((bn,), jnp.inf, jnp.float32), jnp.zeros((bn,), jnp.int32))
     offsets = jnp.arange(k_blocks, dtype=jnp.int32) * bk
     (best_d, best_i), _ = jax.lax.scan(scan_codes, init, (c, c_sq, offsets))
-    return best_i, best_d
+    return best_i, best_d + jnp.sum(z_bd * z_bd, -1)
 
   idx, dist = jax.lax.map(search_rows, z)
   return idx.reshape(-1)[:n], dist.reshape(-1)[:n]

@@ -74,9 +74,26 @@ def ema_codebook_update(cluster_size: Array, embed_sum: Array, z_nd: Array, indi
   return cluster_size, embed_sum, embed_sum / smoothed[:, None]
 
 
+def kmeans_plus_plus(z: Array, k: int, key: Array) -> Array:
+  """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is a row drawn with
+  probability proportional to its squared distance to the nearest centre so far.
+  O(N K D) work and O(N) memory; plain random rows often seed two centres in one
+  cluster, which Lloyd's iterations never undo."""
+  first = z[jax.random.randint(key, (), 0, z.shape[0])]
+
+  def add_centre(min_d, step_key):
+    i = jax.random.categorical(step_key, jnp.log(jnp.maximum(min_d, 1e-30)))
+    centre = z[i]
+    return jnp.minimum(min_d, jnp.sum((z - centre) ** 2, -1)), centre
+
+  min_d = jnp.sum((z - first) ** 2, -1)
+  _, rest = jax.lax.scan(add_centre, min_d, jax.random.split(jax.random.fold_in(key, 1), k - 1))
+  return jnp.concatenate([first[None], rest], axis=0)
+
+
 def kmeans(z_nd: Array, k: int, key: Array, iters: int = 10, metric: str = "l2",
            block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[Array, Array]:
-  """Lloyd's k-means from k random rows; empty clusters keep their centre.
+  """Lloyd's k-means from k-means++ seeds; empty clusters keep their centre.
 
   Runs on the global batch under jit, so a sharded batch gives the one-device result.
   Returns (centres (K, D) float32, cluster counts (K,)).
@@ -84,8 +101,7 @@ def kmeans(z_nd: Array, k: int, key: Array, iters: int = 10, metric: str = "l2",
   z = z_nd.astype(jnp.float32)
   if metric == "cosine":
     z = l2_normalize(z)
-  n = z.shape[0]
-  init = z[jax.random.choice(key, n, (k,), replace=n < k)]
+  init = kmeans_plus_plus(z, k, key)
 
   def step(centres, _):
     idx, _ = nearest_code(z, centres, metric, block_size)
