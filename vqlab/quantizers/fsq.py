@@ -42,21 +42,28 @@ def check_levels(levels: Sequence[int], symmetric: bool) -> tuple[int, ...]:
   return levels
 
 
-def fsq_bound(z: Array, levels: Array) -> Array:
+def fsq_bound(z: Array, levels: Array, hard_clamp: bool = False) -> Array:
   half_l = (levels - 1) * (1 + _EPS) / 2
   offset = jnp.where(levels % 2 == 0, 0.5, 0.0)
-  shift = jnp.arctanh(offset / half_l)
-  return jnp.tanh(z + shift) * half_l - offset
+  if hard_clamp:
+    return jnp.clip(z, -1.0, 1.0) * half_l - offset
+  return jnp.tanh(z + jnp.arctanh(offset / half_l)) * half_l - offset
 
 
-def fsq_quantize(z: Array, levels: Sequence[int], symmetric: bool = False) -> Array:
-  """Normalised FSQ codes in [-1, 1] with straight-through rounding; float32."""
+def fsq_quantize(z: Array, levels: Sequence[int], symmetric: bool = False,
+                 hard_clamp: bool = False) -> Array:
+  """Normalised FSQ codes in [-1, 1] with straight-through rounding; float32.
+
+  hard_clamp: bound by clip(z, -1, 1) instead of tanh, for inputs already squashed
+  into range (residual FSQ), so that the code is the grid point nearest z itself.
+  """
   lv = jnp.asarray(levels, jnp.float32)
   z = z.astype(jnp.float32)
   if symmetric:
-    bracket = (lv - 1) * (jnp.tanh(z) + 1) / 2 + 0.5
+    squashed = jnp.clip(z, -1.0, 1.0) if hard_clamp else jnp.tanh(z)
+    bracket = (lv - 1) * (squashed + 1) / 2 + 0.5
     return straight_through(bracket, jnp.floor(bracket)) * (2 / (lv - 1)) - 1
-  bounded = fsq_bound(z, lv)
+  bounded = fsq_bound(z, lv, hard_clamp)
   return straight_through(bounded, jnp.round(bounded)) / (lv // 2)
 
 
@@ -84,15 +91,15 @@ class FSQ(ImplicitCodebookQuantizer):
   """
 
   def __init__(self, levels: Sequence[int], dim: int | None = None, *, symmetric: bool = False,
-               usage_decay: float = 0.99, usage_threshold: float = 1e-3,
+               hard_clamp: bool = False, usage_decay: float = 0.99, usage_threshold: float = 1e-3,
                rngs: nnx.Rngs | None = None):
     self.levels = check_levels(levels, symmetric)
-    self.symmetric = symmetric
+    self.symmetric, self.hard_clamp = symmetric, hard_clamp
     super().__init__(dim, len(self.levels), int(np.prod(self.levels)),
                      usage_decay=usage_decay, usage_threshold=usage_threshold, rngs=rngs)
 
   def quantize_codes(self, h, mask):
-    return fsq_quantize(h, self.levels, self.symmetric), 0.0, {}
+    return fsq_quantize(h, self.levels, self.symmetric, self.hard_clamp), 0.0, {}
 
   def codes_to_indices(self, codes):
     return fsq_codes_to_indices(codes, self.levels, self.symmetric)

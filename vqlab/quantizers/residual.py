@@ -9,8 +9,9 @@
 - Grouped / product (e.g. HiFi-Codec's grouped residual VQ, Yang et al. 2023,
   https://arxiv.org/abs/2305.02765): the channels split into groups, each quantized
   by its own quantizer; indices get a group axis.
-- Residual FSQ (vector-quantize-pytorch): symmetric FSQ levels, level l working at
-  scale L^-l.
+- Residual FSQ (vector-quantize-pytorch): the input is soft-clamped once to
+  c = 1 + 1/(L-1) by tanh(z/c) c, then symmetric, hard-clamped FSQ levels quantize,
+  level l at scale L^-l.
 Indices of a level that was dropped are -1; `decode` skips them.
 """
 
@@ -211,7 +212,7 @@ class GroupedResidualVQ(GroupedQuantizer):
 
 
 class ResidualFSQ(ResidualQuantizer):
-  """Residual FSQ: symmetric FSQ at every level, level l at scale levels^-l."""
+  """Residual FSQ: symmetric hard-clamped FSQ at every level, level l at scale levels^-l."""
 
   def __init__(self, levels: Sequence[int], num_levels: int, *,
                quantizer_dropout: bool = False, rngs: nnx.Rngs | None = None):
@@ -219,5 +220,11 @@ class ResidualFSQ(ResidualQuantizer):
     if not isinstance(num_levels, int) or num_levels < 1:
       raise ValueError(f"num_levels: expected a positive int, got {num_levels!r}")
     scales = [np.asarray(levels, np.float32) ** -l for l in range(num_levels)]
-    super().__init__([FSQ(levels, symmetric=True) for _ in range(num_levels)],
+    super().__init__([FSQ(levels, symmetric=True, hard_clamp=True) for _ in range(num_levels)],
                      scales=scales, quantizer_dropout=quantizer_dropout, rngs=rngs)
+    self.input_clamp = tuple(1.0 + 1.0 / (l - 1) for l in levels)
+
+  def __call__(self, z: Array, mask: Array | None = None,
+               num_levels: int | Array | None = None) -> QuantizerOutput:
+    c = jnp.asarray(self.input_clamp, jnp.float32)
+    return super().__call__(jnp.tanh(z / c) * c, mask, num_levels)
