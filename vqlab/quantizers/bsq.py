@@ -6,7 +6,7 @@ bounded. Indices read the bits most-significant first. Loss (official bsq-vit co
 zeta * (gamma0 * per-sample entropy - gamma * codebook entropy) + beta |u - sg(q)|^2,
 with code probabilities softmax(-|u - c|^2 * inv_temperature) (log-odds
 4 * inv_temperature * u_d / sqrt(D) per bit) and the codebook entropy factorized over
-groups of `entropy_group_bits` bits, as in the paper's grouped approximation.
+groups of at most `entropy_group_bits` bits, as in the paper's grouped approximation.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vqlab.quantizers.core import (ImplicitCodebookQuantizer, binary_entropy_ter
                                    bits_to_indices, indices_to_bits, l2_normalize,
                                    masked_mean, sg)
 from vqlab.quantizers.estimators import straight_through
-from vqlab.quantizers.lfq import default_group_bits, resolve_bits
+from vqlab.quantizers.lfq import resolve_bits
 
 Array = jax.Array
 
@@ -30,16 +30,15 @@ class BSQ(ImplicitCodebookQuantizer):
   def __init__(self, dim: int | None = None, *, bits: int | None = None,
                codebook_size: int | None = None, gamma0: float = 1.0, gamma: float = 1.0,
                zeta: float = 1.0, beta: float = 0.0, inv_temperature: float = 1.0,
-               entropy_group_bits: int | None = None, usage_decay: float = 0.99,
+               entropy_group_bits: int = 12, usage_decay: float = 0.99,
                usage_threshold: float = 1e-3, rngs: nnx.Rngs | None = None):
     bits = resolve_bits(bits, codebook_size)
     self.bits = bits
     self.gamma0, self.gamma, self.zeta, self.beta = gamma0, gamma, zeta, beta
     self.inv_temperature = inv_temperature
-    self.entropy_group_bits = entropy_group_bits or default_group_bits(bits)
-    if bits % self.entropy_group_bits:
-      raise ValueError(f"entropy_group_bits: expected a divisor of bits={bits}, got "
-                       f"{entropy_group_bits}")
+    if entropy_group_bits < 1:
+      raise ValueError(f"entropy_group_bits: expected >= 1, got {entropy_group_bits}")
+    self.entropy_group_bits = entropy_group_bits
     super().__init__(dim, bits, 2**bits, usage_decay=usage_decay,
                      usage_threshold=usage_threshold, rngs=rngs)
 

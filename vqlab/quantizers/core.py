@@ -11,6 +11,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -126,7 +127,7 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
   return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
 
 
-def binary_entropy_terms(bit_logits: Array, group_bits: int, mask: Array | None = None
+def binary_entropy_terms(bit_logits: Array, max_group_bits: int, mask: Array | None = None
                          ) -> tuple[Array, Array]:
   """Per-sample and codebook entropy of a factorized distribution over binary codes.
 
@@ -134,28 +135,29 @@ def binary_entropy_terms(bit_logits: Array, group_bits: int, mask: Array | None 
   codes is the product of the D Bernoullis (exact for LFQ and BSQ, whose
   softmax-over-codes factorizes over bits). The per-sample entropy is then exact: a sum
   of binary entropies. The codebook (batch-averaged) distribution does not factorize,
-  so, as Open-MAGVIT2 and BSQ do, it is computed exactly within groups of `group_bits`
-  bits and summed over groups: exact when `group_bits == D`, tractable at 2^18 codes.
+  so, as Open-MAGVIT2 and BSQ do, it is computed exactly within consecutive groups of
+  at most `max_group_bits` bits (as equal as possible) and summed over groups: exact
+  when max_group_bits >= D, and O(N 2^max_group_bits) memory at 2^18 codes.
   `mask` (N,) drops rows. Returns (mean per-sample entropy, codebook entropy), nats.
   """
   n, d = bit_logits.shape
+  if max_group_bits < 1:
+    raise ValueError(f"max_group_bits: expected >= 1, got {max_group_bits}")
   w = jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
   w = w / jnp.maximum(w.sum(), 1.0)
-  if d % group_bits:
-    raise ValueError(f"group_bits: expected a divisor of the {d} code bits, got {group_bits}")
   logits = bit_logits.astype(jnp.float32)
   p1 = jax.nn.sigmoid(logits)
   # H(Bernoulli) from logits, stable for large |logit|.
   per_sample = jnp.sum(w * jnp.sum(jax.nn.softplus(logits) - p1 * logits, axis=-1))
-  # Probability of every group code: product over the group's bits (MSB first).
-  groups = d // group_bits
-  codes = (jnp.arange(2**group_bits)[:, None] >> jnp.arange(group_bits - 1, -1, -1)) & 1
-  log_p1 = jax.nn.log_sigmoid(logits).reshape(n, groups, group_bits)
-  log_p0 = jax.nn.log_sigmoid(-logits).reshape(n, groups, group_bits)
-  log_probs = (jnp.einsum("ngb,cb->ngc", log_p1, codes.astype(jnp.float32))
-               + jnp.einsum("ngb,cb->ngc", log_p0, 1.0 - codes.astype(jnp.float32)))
-  avg_probs = jnp.einsum("n,ngc->gc", w, jnp.exp(log_probs))  # (groups, 2^group_bits)
-  codebook = entropy(avg_probs).sum()
+  log_p1, log_p0 = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
+  codebook = 0.0
+  for bits in np.array_split(np.arange(d), -(-d // max_group_bits)):
+    g = len(bits)
+    # log-probability of each of the group's 2^g codes (MSB first) for every row
+    codes = ((np.arange(2**g)[:, None] >> np.arange(g - 1, -1, -1)) & 1).astype(np.float32)
+    sl = slice(int(bits[0]), int(bits[-1]) + 1)
+    log_probs = log_p1[:, sl] @ codes.T + log_p0[:, sl] @ (1.0 - codes.T)
+    codebook = codebook + entropy(w @ jnp.exp(log_probs))
   return per_sample, codebook
 
 

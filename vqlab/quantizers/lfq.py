@@ -6,7 +6,7 @@ loss is entropy_weight * (mean per-sample entropy - gamma * codebook entropy) +
 commitment_weight * |z - sg(q)|^2, where the distribution over codes is
 softmax(-|z - c|^2 * inv_temperature): a product over bits with log-odds
 4 * inv_temperature * scale * z_d. The codebook entropy is factorized over groups of
-`entropy_group_bits` bits, which keeps 2^18 codes tractable (Open-MAGVIT2).
+at most `entropy_group_bits` bits, which keeps 2^18 codes tractable (Open-MAGVIT2).
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ def resolve_bits(bits: int | None, codebook_size: int | None) -> int:
   return bits
 
 
-def default_group_bits(bits: int, most: int = 12) -> int:
-  """Largest divisor of `bits` that is <= `most` (2^12 codes per entropy group)."""
-  return max(g for g in range(1, min(bits, most) + 1) if bits % g == 0)
-
-
 class LFQ(ImplicitCodebookQuantizer):
   """Lookup-free quantization. Give `bits` or `codebook_size` (= 2**bits).
 
@@ -55,16 +50,15 @@ class LFQ(ImplicitCodebookQuantizer):
                codebook_size: int | None = None, scale: float = 1.0,
                entropy_weight: float = 0.1, diversity_gamma: float = 1.0,
                commitment_weight: float = 0.25, inv_temperature: float = 100.0,
-               entropy_group_bits: int | None = None, usage_decay: float = 0.99,
+               entropy_group_bits: int = 12, usage_decay: float = 0.99,
                usage_threshold: float = 1e-3, rngs: nnx.Rngs | None = None):
     bits = resolve_bits(bits, codebook_size)
     self.bits, self.scale = bits, scale
     self.entropy_weight, self.diversity_gamma = entropy_weight, diversity_gamma
     self.commitment_weight, self.inv_temperature = commitment_weight, inv_temperature
-    self.entropy_group_bits = entropy_group_bits or default_group_bits(bits)
-    if bits % self.entropy_group_bits:
-      raise ValueError(f"entropy_group_bits: expected a divisor of bits={bits}, got "
-                       f"{entropy_group_bits}")
+    if entropy_group_bits < 1:
+      raise ValueError(f"entropy_group_bits: expected >= 1, got {entropy_group_bits}")
+    self.entropy_group_bits = entropy_group_bits
     super().__init__(dim, bits, 2**bits, usage_decay=usage_decay,
                      usage_threshold=usage_threshold, rngs=rngs)
 

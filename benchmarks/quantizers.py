@@ -1,0 +1,153 @@
+"""Quantizer speed and memory.
+
+  python benchmarks/quantizers.py            # vqlab alone
+  pip install -e ".[bench]"; python benchmarks/quantizers.py   # + vector-quantize-pytorch
+
+1. Forward+backward time of each quantizer at N = 65,536 vectors, D = 32, K = 8,192
+   (the loss is sum(quantized * w) + aux loss; gradients w.r.t. the input and the
+   parameters), and, when `vector_quantize_pytorch` is installed, of its counterpart
+   on the same CPU, with the ratio.
+2. Peak memory of the exact nearest-code search at K = 2^18, D = 16, N = 65,536 (XLA's
+   compiled temp allocation, against the (N, K) float32 matrix a naive search needs),
+   and its time.
+Prints markdown tables; the README quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vqlab.quantizers import BSQ, FSQ, LFQ, ResidualVQ, VectorQuantizer, nearest_code
+
+N, D, K = 65536, 32, 8192
+FSQ_LEVELS = [8, 8, 8, 4, 4]  # 8,192 codes
+BITS = 13                     # 8,192 codes
+
+
+def _time(fn, repeats: int) -> float:
+  fn()  # compile / warm up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def time_vqlab(model: nnx.Module, z: jax.Array, repeats: int) -> float:
+  w = jax.random.normal(jax.random.key(1), z.shape)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def fwd_bwd(params, rest, z):
+    def loss(params, z, rest):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      out = model(z)
+      # Return the updated statistics so their computation is timed, not pruned.
+      return jnp.sum(out.quantized * w) + out.loss, nnx.state(model, nnx.Not(nnx.Param))
+    return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, z, rest)
+
+  def run():
+    jax.block_until_ready(fwd_bwd(params, rest, z))
+  return _time(run, repeats)
+
+
+def vqlab_cases(rngs):
+  """Training mode on both sides: statistics (EMA, usage) are updated in every step."""
+  return {
+      "VQ + straight-through": VectorQuantizer(D, K, rngs=rngs),
+      "VQ + rotation trick": VectorQuantizer(D, K, estimator="rotation", rngs=rngs),
+      "VQ + EMA (cosine)": VectorQuantizer(D, K, codebook="ema", metric="cosine", rngs=rngs),
+      "FSQ": FSQ(FSQ_LEVELS, dim=D, rngs=rngs),
+      "LFQ": LFQ(D, bits=BITS, rngs=rngs),
+      "BSQ": BSQ(D, bits=BITS, rngs=rngs),
+      "Residual VQ (4 levels)": ResidualVQ(D, K, 4, rngs=rngs),
+  }
+
+
+def torch_cases():
+  try:
+    import torch
+    import vector_quantize_pytorch as vqp
+  except ImportError:
+    return None, {}
+  torch.set_num_threads(os.cpu_count())
+  cases = {
+      "VQ + straight-through": vqp.VectorQuantize(dim=D, codebook_size=K, decay=0.0,
+                                                  learnable_codebook=True, ema_update=False),
+      "VQ + rotation trick": vqp.VectorQuantize(dim=D, codebook_size=K, decay=0.0,
+                                                learnable_codebook=True, ema_update=False,
+                                                rotation_trick=True),
+      "VQ + EMA (cosine)": vqp.VectorQuantize(dim=D, codebook_size=K, use_cosine_sim=True),
+      "FSQ": vqp.FSQ(levels=FSQ_LEVELS, dim=D),
+      "LFQ": vqp.LFQ(dim=D, codebook_size=2**BITS),
+      "Residual VQ (4 levels)": vqp.ResidualVQ(dim=D, codebook_size=K, num_quantizers=4),
+  }
+  return torch, cases
+
+
+def time_torch(torch, module, z: np.ndarray, repeats: int) -> float:
+  x = torch.from_numpy(z.copy()).requires_grad_(True)
+  w = torch.randn(z.shape)
+
+  def run():
+    out = module(x)
+    quantized, aux = out[0], out[-1]
+    loss = (quantized * w).sum()
+    if torch.is_tensor(aux) and aux.requires_grad:
+      loss = loss + aux.sum()
+    loss.backward()
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+  return _time(run, repeats)
+
+
+def search_memory(repeats: int) -> dict:
+  n, k, d = 65536, 2**18, 16
+  z = jax.random.normal(jax.random.key(2), (n, d))
+  c = jax.random.normal(jax.random.key(3), (k, d))
+  compiled = jax.jit(nearest_code, static_argnames=("metric", "block_size")).lower(
+      z, c, block_size=2**22).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  seconds = _time(lambda: jax.block_until_ready(compiled(z, c)), repeats)
+  return {"temp_bytes": temp, "naive_bytes": n * k * 4, "seconds": seconds}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip-search", action="store_true")
+  args = parser.parse_args()
+
+  z = np.random.default_rng(0).normal(size=(N // 1024, 1024, D)).astype(np.float32)
+  print(f"# Quantizer forward+backward, N={N} vectors, D={D}, K={K}; "
+        f"{jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores\n")
+  torch, ref = torch_cases()
+  print("| quantizer | vqlab ms | vector-quantize-pytorch ms | speed-up |")
+  print("|---|---:|---:|---:|")
+  for name, model in vqlab_cases(nnx.Rngs(0)).items():
+    ours = time_vqlab(model, jnp.asarray(z), args.repeats) * 1e3
+    theirs = time_torch(torch, ref[name], z, args.repeats) * 1e3 if name in ref else None
+    cells = (f"{theirs:.0f} | {theirs / ours:.2f}x" if theirs else "- | -")
+    print(f"| {name} | {ours:.0f} | {cells} |", flush=True)
+
+  if not args.skip_search:
+    mem = search_memory(args.repeats)
+    print(f"\n# Exact nearest-code search, N=65,536, K=2^18, D=16 (block 2^22 distances)\n")
+    print("| | bytes | time s |")
+    print("|---|---:|---:|")
+    print(f"| blocked search, XLA temp allocation | {mem['temp_bytes'] / 2**20:.0f} MiB | "
+          f"{mem['seconds']:.1f} |")
+    print(f"| naive (N, K) float32 distance matrix | {mem['naive_bytes'] / 2**30:.0f} GiB | - |")
+
+
+if __name__ == "__main__":
+  main()
