@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command of the README: local virtualenv, install, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[dev]"
+# The reference comparisons (vector-quantize-pytorch, PyTorch's interpolate) need torch.
+# 2.13.0 is pinned because a CPU-only build of it is what CI has at hand; any torch >= 2.4
+# works. Without torch those tests skip and say so.
+.venv/bin/pip install -q "torch==2.13.0" vector-quantize-pytorch \
+  || echo "torch not installed: reference-comparison tests will be skipped"
+.venv/bin/python -m pytest -n 2 "$@"

@@ -1,0 +1,35 @@
+"""The `vqlab` command: `vqlab <job> --config configs/<job>.py --workdir DIR [--config.x=...]`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+JOBS = {
+    "study": ("vqlab.train.quantizer_study", "train a conv autoencoder per quantizer on "
+              "the built-in digits and compare them"),
+}
+
+
+def usage() -> str:
+  lines = ["usage: vqlab <job> --config CONFIG [--workdir DIR] [--config.field=value ...]", "",
+           "jobs:"]
+  lines += [f"  {name:8s} {help_}" for name, (_, help_) in JOBS.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help"):
+    print(usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  job = argv[1]
+  if job not in JOBS:
+    print(f"vqlab: unknown job {job!r}; expected one of {sorted(JOBS)}\n\n{usage()}",
+          file=sys.stderr)
+    sys.exit(2)
+  importlib.import_module(JOBS[job][0]).main([f"vqlab {job}"] + argv[2:])
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Models: autoencoders, discriminators and token generators."""

@@ -1,0 +1,40 @@
+"""Build any quantizer of the library from a config: `build(kind, dim, rngs=..., **kwargs)`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from flax import nnx
+
+from vqlab.quantizers.bsq import BSQ
+from vqlab.quantizers.fsq import FSQ
+from vqlab.quantizers.lfq import LFQ
+from vqlab.quantizers.multiscale import MultiScaleVQ
+from vqlab.quantizers.residual import GroupedResidualVQ, GroupedVQ, ResidualFSQ, ResidualVQ
+from vqlab.quantizers.vq import VectorQuantizer
+
+# the `kind` a config names -> the class it builds
+KINDS = {
+    "vq": VectorQuantizer, "rvq": ResidualVQ, "gvq": GroupedVQ, "grvq": GroupedResidualVQ,
+    "fsq": FSQ, "rfsq": ResidualFSQ, "lfq": LFQ, "bsq": BSQ, "msvq": MultiScaleVQ,
+}
+
+
+def build(kind: str, dim: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+  """A quantizer taking `dim` input channels. kwargs are the class's own arguments."""
+  if kind not in KINDS:
+    raise ValueError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
+  cls = KINDS[kind]
+  accepted = inspect.signature(cls.__init__).parameters
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+    raise ValueError(f"{kind}: unknown arguments {unknown}; expected some of "
+                     f"{sorted(k for k in accepted if k not in ('self', 'rngs'))}")
+  if kind == "rfsq":  # residual FSQ works in len(levels) channels
+    quantizer = cls(rngs=rngs, **kwargs)
+  else:
+    quantizer = cls(dim=dim, rngs=rngs, **kwargs)
+  if quantizer.dim != dim:
+    raise ValueError(f"{kind}: built for dim={quantizer.dim}, expected {dim}")
+  return quantizer

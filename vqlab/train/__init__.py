@@ -1,0 +1,1 @@
+"""Trainers: one per job, sharing small helpers."""
