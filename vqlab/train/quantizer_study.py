@@ -142,9 +142,9 @@ def results_table(results: list[dict[str, Any]]) -> str:
 
 def check_workdir(workdir: str) -> None:
   """Fail before training, not after, when results could not be written."""
-  os.makedirs(workdir, exist_ok=True)
   probe = os.path.join(workdir, ".write_test")
   try:
+    os.makedirs(workdir, exist_ok=True)
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
