@@ -43,6 +43,7 @@ def _time(fn, repeats: int) -> float:
 
 
 def time_vqlab(model: nnx.Module, z: jax.Array, repeats: int) -> float:
+  z = z[..., :model.dim]
   w = jax.random.normal(jax.random.key(1), z.shape)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -67,6 +68,7 @@ def vqlab_cases(rngs):
       "VQ + rotation trick": VectorQuantizer(D, K, estimator="rotation", rngs=rngs),
       "VQ + EMA (cosine)": VectorQuantizer(D, K, codebook="ema", metric="cosine", rngs=rngs),
       "FSQ": FSQ(FSQ_LEVELS, dim=D, rngs=rngs),
+      "FSQ on its 5 code axes (no projections)": FSQ(FSQ_LEVELS),
       "LFQ": LFQ(D, bits=BITS, rngs=rngs),
       "BSQ": BSQ(D, bits=BITS, rngs=rngs),
       "Residual VQ (4 levels)": ResidualVQ(D, K, 4, rngs=rngs),
@@ -80,6 +82,7 @@ def torch_cases():
   except ImportError:
     return None, {}
   torch.set_num_threads(os.cpu_count())
+  device = "cuda" if torch.cuda.is_available() else "cpu"  # the same kind as JAX's
   cases = {
       "VQ + straight-through": vqp.VectorQuantize(dim=D, codebook_size=K, decay=0.0,
                                                   learnable_codebook=True, ema_update=False),
@@ -88,15 +91,18 @@ def torch_cases():
                                                 rotation_trick=True),
       "VQ + EMA (cosine)": vqp.VectorQuantize(dim=D, codebook_size=K, use_cosine_sim=True),
       "FSQ": vqp.FSQ(levels=FSQ_LEVELS, dim=D),
+      "FSQ on its 5 code axes (no projections)": vqp.FSQ(levels=FSQ_LEVELS),
       "LFQ": vqp.LFQ(dim=D, codebook_size=2**BITS),
       "Residual VQ (4 levels)": vqp.ResidualVQ(dim=D, codebook_size=K, num_quantizers=4),
   }
-  return torch, cases
+  return torch, {name: m.to(device) for name, m in cases.items()}
 
 
 def time_torch(torch, module, z: np.ndarray, repeats: int) -> float:
-  x = torch.from_numpy(z.copy()).requires_grad_(True)
-  w = torch.randn(z.shape)
+  device = next(module.buffers(), torch.zeros(())).device
+  z = z[..., :module.dim] if hasattr(module, "dim") and isinstance(module.dim, int) else z
+  x = torch.from_numpy(z.copy()).to(device).requires_grad_(True)
+  w = torch.randn(z.shape, device=device)
 
   def run():
     out = module(x)
@@ -107,6 +113,8 @@ def time_torch(torch, module, z: np.ndarray, repeats: int) -> float:
     loss.backward()
     x.grad = None
     module.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+      torch.cuda.synchronize()
   return _time(run, repeats)
 
 
@@ -136,8 +144,9 @@ def main():
   for name, model in vqlab_cases(nnx.Rngs(0)).items():
     ours = time_vqlab(model, jnp.asarray(z), args.repeats) * 1e3
     theirs = time_torch(torch, ref[name], z, args.repeats) * 1e3 if name in ref else None
-    cells = (f"{theirs:.0f} | {theirs / ours:.2f}x" if theirs else "- | -")
-    print(f"| {name} | {ours:.0f} | {cells} |", flush=True)
+    ms = lambda t: f"{t:.0f}" if t >= 100 else f"{t:.3g}"
+    cells = f"{ms(theirs)} | {theirs / ours:.2f}x" if theirs else "- | -"
+    print(f"| {name} | {ms(ours)} | {cells} |", flush=True)
 
   if not args.skip_search:
     mem = search_memory(args.repeats)
@@ -145,7 +154,7 @@ def main():
     print("| | bytes | time s |")
     print("|---|---:|---:|")
     print(f"| blocked search, XLA temp allocation | {mem['temp_bytes'] / 2**20:.0f} MiB | "
-          f"{mem['seconds']:.1f} |")
+          f"{mem['seconds']:.3g} |")
     print(f"| naive (N, K) float32 distance matrix | {mem['naive_bytes'] / 2**30:.0f} GiB | - |")
 
 

@@ -16,6 +16,10 @@ from flax import nnx
 
 Array = jax.Array
 
+# Full float32 matrix products for distances, logits and entropies: GPUs default to
+# TF32 / bf16 passes for float32 matmuls, which cannot order close distances.
+EXACT = jax.lax.Precision.HIGHEST
+
 
 @flax.struct.dataclass
 class QuantizerOutput:
@@ -156,7 +160,8 @@ def binary_entropy_terms(bit_logits: Array, max_group_bits: int, mask: Array | N
     # log-probability of each of the group's 2^g codes (MSB first) for every row
     codes = ((np.arange(2**g)[:, None] >> np.arange(g - 1, -1, -1)) & 1).astype(np.float32)
     sl = slice(int(bits[0]), int(bits[-1]) + 1)
-    log_probs = log_p1[:, sl] @ codes.T + log_p0[:, sl] @ (1.0 - codes.T)
+    log_probs = (jnp.matmul(log_p1[:, sl], codes.T, precision=EXACT)
+                 + jnp.matmul(log_p0[:, sl], 1.0 - codes.T, precision=EXACT))
     codebook = codebook + entropy(w @ jnp.exp(log_probs))
   return per_sample, codebook
 

@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vqlab.quantizers.core import EXACT
 from vqlab.quantizers.search import squared_distances
 
 Array = jax.Array
@@ -135,7 +136,8 @@ def _ibq_fwd(z, codebook, indices, block_size):
 
 def _ibq_bwd(block_size, res, g):
   z, codebook, indices = res
-  dz, dc_soft = _chunked_softmax_vjp(z, codebook, g, lambda zz, cc, _: zz @ cc.T, block_size)
+  logits_fn = lambda zz, cc, _: jnp.matmul(zz, cc.T, precision=EXACT)
+  dz, dc_soft = _chunked_softmax_vjp(z, codebook, g, logits_fn, block_size)
   # The weights' forward value is one-hot, so q = w C also sends onehot^T g to C.
   dc_hard = jax.ops.segment_sum(g, indices, num_segments=codebook.shape[0])
   return dz, dc_soft + dc_hard, None

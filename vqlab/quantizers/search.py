@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from vqlab.quantizers.core import l2_normalize
+from vqlab.quantizers.core import EXACT, l2_normalize
 
 Array = jax.Array
 
@@ -31,7 +31,7 @@ def squared_distances(z_nd: Array, codebook_kd: Array) -> Array:
   """||z - c||^2 = |z|^2 - 2 z.c + |c|^2 in float32, shape (N, K)."""
   z = z_nd.astype(jnp.float32)
   c = codebook_kd.astype(jnp.float32)
-  return (jnp.sum(z * z, -1, keepdims=True) - 2.0 * z @ c.T
+  return (jnp.sum(z * z, -1, keepdims=True) - 2.0 * jnp.matmul(z, c.T, precision=EXACT)
           + jnp.sum(c * c, -1)[None, :])
 
 
@@ -51,7 +51,7 @@ def _prepare(z_nd: Array, codebook_kd: Array, metric: str) -> tuple[Array, Array
 def _ranking_scores(z: Array, c_sq: Array, c: Array) -> Array:
   """|c|^2 - 2 z.c: the squared distance minus |z|^2, which does not change the argmin
   and saves a pass over the (rows, codes) block."""
-  return c_sq[None, :] - 2.0 * z @ c.T
+  return c_sq[None, :] - 2.0 * jnp.matmul(z, c.T, precision=EXACT)
 
 
 def nearest_code_naive(z_nd: Array, codebook_kd: Array, metric: str = "l2"
