@@ -33,7 +33,11 @@ BITS = 13                     # 8,192 codes
 
 
 def _time(fn, repeats: int) -> float:
+  """Median wall time; fast cases get more repeats (>= 0.5 s of timing in all)."""
   fn()  # compile / warm up
+  t = time.perf_counter()
+  fn()
+  repeats = max(repeats, min(200, int(0.5 / max(time.perf_counter() - t, 1e-6))))
   times = []
   for _ in range(repeats):
     t = time.perf_counter()

@@ -39,11 +39,44 @@ def resolve_bits(bits: int | None, codebook_size: int | None) -> int:
   return bits
 
 
-class LFQ(ImplicitCodebookQuantizer):
+class BinaryQuantizer(ImplicitCodebookQuantizer):
+  """What LFQ and BSQ share: each of `bits` axes quantized to +-level (straight-through),
+  indices MSB first, and the entropy terms of softmax(-|u - c|^2 * inv_temperature) over
+  codes, whose log-odds for bit d are 4 * inv_temperature * level * u_d."""
+
+  def __init__(self, dim: int | None, bits: int | None, codebook_size: int | None, *,
+               level: float, inv_temperature: float, entropy_group_bits: int,
+               usage_decay: float, usage_threshold: float, rngs: nnx.Rngs | None):
+    self.bits = resolve_bits(bits, codebook_size)
+    if entropy_group_bits < 1:
+      raise ValueError(f"entropy_group_bits: expected >= 1, got {entropy_group_bits}")
+    self.level, self.inv_temperature = level, inv_temperature
+    self.entropy_group_bits = entropy_group_bits
+    super().__init__(dim, self.bits, 2**self.bits, usage_decay=usage_decay,
+                     usage_threshold=usage_threshold, rngs=rngs)
+
+  def binary_codes(self, u: Array, mask: Array | None) -> tuple[Array, dict[str, Array]]:
+    """Codes of u, and the per-sample entropy, codebook entropy and commitment terms."""
+    q = straight_through(u, jnp.where(u > 0, self.level, -self.level))
+    per_sample, codebook = binary_entropy_terms(
+        4.0 * self.inv_temperature * self.level * u.reshape(-1, self.bits),
+        self.entropy_group_bits, None if mask is None else mask.reshape(-1))
+    commitment = masked_mean(jnp.square(u - sg(q)), mask)
+    return q, {"per_sample_entropy": per_sample, "codebook_entropy": codebook,
+               "commitment": commitment}
+
+  def codes_to_indices(self, codes):
+    return bits_to_indices(codes > 0)
+
+  def indices_to_codes(self, indices):
+    return (indices_to_bits(indices, self.bits) * 2 - 1).astype(jnp.float32) * self.level
+
+
+class LFQ(BinaryQuantizer):
   """Lookup-free quantization. Give `bits` or `codebook_size` (= 2**bits).
 
-  `dim` (default bits) adds in/out projections when it differs from `bits`.
-  Defaults follow vector-quantize-pytorch, with MAGVIT-v2's 0.25 commitment.
+  `dim` (default bits) adds in/out projections when it differs from `bits`; codes are
+  +-`scale`. Defaults follow vector-quantize-pytorch, with MAGVIT-v2's 0.25 commitment.
   """
 
   def __init__(self, dim: int | None = None, *, bits: int | None = None,
@@ -52,30 +85,15 @@ class LFQ(ImplicitCodebookQuantizer):
                commitment_weight: float = 0.25, inv_temperature: float = 100.0,
                entropy_group_bits: int = 12, usage_decay: float = 0.99,
                usage_threshold: float = 1e-3, rngs: nnx.Rngs | None = None):
-    bits = resolve_bits(bits, codebook_size)
-    self.bits, self.scale = bits, scale
     self.entropy_weight, self.diversity_gamma = entropy_weight, diversity_gamma
-    self.commitment_weight, self.inv_temperature = commitment_weight, inv_temperature
-    if entropy_group_bits < 1:
-      raise ValueError(f"entropy_group_bits: expected >= 1, got {entropy_group_bits}")
-    self.entropy_group_bits = entropy_group_bits
-    super().__init__(dim, bits, 2**bits, usage_decay=usage_decay,
+    self.commitment_weight = commitment_weight
+    super().__init__(dim, bits, codebook_size, level=scale, inv_temperature=inv_temperature,
+                     entropy_group_bits=entropy_group_bits, usage_decay=usage_decay,
                      usage_threshold=usage_threshold, rngs=rngs)
 
   def quantize_codes(self, h, mask):
-    q = straight_through(h, jnp.where(h > 0, self.scale, -self.scale))
-    flat = h.reshape(-1, self.bits)
-    flat_mask = None if mask is None else mask.reshape(-1)
-    per_sample, codebook = binary_entropy_terms(
-        4.0 * self.inv_temperature * self.scale * flat, self.entropy_group_bits, flat_mask)
-    commitment = masked_mean(jnp.square(h - sg(q)), mask)
-    loss = (self.entropy_weight * (per_sample - self.diversity_gamma * codebook)
-            + self.commitment_weight * commitment)
-    return q, loss, {"per_sample_entropy": per_sample, "codebook_entropy": codebook,
-                     "commitment": commitment}
-
-  def codes_to_indices(self, codes):
-    return bits_to_indices(codes > 0)
-
-  def indices_to_codes(self, indices):
-    return (indices_to_bits(indices, self.bits) * 2 - 1).astype(jnp.float32) * self.scale
+    q, terms = self.binary_codes(h, mask)
+    loss = (self.entropy_weight * (terms["per_sample_entropy"]
+                                   - self.diversity_gamma * terms["codebook_entropy"])
+            + self.commitment_weight * terms["commitment"])
+    return q, loss, terms

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqlab.quantizers.core import QuantizerOutput, check_indices, mse, sg, track_usage
-from vqlab.quantizers.core import QuantizerState
+from vqlab.quantizers.core import (QuantizerOutput, QuantizerState, check_indices, mse, sg,
+                                   track_usage)
 from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
 
 Array = jax.Array
@@ -192,8 +192,7 @@ class MultiScaleVQ(nnx.Module):
     scale_indices = self.split_scales(indices)
     f_hat, inputs = 0.0, []
     for si in range(len(self.patch_nums) - 1):
-      h = resize(jnp.take(codebook, scale_indices[si], axis=0), side, "bicubic")
-      f_hat = f_hat + self.phi(h, si)
+      f_hat = f_hat + self._upsampled(jnp.take(codebook, scale_indices[si], axis=0), si, side)
       nxt = self.patch_nums[si + 1]
       inputs.append(resize(f_hat, nxt, "area").reshape(f_hat.shape[0], nxt * nxt, self.dim))
     return jnp.concatenate(inputs, axis=1)

@@ -277,15 +277,15 @@ class VectorQuantizer(nnx.Module):
     noise = None
     if training and self.estimator == "gumbel":
       noise = jax.random.gumbel(self.rngs.quantizer(), (h.shape[0], self.codebook_size))
-      logits = estimators.gumbel_logits(h, codebook) + noise
-      indices = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      logits = estimators.gumbel_logits(h, codebook)
+      indices = jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
     else:
       indices, _ = nearest_code(h, codebook, "l2", self.block_size)
 
     q_hard = jnp.take(codebook, indices, axis=0)
     loss, metrics = vq_loss(h, q_hard, self.beta, self.codebook_kind != "ema", flat_mask)
     if noise is not None and self.gumbel_kl_weight > 0:
-      log_probs = jax.nn.log_softmax(estimators.gumbel_logits(h, codebook), axis=-1)
+      log_probs = jax.nn.log_softmax(logits, axis=-1)
       kl = jnp.mean(jnp.sum(jnp.exp(log_probs) * (log_probs + jnp.log(self.codebook_size)), -1))
       loss = loss + self.gumbel_kl_weight * kl
       metrics["gumbel_kl"] = kl
@@ -310,9 +310,7 @@ class VectorQuantizer(nnx.Module):
     key = self.rngs.quantizer()
 
     def run_kmeans(_):
-      centres, counts = kmeans(h, self.codebook_size, key, self.kmeans_iters, self.metric,
-                               self.block_size)
-      return centres, counts
+      return kmeans(h, self.codebook_size, key, self.kmeans_iters, self.metric, self.block_size)
 
     def keep(_):
       return (self.codebook[...].astype(jnp.float32),
