@@ -227,15 +227,14 @@ class VectorQuantizer(nnx.Module):
                          f"{tuple(frozen_codebook.shape)}")
       self.frozen = FrozenCodebook(frozen_codebook)
       self.projector = nnx.Linear(frozen_codebook.shape[1], d, use_bias=False, rngs=rngs)
-    else:
-      init = jax.random.uniform(key, (k, d), minval=-1.0 / k, maxval=1.0 / k)
-      if codebook == "ema":
-        init = jax.random.normal(key, (k, d))
-        self.codebook = QuantizerState(init)
-        self.cluster_size = QuantizerState(jnp.ones((k,)))
-        self.embed_sum = QuantizerState(init)
-      else:
-        self.codebook = nnx.Param(init)
+    elif codebook == "ema":
+      # Unit cluster sizes make the initial codebook embed_sum / 1 = the random codes.
+      init = jax.random.normal(key, (k, d))
+      self.codebook = QuantizerState(init)
+      self.cluster_size = QuantizerState(jnp.ones((k,)))
+      self.embed_sum = QuantizerState(init)
+    else:  # taming-transformers' uniform(-1/K, 1/K)
+      self.codebook = nnx.Param(jax.random.uniform(key, (k, d), minval=-1.0 / k, maxval=1.0 / k))
     self.usage = QuantizerState(jnp.zeros((k,)))
     self.initialized = QuantizerState(jnp.asarray(not kmeans_init))
 
