@@ -3,15 +3,22 @@ quantizer, at a matched codebook size of 2^10 codes, each trained the same way.
 
   vqlab study --config configs/quantizer_study.py --workdir runs/study
   vqlab study --config configs/quantizer_study.py:runlocal --workdir /tmp/s   # seconds
-  --config.steps=1000 --config.quantizers=fsq,lfq --config.q.lfq.entropy_weight=0.2
+  --config.steps=1000 --config.quantizers=fsq,lfq --config.q.lfq.args.entropy_weight=0.2
 """
 
 import ml_collections
 
+from vqlab.quantizers import factory
+
+
+def spec(kind: str, **args) -> ml_collections.ConfigDict:
+  """kind + every argument of its class (defaults, then `args`), so any can be overridden."""
+  return ml_collections.ConfigDict(
+      dict(kind=kind, args={**factory.default_args(kind), **args}), type_safe=False)
+
 
 def quantizer_specs() -> ml_collections.ConfigDict:
-  """kind + arguments of vqlab.quantizers.factory.build; 2^10 codes each."""
-  spec = lambda kind, **kw: ml_collections.ConfigDict(dict(kind=kind, args=kw))
+  """One spec per quantizer of the study; 2^10 codes each."""
   return ml_collections.ConfigDict(dict(
       vq_ste=spec("vq", codebook_size=1024),
       vq_rotation=spec("vq", codebook_size=1024, estimator="rotation"),

@@ -67,3 +67,14 @@ def test_factory_names_bad_kinds_and_arguments():
   with pytest.raises(ValueError, match="unknown arguments \\['levls'\\]"):
     factory.build("fsq", 8, rngs=nnx.Rngs(0), levls=[3, 3])
   assert factory.build("lfq", 8, rngs=nnx.Rngs(0), bits=4).codebook_size == 16
+
+
+def test_every_quantizer_argument_is_a_config_field():
+  config = study_config.get_config("runlocal")
+  config.q.lfq.args.entropy_weight = 0.2
+  config.q.rvq.args.estimator = "rotation"
+  assert quantizer_study.build_model(config, "lfq", 0).quantizer.entropy_weight == 0.2
+  rvq = quantizer_study.build_model(config, "rvq", 0).quantizer
+  assert [level.estimator for level in rvq.levels] == ["rotation", "rotation"]
+  with pytest.raises(AttributeError):
+    config.q.lfq.args.no_such_argument  # noqa: B018

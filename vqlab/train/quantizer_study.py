@@ -184,7 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags
+  from absl import app, flags, logging
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "configs/quantizer_study.py[:runlocal]",
@@ -192,6 +192,7 @@ def main(argv: list[str]) -> None:
   flags.DEFINE_string("workdir", "runs/study", "Where results and images go.")
 
   def _main(_):
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing off the console
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 
   app.run(_main, argv=argv)
