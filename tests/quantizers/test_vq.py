@@ -65,6 +65,14 @@ def test_kmeans_finds_separated_clusters():
   np.testing.assert_array_equal(np.sort(counts), [100] * 6)
 
 
+def test_kmeans_with_fewer_rows_than_codes_uses_every_row():
+  z = jax.random.normal(jax.random.key(3), (5, 3))
+  centres, counts = kmeans(z, 300, jax.random.key(4), iters=3)
+  assert centres.shape == (300, 3) and float(counts.sum()) == 5
+  # every row is its own centre: the quantization error is zero
+  np.testing.assert_allclose(nearest_code_naive(z, centres)[1], 0.0, atol=1e-5)
+
+
 def test_dead_codes_restart_from_batch_rows():
   codebook = jnp.zeros((4, 2))
   usage = jnp.array([5.0, 0.0, 3.0, 0.1])

@@ -74,21 +74,33 @@ def ema_codebook_update(cluster_size: Array, embed_sum: Array, z_nd: Array, indi
   return cluster_size, embed_sum, embed_sum / smoothed[:, None]
 
 
-def kmeans_plus_plus(z: Array, k: int, key: Array) -> Array:
-  """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is a row drawn with
-  probability proportional to its squared distance to the nearest centre so far.
-  O(N K D) work and O(N) memory; plain random rows often seed two centres in one
-  cluster, which Lloyd's iterations never undo."""
-  first = z[jax.random.randint(key, (), 0, z.shape[0])]
+def kmeans_plus_plus(z: Array, k: int, key: Array, rounds: int = 64,
+                     block_size: int = DEFAULT_BLOCK_SIZE) -> Array:
+  """k-means++ seeding (Arthur & Vassilvitskii 2007), `rounds` rounds of ceil(k / rounds)
+  centres each: every round draws rows without replacement with probability
+  proportional to their squared distance to the nearest centre so far (Gumbel top-k),
+  like k-means|| (Bahmani et al. 2012). With rounds >= k it is exact k-means++.
+  Plain random rows often seed two centres in one cluster, which Lloyd's iterations
+  never undo; sequential k-means++ at K = 8,192 costs 8,192 passes over the batch.
+  """
+  n = z.shape[0]
+  rounds = min(rounds, k)
+  per_round = -(-k // rounds)
+  if per_round > n:  # fewer rows than one round needs: codes must repeat rows anyway
+    return z[jax.random.randint(key, (k,), 0, n)]
+  first = jax.random.randint(key, (per_round,), 0, n)  # round 1: uniform rows
 
-  def add_centre(min_d, step_key):
-    i = jax.random.categorical(step_key, jnp.log(jnp.maximum(min_d, 1e-30)))
-    centre = z[i]
-    return jnp.minimum(min_d, jnp.sum((z - centre) ** 2, -1)), centre
+  def add_centres(min_d, round_key):
+    scores = jnp.log(jnp.maximum(min_d, 1e-30)) + jax.random.gumbel(round_key, (n,))
+    picks = jax.lax.top_k(scores, per_round)[1]
+    _, d = nearest_code(z, z[picks], "l2", block_size)
+    return jnp.minimum(min_d, d), picks
 
-  min_d = jnp.sum((z - first) ** 2, -1)
-  _, rest = jax.lax.scan(add_centre, min_d, jax.random.split(jax.random.fold_in(key, 1), k - 1))
-  return jnp.concatenate([first[None], rest], axis=0)
+  _, d0 = nearest_code(z, z[first], "l2", block_size)
+  _, picks = jax.lax.scan(add_centres, d0, jax.random.split(jax.random.fold_in(key, 1),
+                                                            rounds - 1))
+  chosen = jnp.concatenate([first, picks.reshape(-1)])[:k]
+  return z[chosen]
 
 
 def kmeans(z_nd: Array, k: int, key: Array, iters: int = 10, metric: str = "l2",
@@ -101,7 +113,7 @@ def kmeans(z_nd: Array, k: int, key: Array, iters: int = 10, metric: str = "l2",
   z = z_nd.astype(jnp.float32)
   if metric == "cosine":
     z = l2_normalize(z)
-  init = kmeans_plus_plus(z, k, key)
+  init = kmeans_plus_plus(z, k, key, block_size=block_size)
 
   def step(centres, _):
     idx, _ = nearest_code(z, centres, metric, block_size)
