@@ -101,6 +101,10 @@ def test_bad_arguments():
     ResidualVQ(8, 16, 2, rngs=r).decode(jnp.zeros((4, 3), jnp.int32))
   with pytest.raises(ValueError, match="last dimension 8"):
     ResidualVQ(8, 16, 2, rngs=r)(jnp.zeros((4, 7)))
+  with pytest.raises(ValueError, match="num_levels: expected in \\[1, 2\\], got 3"):
+    ResidualVQ(8, 16, 2, rngs=r).decode(jnp.zeros((4, 2), jnp.int32), num_levels=3)
+  with pytest.raises(ValueError, match="batch axis"):
+    ResidualVQ(8, 16, 2, rngs=r)(jnp.zeros((8,)))
 
 
 def test_residual_fsq_matches_vector_quantize_pytorch():

@@ -73,6 +73,10 @@ class ResidualQuantizer(nnx.Module):
     self.rngs = rngs
     self.deterministic = False
 
+  def _check_num_levels(self, num_levels) -> None:
+    if isinstance(num_levels, int) and not 1 <= num_levels <= self.num_levels:
+      raise ValueError(f"num_levels: expected in [1, {self.num_levels}], got {num_levels}")
+
   def _scale(self, l: int):
     return 1.0 if self.scales is None else jnp.asarray(self.scales[l], jnp.float32)
 
@@ -81,6 +85,10 @@ class ResidualQuantizer(nnx.Module):
     """Quantize z (B, ..., dim). `num_levels` (scalar or (B,)) fixes the bitrate."""
     check_last_dim(z, self.dim)
     check_mask(mask, z)
+    if z.ndim < 2:
+      raise ValueError(f"z: expected (B, ..., {self.dim}) with a batch axis, got shape "
+                       f"{tuple(z.shape)}")
+    self._check_num_levels(num_levels)
     lead = z.shape[:-1]
     if num_levels is None:
       if self.quantizer_dropout and not self.deterministic:
@@ -117,6 +125,7 @@ class ResidualQuantizer(nnx.Module):
     if indices.shape[-1] != self.num_levels:
       raise ValueError(f"indices: expected a last axis of {self.num_levels} levels, got "
                        f"shape {tuple(indices.shape)}")
+    self._check_num_levels(num_levels)
     n = self.num_levels if num_levels is None else num_levels
     total = 0.0
     for l in range(n):
