@@ -30,11 +30,15 @@ from vqlab.quantizers import factory
 from vqlab.quantizers.core import entropy
 
 
-def build_model(config: ml_collections.ConfigDict, name: str, seed: int) -> ConvAutoencoder:
+def quantizer_spec(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   if name not in config.q:
     raise ValueError(f"quantizers: unknown quantizer {name!r}; expected names from "
                      f"config.q: {sorted(config.q)}")
-  spec = config.q[name]
+  return config.q[name]
+
+
+def build_model(config: ml_collections.ConfigDict, name: str, seed: int) -> ConvAutoencoder:
+  spec = quantizer_spec(config, name)
   rngs = nnx.Rngs(seed)
   quantizer = factory.build(spec.kind, config.latent_dim, rngs=rngs, **spec.args.to_dict())
   return ConvAutoencoder(quantizer, latent_dim=config.latent_dim, width=config.width, rngs=rngs)
@@ -154,10 +158,8 @@ def check_workdir(workdir: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   names = [n for n in config.quantizers.split(",") if n]
-  for name in names:
-    if name not in config.q:
-      raise ValueError(f"quantizers: unknown quantizer {name!r}; expected names from "
-                       f"config.q: {sorted(config.q)}")
+  for name in names:  # fail before anything is written or trained
+    quantizer_spec(config, name)
   check_workdir(workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
