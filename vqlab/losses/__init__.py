@@ -1,0 +1,1 @@
+"""Losses: reconstruction, perceptual, adversarial, spectral."""
