@@ -16,6 +16,17 @@ import numpy as np
 from PIL import Image
 
 
+class SelectKeys(grain.transforms.Map):
+  """Keep `keys` of a record as numpy arrays (a class, not a lambda: grain's worker
+  processes pickle their transforms)."""
+
+  def __init__(self, keys: tuple[str, ...]):
+    self.keys = keys
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    return {k: np.asarray(element[k]) for k in self.keys}
+
+
 class RandomCropFlip(grain.transforms.RandomMap):
   """A random square crop with side in [min_crop, max_crop] (capped by the image),
   resized to `size` with area-averaging (down) or bicubic (up), and a random
@@ -62,7 +73,7 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map(lambda e: {k: np.asarray(e[k]) for k in keys})
+  ds = ds.repeat(num_epochs).map(SelectKeys(keys))
   crop = RandomCropFlip(image_size, min_crop or image_size, max_crop or image_size, flip)
   ds = ds.random_map(crop, seed=seed)
   return ds.batch(batch_size, drop_remainder=True)
