@@ -1,0 +1,91 @@
+"""ViT-VQGAN encoder / decoder (Yu et al. 2021, https://arxiv.org/abs/2110.04627):
+non-overlapping patches -> linear -> fixed 2D sin-cos positions -> pre-norm transformer
+blocks -> LayerNorm -> linear to `latent_dim`; the decoder mirrors it and a linear
+layer maps each token back to its pixel patch. Pair it with
+`VectorQuantizer(latent_dim, K, code_dim=8..32, metric="cosine")` for the paper's
+factorized, l2-normalised codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vqlab.nn.vit import EncoderBlock, patchify, sincos_2d, unpatchify
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTShape:
+  image_size: int = 256
+  patch_size: int = 8
+  width: int = 768
+  depth: int = 12
+  heads: int = 12
+  mlp_ratio: int = 4
+  latent_dim: int = 768
+  channels: int = 3
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  def check(self) -> None:
+    if self.image_size % self.patch_size:
+      raise ValueError(f"image_size: expected a multiple of patch_size={self.patch_size}, got "
+                       f"{self.image_size}")
+    if self.width % self.heads or self.width % 4:
+      raise ValueError(f"width: expected a multiple of heads={self.heads} and of 4, got "
+                       f"{self.width}")
+
+
+# ViT-VQGAN's "Base" (encoder and decoder alike) and a CPU-sized one.
+BASE = ViTShape()
+TINY = ViTShape(image_size=32, patch_size=4, width=64, depth=2, heads=4, latent_dim=32)
+
+
+class ViTEncoder(nnx.Module):
+  def __init__(self, shape: ViTShape, rngs: nnx.Rngs):
+    shape.check()
+    self.shape = shape
+    self.embed = nnx.Linear(shape.patch_size**2 * shape.channels, shape.width, rngs=rngs)
+    self.blocks = nnx.List([EncoderBlock(shape.width, shape.heads, shape.mlp_ratio, rngs=rngs)
+                            for _ in range(shape.depth)])
+    self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
+    self.to_latent = nnx.Linear(shape.width, shape.latent_dim, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    """(B, H, W, C) -> latents (B, H/p, W/p, latent_dim)."""
+    s = self.shape
+    if x.shape[1:] != (s.image_size, s.image_size, s.channels):
+      raise ValueError(f"x: expected (B, {s.image_size}, {s.image_size}, {s.channels}), got "
+                       f"{x.shape}")
+    h = self.embed(patchify(x, s.patch_size)) + sincos_2d(s.grid, s.grid, s.width)
+    for block in self.blocks:
+      h = block(h)
+    return self.to_latent(self.norm(h)).reshape(x.shape[0], s.grid, s.grid, s.latent_dim)
+
+
+class ViTDecoder(nnx.Module):
+  def __init__(self, shape: ViTShape, rngs: nnx.Rngs):
+    shape.check()
+    self.shape = shape
+    self.from_latent = nnx.Linear(shape.latent_dim, shape.width, rngs=rngs)
+    self.blocks = nnx.List([EncoderBlock(shape.width, shape.heads, shape.mlp_ratio, rngs=rngs)
+                            for _ in range(shape.depth)])
+    self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
+    self.to_pixels = nnx.Linear(shape.width, shape.patch_size**2 * shape.channels, rngs=rngs)
+
+  def __call__(self, z: Array) -> Array:
+    """Latents (B, H/p, W/p, latent_dim) -> images (B, H, W, C)."""
+    s = self.shape
+    b = z.shape[0]
+    h = self.from_latent(z.reshape(b, s.grid * s.grid, s.latent_dim))
+    h = h + sincos_2d(s.grid, s.grid, s.width)
+    for block in self.blocks:
+      h = block(h)
+    return unpatchify(self.to_pixels(self.norm(h)), s.patch_size, s.image_size, s.image_size)

@@ -1,0 +1,1 @@
+"""Shared blocks: attention, MLPs, norms, positions."""

@@ -1,0 +1,59 @@
+"""Vision-transformer pieces: patchify, 2D sin-cos positions, a pre-norm encoder block.
+
+Positions follow MAE / big_vision's `posemb_sincos_2d`: half the channels encode the row,
+half the column, each as [sin(p w_k), cos(p w_k)] with w_k = 10000^(-k / (D/4)).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+
+def patchify(x: Array, patch: int) -> Array:
+  """(B, H, W, C) -> (B, H/p * W/p, p*p*C), patches in raster order."""
+  b, h, w, c = x.shape
+  if h % patch or w % patch:
+    raise ValueError(f"x: expected H and W divisible by patch={patch}, got shape {x.shape}")
+  x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(tokens: Array, patch: int, h: int, w: int) -> Array:
+  """Inverse of `patchify` for an (h, w) image."""
+  b, n, d = tokens.shape
+  c = d // (patch * patch)
+  x = tokens.reshape(b, h // patch, w // patch, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h, w, c)
+
+
+def sincos_2d(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """(rows * cols, dim) fixed position embedding."""
+  if dim % 4:
+    raise ValueError(f"dim: expected a multiple of 4 for 2D sin-cos positions, got {dim}")
+  y, x = np.mgrid[:rows, :cols]
+  omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4))
+  parts = []
+  for p in (y.reshape(-1), x.reshape(-1)):
+    angle = p[:, None] * omega[None]
+    parts += [np.sin(angle), np.cos(angle)]
+  return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+class EncoderBlock(nnx.Module):
+  """x + MHSA(LN(x)); x + MLP(LN(x)) with a GELU MLP of `mlp_ratio` x width."""
+
+  def __init__(self, width: int, heads: int, mlp_ratio: int = 4, *, rngs: nnx.Rngs):
+    self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+    self.up = nnx.Linear(width, mlp_ratio * width, rngs=rngs)
+    self.down = nnx.Linear(mlp_ratio * width, width, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    x = x + self.attn(self.norm1(x))
+    return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
