@@ -54,8 +54,8 @@ def joint_indices(model: ConvAutoencoder, indices: jax.Array) -> tuple[jax.Array
   return jnp.sum(indices * weights, axis=-1), k**levels
 
 
-@nnx.jit
-def train_step(model: ConvAutoencoder, optimizer: nnx.Optimizer, images: jax.Array):
+def train_step_fn(model: ConvAutoencoder, optimizer: nnx.Optimizer, images: jax.Array):
+  """One Adam step on reconstruction + quantizer loss; updates model and optimizer."""
   x = image_to_unit(images)
 
   def loss_fn(model):
@@ -66,6 +66,9 @@ def train_step(model: ConvAutoencoder, optimizer: nnx.Optimizer, images: jax.Arr
   (loss, (mse, metrics)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
   return {"loss": loss, "mse": mse, **metrics}
+
+
+train_step = nnx.jit(train_step_fn)
 
 
 @nnx.jit
