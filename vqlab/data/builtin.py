@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vqlab.data.digits import load_mnist_digits
+from vqlab.data.digits import load_mnist_digits, split_indices
 
 DIGITS_TEST_SIZE = 500
 
@@ -68,9 +68,8 @@ class VqlabDigits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download: the data ships inside a package
-    order = np.random.default_rng(0).permutation(5000)
-    return {"train": self._generate_examples(order[DIGITS_TEST_SIZE:]),
-            "test": self._generate_examples(order[:DIGITS_TEST_SIZE])}
+    train, test = split_indices(5000, DIGITS_TEST_SIZE)  # the quantizer study's split
+    return {"train": self._generate_examples(train), "test": self._generate_examples(test)}
 
   def _generate_examples(self, rows):
     images, labels = load_mnist_digits(pad_to=32)

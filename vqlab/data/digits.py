@@ -33,10 +33,16 @@ def load_mnist_digits(pad_to: int = 32) -> tuple[np.ndarray, np.ndarray]:
   return images[..., None], labels
 
 
+def split_indices(n: int, eval_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(train, eval) row indices of a fixed random split (the file is sorted by label, so
+  never take a prefix)."""
+  if not 0 < eval_size < n:
+    raise ValueError(f"eval_size: expected in (0, {n}), got {eval_size}")
+  order = np.random.default_rng(seed).permutation(n)
+  return order[eval_size:], order[:eval_size]
+
+
 def train_eval_split(images: np.ndarray, eval_size: int, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-  """A fixed random split (the file is sorted by label, so never take a prefix)."""
-  if not 0 < eval_size < len(images):
-    raise ValueError(f"eval_size: expected in (0, {len(images)}), got {eval_size}")
-  order = np.random.default_rng(seed).permutation(len(images))
-  return images[order[eval_size:]], images[order[:eval_size]]
+  train, test = split_indices(len(images), eval_size, seed)
+  return images[train], images[test]

@@ -21,11 +21,15 @@ KINDS = {
 }
 
 
-def default_args(kind: str) -> dict[str, Any]:
-  """The keyword arguments of `kind`'s class with their defaults (not dim / rngs)."""
+def quantizer_class(kind: str) -> type:
   if kind not in KINDS:
     raise ValueError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
-  params = inspect.signature(KINDS[kind].__init__).parameters
+  return KINDS[kind]
+
+
+def default_args(kind: str) -> dict[str, Any]:
+  """The keyword arguments of `kind`'s class with their defaults (not dim / rngs)."""
+  params = inspect.signature(quantizer_class(kind).__init__).parameters
   args = {name: p.default for name, p in params.items()
           if name not in ("self", "dim", "rngs") and p.default is not p.empty}
   if any(p.kind == p.VAR_KEYWORD for p in params.values()):  # **vq_kwargs
@@ -35,9 +39,7 @@ def default_args(kind: str) -> dict[str, Any]:
 
 def build(kind: str, dim: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
   """A quantizer taking `dim` input channels. kwargs are the class's own arguments."""
-  if kind not in KINDS:
-    raise ValueError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
-  cls = KINDS[kind]
+  cls = quantizer_class(kind)
   accepted = inspect.signature(cls.__init__).parameters
   unknown = sorted(set(kwargs) - set(accepted))
   if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):

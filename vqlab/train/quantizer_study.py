@@ -27,7 +27,7 @@ from tqdm import tqdm
 from vqlab.data.digits import load_mnist_digits, train_eval_split
 from vqlab.models.conv_autoencoder import ConvAutoencoder, image_to_unit
 from vqlab.quantizers import factory
-from vqlab.quantizers.core import entropy
+from vqlab.quantizers.core import usage_metrics
 
 
 def quantizer_spec(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -90,9 +90,9 @@ def evaluate(model: ConvAutoencoder, images: np.ndarray, batch_size: int) -> dic
     n_pixels += err.shape[0] * int(np.prod(images.shape[1:]))
   model.train()
   mse = sq_err / n_pixels
-  probs = counts / counts.sum()
+  usage = usage_metrics(jnp.asarray(counts, jnp.float32))
   return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse),  # signal range [-1, 1]
-          "usage": float((counts > 0).mean()), "perplexity": float(np.exp(entropy(probs))),
+          "usage": float(usage["usage"]), "perplexity": float(usage["perplexity"]),
           "codebook_size": int(len(counts))}
 
 
