@@ -8,13 +8,7 @@ quantizer, at a matched codebook size of 2^10 codes, each trained the same way.
 
 import ml_collections
 
-from vqlab.quantizers import factory
-
-
-def spec(kind: str, **args) -> ml_collections.ConfigDict:
-  """kind + every argument of its class (defaults, then `args`), so any can be overridden."""
-  return ml_collections.ConfigDict(
-      dict(kind=kind, args={**factory.default_args(kind), **args}), type_safe=False)
+from configs.common import quantizer_spec as spec, runlocal
 
 
 def quantizer_specs() -> ml_collections.ConfigDict:
@@ -44,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every = 50
   config.quantizers = "vq_ste,vq_rotation,vq_ema_restart,simvq,fsq,lfq,bsq,rvq"
   config.q = quantizer_specs()
-  if arg and "runlocal" in arg.split(","):
+  if runlocal(arg):
     config.steps = 3
     config.batch_size = 8
     config.eval_size = 32

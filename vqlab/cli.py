@@ -6,6 +6,11 @@ import importlib
 import sys
 
 JOBS = {
+    "train": ("vqlab.train.tokenizer", "train an image tokenizer (VQGAN / ViT-VQGAN) from a "
+              "config; resumes from its workdir"),
+    "eval": ("vqlab.train.tokenizer_eval", "reconstruct a split with a trained tokenizer: "
+             "PSNR, SSIM, code usage, perplexity"),
+    "tokens": ("vqlab.train.export_tokens", "export a dataset's tokens to array_record files"),
     "study": ("vqlab.train.quantizer_study", "train a conv autoencoder per quantizer on "
               "the built-in digits and compare them"),
 }

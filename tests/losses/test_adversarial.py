@@ -9,6 +9,7 @@ from flax import nnx
 from vqlab.losses.adversarial import (adaptive_weight, discriminator_loss, generator_loss,
                                       lecam_regularization)
 from vqlab.models.discriminator import PatchGAN
+from vqlab.models.vit_vqgan import TINY as VIT_TINY, ViTDecoder
 from vqlab.models.vqgan import TINY, Decoder
 
 
@@ -31,26 +32,25 @@ def test_hinge_and_non_saturating_losses():
     generator_loss(fake, "wasserstein")
 
 
-def test_adaptive_weight_is_the_ratio_of_last_layer_gradient_norms():
+@pytest.mark.parametrize("arch", ["vqgan", "vit"])
+def test_adaptive_weight_is_the_ratio_of_last_layer_gradient_norms(arch):
   rngs = nnx.Rngs(0)
-  dec, disc = Decoder(TINY, rngs), PatchGAN(3, width=8, n_layers=2, norm="none", rngs=rngs)
-  z = jax.random.normal(jax.random.key(1), (2, 16, 16, TINY.embed_dim))
+  if arch == "vqgan":
+    dec, grid, dim, last = Decoder(TINY, rngs), 16, TINY.embed_dim, "conv_out"
+  else:
+    dec, grid, dim, last = ViTDecoder(VIT_TINY, rngs), 8, VIT_TINY.latent_dim, "to_pixels"
+  disc = PatchGAN(3, width=8, n_layers=2, norm="none", rngs=rngs)
+  z = jax.random.normal(jax.random.key(1), (2, grid, grid, dim))
   x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
   nll = lambda y: jnp.mean(jnp.abs(y - x))
   gan = lambda y: generator_loss(disc(y))
   h = dec.features(z)
-  bias = dec.conv_out.bias[...]
-
-  def last_layer(kernel):
-    return jax.lax.conv_general_dilated(h, kernel, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
-
-  w = adaptive_weight(last_layer, dec.conv_out.kernel[...], nll, gan, disc_weight=0.8)
-  # Reference: gradients of the whole decoder's losses w.r.t. conv_out's kernel.
-  grads = lambda loss: nnx.grad(lambda d: loss(d(z)))(dec)["conv_out"]["kernel"][...]
+  w = adaptive_weight(lambda k: dec.last_layer(h, k), dec.last_kernel, nll, gan, disc_weight=0.8)
+  # Reference: gradients of the whole decoder's losses w.r.t. the last layer's kernel.
+  grads = lambda loss: nnx.grad(lambda d: loss(d(z)))(dec)[last]["kernel"][...]
   want = 0.8 * jnp.linalg.norm(grads(nll)) / (jnp.linalg.norm(grads(gan)) + 1e-4)
   np.testing.assert_allclose(w, want, rtol=1e-4)
-  np.testing.assert_allclose(last_layer(dec.conv_out.kernel[...]), dec(z), atol=1e-5)
+  np.testing.assert_allclose(dec.last_layer(h, dec.last_kernel), dec(z), atol=1e-5)
 
 
 def test_lecam_regularization():

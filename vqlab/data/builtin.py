@@ -5,8 +5,9 @@
 - `vqlab_photos`: whole photographs bundled with scikit-image, scikit-learn and
   matplotlib; train 8 / test 2 held-out photos. Crops are the input pipeline's job.
 
-`load(name, data_dir, split)` prepares a builder on first use (a second or two) and
-returns a random-access data source, as for any prepared tfds dataset.
+`load(name, data_dir, split)` prepares a built-in builder on first use (a second or two)
+and returns a random-access data source; any other tfds name must already be prepared
+in `data_dir` (array_record), e.g. cifar10 or imagenet2012.
 """
 
 from __future__ import annotations
@@ -102,11 +103,22 @@ BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos}
 
 
 def load(name: str, data_dir: str, split: str = "train"):
-  """A tfds random-access data source of a built-in dataset, prepared on first use."""
-  if name not in BUILDERS:
-    raise ValueError(f"name: expected one of {sorted(BUILDERS)}, got {name!r}")
-  builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
+  """A random-access data source of `split`: a built-in dataset (prepared on first use)
+  or any tfds dataset already prepared in `data_dir` as array_record files."""
+  data_dir = os.path.expanduser(data_dir)
+  if name in BUILDERS:
+    builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise ValueError(f"name: expected a built-in dataset {sorted(BUILDERS)} or a tfds "
+                       f"dataset name, got {name!r}") from e
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f"data: tfds dataset {name!r} is not prepared in data_dir={data_dir!r}; prepare it "
+          f"there first (tfds build {name} --data_dir {data_dir} --file_format array_record)")
   if split not in builder.info.splits:
     raise ValueError(f"split: expected one of {sorted(builder.info.splits)}, got {split!r}")
   return builder.as_data_source(split=split)

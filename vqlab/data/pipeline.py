@@ -61,19 +61,31 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
                   min_crop: int | None = None, max_crop: int | None = None,
                   flip: bool = False, shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1,
-                  keys: tuple[str, ...] = ("image",)) -> grain.MapDataset:
+                  keys: tuple[str, ...] = ("image",), in_memory: bool = False,
+                  drop_remainder: bool = True) -> grain.MapDataset:
   """Batches of {key: array} with images uint8 (batch_size, image_size, image_size, C).
 
   num_epochs=None repeats forever (training); an int gives a finite pass (evaluation).
+  in_memory=True decodes this process's records once and keeps them (small datasets:
+  the built-in photos are a few large PNGs that would be decoded for every crop).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index: expected in [0, {process_count}), got {process_index}")
   ds = grain.MapDataset.source(source)[process_index::process_count]
+  if in_memory:
+    ds = grain.MapDataset.source([{k: np.asarray(r[k]) for k in keys} for r in ds])
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).map(SelectKeys(keys))
   crop = RandomCropFlip(image_size, min_crop or image_size, max_crop or image_size, flip)
   ds = ds.random_map(crop, seed=seed)
-  return ds.batch(batch_size, drop_remainder=True)
+  return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def iterate(ds: grain.MapDataset, threads: int = 2, prefetch: int = 64) -> grain.DatasetIterator:
+  """A checkpointable iterator (`get_state` / `set_state`). grain's defaults (16 threads,
+  500 records ahead) suit a data-center host; on a small CPU box they starve the step."""
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                   prefetch_buffer_size=prefetch)))

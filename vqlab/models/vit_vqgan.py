@@ -80,12 +80,25 @@ class ViTDecoder(nnx.Module):
     self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
     self.to_pixels = nnx.Linear(shape.width, shape.patch_size**2 * shape.channels, rngs=rngs)
 
-  def __call__(self, z: Array) -> Array:
-    """Latents (B, H/p, W/p, latent_dim) -> images (B, H, W, C)."""
+  def features(self, z: Array) -> Array:
+    """Everything before `to_pixels` (normalised tokens)."""
     s = self.shape
-    b = z.shape[0]
-    h = self.from_latent(z.reshape(b, s.grid * s.grid, s.latent_dim))
+    h = self.from_latent(z.reshape(z.shape[0], s.grid * s.grid, s.latent_dim))
     h = h + sincos_2d(s.grid, s.grid, s.width)
     for block in self.blocks:
       h = block(h)
-    return unpatchify(self.to_pixels(self.norm(h)), s.patch_size, s.image_size, s.image_size)
+    return self.norm(h)
+
+  def last_layer(self, h: Array, kernel: Array) -> Array:
+    """`to_pixels` with its kernel given, then unpatchify (for the adaptive GAN weight)."""
+    s = self.shape
+    pixels = h @ kernel.astype(h.dtype) + self.to_pixels.bias[...]
+    return unpatchify(pixels, s.patch_size, s.image_size, s.image_size)
+
+  @property
+  def last_kernel(self) -> Array:
+    return self.to_pixels.kernel[...]
+
+  def __call__(self, z: Array) -> Array:
+    """Latents (B, H/p, W/p, latent_dim) -> images (B, H, W, C)."""
+    return self.last_layer(self.features(z), self.last_kernel)

@@ -172,5 +172,15 @@ class Decoder(nnx.Module):
       h = layer(h)
     return nnx.swish(self.norm_out(h))
 
+  def last_layer(self, h: Array, kernel: Array) -> Array:
+    """`conv_out` with its kernel given: the adaptive GAN weight differentiates it."""
+    y = jax.lax.conv_general_dilated(h, kernel.astype(h.dtype), (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + self.conv_out.bias[...]
+
+  @property
+  def last_kernel(self) -> Array:
+    return self.conv_out.kernel[...]
+
   def __call__(self, z: Array) -> Array:
     return self.conv_out(self.features(z))

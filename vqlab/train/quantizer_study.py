@@ -21,13 +21,14 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from vqlab.data.digits import load_mnist_digits, train_eval_split
 from vqlab.models.conv_autoencoder import ConvAutoencoder, image_to_unit
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import usage_metrics
+from vqlab.train.common import check_workdir, labeled_grid, to_pixels
 
 
 def quantizer_spec(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -118,23 +119,13 @@ def train_one(config: ml_collections.ConfigDict, name: str, train: np.ndarray,
 
 def reconstruction_grid(models: dict[str, ConvAutoencoder], images: np.ndarray) -> Image.Image:
   """Originals in the first row, then one row per quantizer, with labels."""
-  label_w, pad = 110, 2
-  rows = [("original", images[..., 0])]
+  rows = [("original", images)]
   for name, model in models.items():
     model.eval()
     _, _, recon = eval_step(model, jnp.asarray(images))
     model.train()
-    pixels = np.clip((np.asarray(recon[..., 0]) + 1) * 127.5, 0, 255).astype(np.uint8)
-    rows.append((name, pixels))
-  n, h, w = images.shape[:3]
-  canvas = Image.new("L", (label_w + n * (w + pad), len(rows) * (h + pad)), 255)
-  draw = ImageDraw.Draw(canvas)
-  for r, (label, pixels) in enumerate(rows):
-    y = r * (h + pad)
-    draw.text((4, y + h // 2 - 5), label, fill=0)
-    for i in range(n):
-      canvas.paste(Image.fromarray(pixels[i]), (label_w + i * (w + pad), y))
-  return canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST)
+    rows.append((name, to_pixels(recon)))
+  return labeled_grid(rows)
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
@@ -145,18 +136,6 @@ def results_table(results: list[dict[str, Any]]) -> str:
                  f"| {r['usage']:.1%} | {r['perplexity']:.0f} | {r['train_seconds']:.1f} "
                  f"| {r['steps_per_second']:.1f} |")
   return "\n".join(lines)
-
-
-def check_workdir(workdir: str) -> None:
-  """Fail before training, not after, when results could not be written."""
-  probe = os.path.join(workdir, ".write_test")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f"workdir: expected a writable directory, got {workdir!r} ({e})") from e
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:

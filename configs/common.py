@@ -1,0 +1,57 @@
+"""Pieces the config files share: quantizer specs and the tokenizer trainer's fields."""
+
+import ml_collections
+
+from vqlab.quantizers import factory
+
+
+def quantizer_spec(kind: str, **args) -> ml_collections.ConfigDict:
+  """kind + every argument of its class (defaults, then `args`), so any can be overridden."""
+  return ml_collections.ConfigDict(
+      dict(kind=kind, args={**factory.default_args(kind), **args}), type_safe=False)
+
+
+def runlocal(arg: str | None) -> bool:
+  return bool(arg) and "runlocal" in arg.split(",")
+
+
+def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDict
+                     ) -> ml_collections.ConfigDict:
+  """Every field the tokenizer trainer reads, with taming-transformers' VQGAN defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(arch=arch, shape=shape))
+  c.model.quantizer = quantizer
+  c.data = ml_collections.ConfigDict(dict(
+      name="vqlab_photos", data_dir="~/tensorflow_datasets", train_split="train",
+      eval_split="test", image_size=256,
+      min_crop=0, max_crop=0,  # 0: crops of image_size; else random sides, resized
+      flip=True,
+      in_memory=False,  # decode every record once and keep it (small datasets only)
+      threads=16, prefetch=512))  # grain reader threads, records read ahead
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100_000, batch_size=32, lr=1e-4, disc_lr=1e-4, b1=0.5, b2=0.9,
+      weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0,
+      ema_decay=0.0))  # 0: no EMA of the generator
+  c.loss = ml_collections.ConfigDict(dict(
+      recon="l1", recon_weight=1.0, quantizer_weight=1.0,
+      perceptual_weight=1.0, lpips_weights="",  # a converted .npz, or "random" (smoke tests)
+      gan_loss="hinge", disc_weight=0.8, adaptive_weight=True, disc_start=50_000,
+      lecam_weight=0.0, lecam_decay=0.999))
+  c.disc = ml_collections.ConfigDict(dict(width=64, n_layers=3, norm="batch"))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12))
+  c.log = ml_collections.ConfigDict(dict(
+      every=50, image_every=1000, checkpoint_every=2000, keep_checkpoints=3,
+      eval_examples=1000))
+  return c
+
+
+def shrink_for_runlocal(c: ml_collections.ConfigDict, shape: dict) -> None:
+  """A few steps of a CPU-sized model on the built-in photos, every loss term on."""
+  c.model.shape = shape
+  c.data.update(name="vqlab_photos", image_size=32, min_crop=32, max_crop=96, in_memory=True,
+                threads=2, prefetch=64)
+  c.train.update(steps=2, batch_size=8)
+  c.loss.update(disc_start=1, lpips_weights="random" if c.loss.perceptual_weight else "")
+  c.disc.update(width=16, n_layers=2)
+  c.log.update(every=1, image_every=2, checkpoint_every=2, eval_examples=16)

@@ -1,0 +1,32 @@
+"""Quickstart: a small VQGAN on the built-in photographs, trained on a CPU in minutes.
+
+  vqlab train --config configs/vqgan_quickstart.py --workdir runs/quickstart
+
+32x32 crops (sides 32-128 px, resized) of 8 bundled photographs, f4 (8x8 tokens), an
+EMA codebook of 1,024 codes with k-means init and dead-code restarts, L1 + quantizer
+loss, PatchGAN with the adaptive weight for the last quarter; evaluated on 2 held-out
+photographs. No LPIPS (its weights are not bundled): add
+--config.loss.perceptual_weight=1 --config.loss.lpips_weights=lpips_vgg16.npz.
+"""
+
+from configs.common import quantizer_spec, runlocal, shrink_for_runlocal, tokenizer_config
+
+SHAPE = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+             z_channels=32, embed_dim=32, resolution=32, in_channels=3, norm_groups=8,
+             dropout=0.0)
+
+
+def get_config(arg: str | None = None):
+  quantizer = quantizer_spec("vq", codebook_size=1024, codebook="ema", kmeans_init=True,
+                             dead_code_threshold=0.5)
+  c = tokenizer_config("vqgan", SHAPE, quantizer)
+  c.data.update(name="vqlab_photos", image_size=32, min_crop=32, max_crop=128, in_memory=True,
+                threads=2, prefetch=64)
+  c.train.update(steps=2000, batch_size=32, lr=1e-3, disc_lr=2e-4, ema_decay=0.0)
+  c.loss.update(perceptual_weight=0.0, disc_start=1500, disc_weight=0.1)
+  c.disc.update(width=32, n_layers=2)
+  c.log.update(every=25, image_every=250, checkpoint_every=500, eval_examples=512)
+  if runlocal(arg):
+    shrink_for_runlocal(c, dict(SHAPE, channels=8, channel_mult=(1, 2), z_channels=16,
+                                embed_dim=16))
+  return c

@@ -1,0 +1,92 @@
+"""An image tokenizer: encoder -> any quantizer of vqlab.quantizers -> decoder.
+
+`build(arch, shape, quantizer_kind, quantizer_args)` assembles the convolutional VQGAN
+(`arch="vqgan"`, shape fields of `VQGANShape`) or ViT-VQGAN (`arch="vit"`, `ViTShape`)
+around a quantizer built by `vqlab.quantizers.factory`. Images are channels last in
+[-1, 1]; `encode` gives the quantizer's output (indices included), `decode` turns
+indices back into images without the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from flax import nnx
+
+from vqlab.models import vit_vqgan, vqgan
+from vqlab.quantizers import factory
+from vqlab.quantizers.core import QuantizerOutput
+
+Array = jax.Array
+
+# arch -> (shape class, encoder, decoder, the shape field naming the latent width)
+ARCHS = {
+    "vqgan": (vqgan.VQGANShape, vqgan.Encoder, vqgan.Decoder, "embed_dim"),
+    "vit": (vit_vqgan.ViTShape, vit_vqgan.ViTEncoder, vit_vqgan.ViTDecoder, "latent_dim"),
+}
+
+
+class ImageTokenizer(nnx.Module):
+
+  def __init__(self, encoder: nnx.Module, quantizer: nnx.Module, decoder: nnx.Module,
+               image_size: int, channels: int, downsample: int):
+    self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+    self.image_size, self.channels = image_size, channels
+    self.latent_size = image_size // downsample  # tokens per side
+
+  def check_images(self, x: Array) -> None:
+    want = (self.image_size, self.image_size, self.channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+      raise ValueError(f"images: expected shape (B, {want[0]}, {want[1]}, {want[2]}), got "
+                       f"{tuple(x.shape)}")
+
+  def encode(self, x: Array) -> QuantizerOutput:
+    """Images (B, H, W, C) in [-1, 1] -> quantizer output on the latent grid."""
+    self.check_images(x)
+    return self.quantizer(self.encoder(x))
+
+  def decode(self, indices: Array) -> Array:
+    """Indices as `encode` gives them -> images."""
+    return self.decoder(self.quantizer.decode(indices))
+
+  def features(self, x: Array) -> tuple[Array, QuantizerOutput]:
+    """The decoder's features before its last layer, and the quantizer output: the
+    trainer applies `decoder.last_layer` itself so it can weigh the GAN loss there."""
+    q = self.encode(x)
+    return self.decoder.features(q.quantized), q
+
+  def __call__(self, x: Array) -> tuple[Array, QuantizerOutput]:
+    q = self.encode(x)
+    return self.decoder(q.quantized), q
+
+
+def make_shape(arch: str, shape: Mapping[str, Any]):
+  """The arch's shape dataclass from a dict; unknown fields are an error."""
+  if arch not in ARCHS:
+    raise ValueError(f"arch: expected one of {sorted(ARCHS)}, got {arch!r}")
+  cls = ARCHS[arch][0]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(shape) - fields)
+  if unknown:
+    raise ValueError(f"shape: unknown fields {unknown} for arch {arch!r}; expected some of "
+                     f"{sorted(fields)}")
+  tuples = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in shape.items()}
+  return cls(**tuples)
+
+
+def build(arch: str, shape: Mapping[str, Any], quantizer_kind: str,
+          quantizer_args: Mapping[str, Any], *, rngs: nnx.Rngs) -> ImageTokenizer:
+  shape = make_shape(arch, shape)
+  _, encoder_cls, decoder_cls, latent_field = ARCHS[arch]
+  encoder = encoder_cls(shape, rngs)
+  quantizer = factory.build(quantizer_kind, getattr(shape, latent_field), rngs=rngs,
+                            **dict(quantizer_args))
+  decoder = decoder_cls(shape, rngs)
+  if arch == "vqgan":
+    return ImageTokenizer(encoder, quantizer, decoder, shape.resolution, shape.in_channels,
+                          shape.downsample_factor)
+  return ImageTokenizer(encoder, quantizer, decoder, shape.image_size, shape.channels,
+                        shape.patch_size)

@@ -1,0 +1,89 @@
+"""Small helpers every trainer shares: the workdir, metric writers, image grids, pixels."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def check_workdir(workdir: str) -> None:
+  """Fail before training, not after, when results could not be written."""
+  probe = os.path.join(workdir, ".write_test")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"workdir: expected a writable directory, got {workdir!r} ({e})") from e
+
+
+def to_unit(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_pixels(x) -> np.ndarray:
+  """Images in [-1, 1] -> uint8 pixels."""
+  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def labeled_grid(rows: Sequence[tuple[str, np.ndarray]], min_side: int = 64) -> Image.Image:
+  """One row of images (N, H, W, C) uint8 per (label, images); small images are scaled
+  up (nearest) so that a side is at least `min_side` pixels."""
+  label_w, pad = 110, 2
+  n, h, w, c = rows[0][1].shape
+  scale = max(1, -(-min_side // max(h, w)))
+  h, w = h * scale, w * scale
+  mode = "L" if c == 1 else "RGB"
+  canvas = Image.new(mode, (label_w + n * (w + pad), len(rows) * (h + pad)), 255 if c == 1
+                     else (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for r, (label, pixels) in enumerate(rows):
+    y = r * (h + pad)
+    draw.text((4, y + h // 2 - 5), label, fill=0 if c == 1 else (0, 0, 0))
+    for i in range(n):
+      img = Image.fromarray(pixels[i][..., 0] if c == 1 else pixels[i])
+      canvas.paste(img.resize((w, h), Image.NEAREST), (label_w + i * (w + pad), y))
+  return canvas
+
+
+class MetricWriter:
+  """Scalars to `metrics.jsonl` (one JSON object per logged step) and TensorBoard event
+  files (tensorboardX: no TensorFlow needed). Only process 0 writes; the others no-op."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+
+  def write_image(self, step: int, tag: str, image: Image.Image) -> None:
+    if self.enabled:
+      self._tb.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

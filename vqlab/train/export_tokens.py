@@ -1,0 +1,84 @@
+"""Export a dataset's tokens with a trained image tokenizer, for the generators.
+
+  vqlab tokens --workdir runs/quickstart --out runs/quickstart/tokens_train --split train
+
+One pass over the split (no shuffling; for datasets cropped at random, the evaluation
+seed fixes the crops and --examples how many), indices written as array_record shards
+by `vqlab.data.tokens.write_tokens`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import numpy as np
+
+from vqlab import parallel
+from vqlab.data import builtin, tokens
+from vqlab.data.pipeline import image_dataset, iterate
+from vqlab.train import tokenizer
+from vqlab.train.common import to_unit
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode(state, images, *, graphdef):
+  return tokenizer.eval_model(graphdef, state).encode(to_unit(images)).indices
+
+
+def export(workdir: str, out: str, split: str = "train", examples: int | None = None,
+           batch_size: int = 64, data_dir: str | None = None) -> int:
+  """Tokens of `split` (all of it, or `examples` images) into `out`; returns the count."""
+  mesh = parallel.make_mesh({"data": -1})
+  config, graphdef, state, step = tokenizer.restore(workdir, mesh=mesh)
+  d = config.data
+  source = builtin.load(d.name, data_dir or d.data_dir, split)
+  keys = ("image", "label") if "label" in source[0] else ("image",)
+  total = examples or len(source)
+  ds = image_dataset(source, batch_size=batch_size, image_size=d.image_size,
+                     seed=config.seed + 1, min_crop=d.min_crop or None,
+                     max_crop=d.max_crop or None, shuffle=False,
+                     num_epochs=math.ceil(total / len(source)), keys=keys,
+                     in_memory=d.in_memory, drop_remainder=False)
+  sharding = parallel.batch_sharding(mesh)
+
+  def examples_iter():
+    done = 0
+    for batch in iterate(ds, threads=0):
+      images = batch["image"]
+      n = len(images)  # the last batch is padded so one compiled shape serves all
+      images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
+      indices = np.asarray(_encode(state, jax.device_put(images, sharding),
+                                   graphdef=graphdef))[:n]
+      for i in range(n):
+        if done == total:
+          return
+        yield {"indices": indices[i], **({"label": batch["label"][i]} if "label" in batch
+                                         else {})}
+        done += 1
+
+  model = tokenizer.eval_model(graphdef, state)
+  meta = {"tokenizer_workdir": workdir, "step": step, "split": split, "dataset": d.name,
+          "codebook_size": int(model.quantizer.codebook_size),
+          "latent_size": int(model.latent_size), "image_size": int(d.image_size)}
+  return tokens.write_tokens(out, examples_iter(), meta)
+
+
+def main(argv: list[str]) -> None:
+  from absl import app, flags, logging
+  flags.DEFINE_string("workdir", None, "A tokenizer run's workdir.")
+  flags.DEFINE_string("out", None, "Directory for the token shards.")
+  flags.DEFINE_string("split", "train", "Split to tokenize.")
+  flags.DEFINE_integer("examples", None, "Images to tokenize (default: the whole split).")
+  flags.DEFINE_integer("batch_size", 64, "Images per encode call.")
+  flags.DEFINE_string("data_dir", None, "Override the config's tfds data dir.")
+  flags.mark_flags_as_required(["workdir", "out"])
+
+  def _main(_):
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    n = export(f.workdir, f.out, f.split, f.examples, f.batch_size, f.data_dir)
+    print(f"wrote {n} token records to {f.out}")
+
+  app.run(_main, argv=argv)
