@@ -49,9 +49,10 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
 def shrink_for_runlocal(c: ml_collections.ConfigDict, shape: dict) -> None:
   """A few steps of a CPU-sized model on the built-in photos, every loss term on."""
   c.model.shape = shape
-  c.data.update(name="vqlab_photos", image_size=32, min_crop=32, max_crop=96, in_memory=True,
+  c.data.update(name="vqlab_photos", train_split="train", eval_split="test", image_size=32,
+                min_crop=32, max_crop=96, in_memory=True,
                 threads=2, prefetch=64)
-  c.train.update(steps=2, batch_size=8)
+  c.train.update(steps=2, batch_size=8, warmup_steps=min(c.train.warmup_steps, 1))
   c.loss.update(disc_start=1, lpips_weights="random" if c.loss.perceptual_weight else "")
   c.disc.update(width=16, n_layers=2)
   c.log.update(every=1, image_every=2, checkpoint_every=2, eval_examples=16)

@@ -1,6 +1,5 @@
 """Notebooks are executed so they never rot."""
 
-import os
 import pathlib
 
 import pytest

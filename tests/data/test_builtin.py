@@ -79,3 +79,31 @@ def test_crop_arithmetic_and_bad_input():
     RandomCropFlip(16, 100, 120, flip=False).random_map({"image": image}, rng)
   with pytest.raises(ValueError, match="name"):
     builtin.load("imagenet_mini", "/tmp", "train")
+
+
+def test_any_prepared_tfds_dataset_loads_by_name(tmp_path):
+  """A tfds dataset that is not built in (here one defined by the test, registered under
+  its name like cifar10) loads once prepared in the data dir, and not before."""
+  import tensorflow_datasets as tfds
+
+  class VqlabTestSquares(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"image": tfds.features.Image(shape=(8, 8, 1))}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(5):
+        yield i, {"image": builtin._png(np.full((8, 8), 40 * i, np.uint8))}
+
+  data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="not prepared"):
+    builtin.load("vqlab_test_squares", data_dir, "train")
+  VqlabTestSquares(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  source = builtin.load("vqlab_test_squares", data_dir, "train")
+  assert len(source) == 5
+  assert sorted(int(source[i]["image"][0, 0, 0]) for i in range(5)) == [0, 40, 80, 120, 160]

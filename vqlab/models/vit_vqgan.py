@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from vqlab.nn.vit import EncoderBlock, patchify, sincos_2d, unpatchify

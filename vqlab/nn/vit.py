@@ -7,7 +7,6 @@ half the column, each as [sin(p w_k), cos(p w_k)] with w_k = 10000^(-k / (D/4)).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -87,3 +87,15 @@ class MetricWriter:
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def run_app(argv: list[str], body) -> None:
+  """Run `body(absl FLAGS)` as an absl app (flags defined by the caller beforehand), with
+  JAX's backend probing kept off the console."""
+  from absl import app, flags, logging
+
+  def _main(_):
+    logging.set_verbosity(logging.WARNING)
+    body(flags.FLAGS)
+
+  app.run(_main, argv=argv)

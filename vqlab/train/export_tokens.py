@@ -19,7 +19,7 @@ from vqlab import parallel
 from vqlab.data import builtin, tokens
 from vqlab.data.pipeline import image_dataset, iterate
 from vqlab.train import tokenizer
-from vqlab.train.common import to_unit
+from vqlab.train.common import run_app, to_unit
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -66,7 +66,7 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
+  from absl import flags
   flags.DEFINE_string("workdir", None, "A tokenizer run's workdir.")
   flags.DEFINE_string("out", None, "Directory for the token shards.")
   flags.DEFINE_string("split", "train", "Split to tokenize.")
@@ -75,10 +75,8 @@ def main(argv: list[str]) -> None:
   flags.DEFINE_string("data_dir", None, "Override the config's tfds data dir.")
   flags.mark_flags_as_required(["workdir", "out"])
 
-  def _main(_):
-    logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
+  def body(f):
     n = export(f.workdir, f.out, f.split, f.examples, f.batch_size, f.data_dir)
     print(f"wrote {n} token records to {f.out}")
 
-  app.run(_main, argv=argv)
+  run_app(argv, body)

@@ -28,7 +28,7 @@ from vqlab.data.digits import load_mnist_digits, train_eval_split
 from vqlab.models.conv_autoencoder import ConvAutoencoder, image_to_unit
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import usage_metrics
-from vqlab.train.common import check_workdir, labeled_grid, to_pixels
+from vqlab.train.common import check_workdir, labeled_grid, run_app, to_pixels
 
 
 def quantizer_spec(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -168,15 +168,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
+  from absl import flags
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "configs/quantizer_study.py[:runlocal]",
                                   lock_config=True)
   flags.DEFINE_string("workdir", "runs/study", "Where results and images go.")
 
-  def _main(_):
-    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing off the console
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-  app.run(_main, argv=argv)
+  run_app(argv, lambda f: run(f.config, f.workdir))

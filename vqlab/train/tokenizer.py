@@ -38,14 +38,15 @@ from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin
 from vqlab.data.pipeline import image_dataset, iterate
-from vqlab.eval.image_metrics import psnr, ssim
+from vqlab.eval import inception
+from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.losses import adversarial
 from vqlab.losses.perceptual import LPIPS
 from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.quantizers.core import usage_metrics
-from vqlab.train.common import (MetricWriter, check_workdir, labeled_grid, to_pixels,
-                                to_unit)
+from vqlab.train.common import (MetricWriter, check_workdir, labeled_grid, run_app,
+                                to_pixels, to_unit)
 
 RECON_LOSSES = ("l1", "l2")
 
@@ -83,6 +84,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.train.steps < 1 or config.train.batch_size < 1:
     raise ValueError(f"train.steps, train.batch_size: expected >= 1, got "
                      f"{config.train.steps}, {config.train.batch_size}")
+  if config.train.schedule == "cosine" and config.train.warmup_steps >= config.train.steps:
+    raise ValueError(f"train.warmup_steps: expected fewer than train.steps="
+                     f"{config.train.steps} for the cosine schedule, got "
+                     f"{config.train.warmup_steps}")
   if config.loss.perceptual_weight > 0 and not config.loss.lpips_weights:
     raise ValueError("loss.lpips_weights: expected a converted LPIPS .npz (python -m "
                      "vqlab.losses.perceptual --help) or 'random' when "
@@ -293,15 +298,23 @@ def local_batch_size(global_batch: int, mesh) -> int:
   return global_batch // jax.process_count()
 
 
+@jax.jit
+def _inception_pair(params, x, recon):
+  feats = lambda images: inception.inception_features(params, _rgb(images))
+  return feats(x), feats(recon)
+
+
 def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
-             num_examples: int) -> dict[str, Any]:
-  """PSNR, SSIM, code usage and perplexity of held-out reconstructions (fixed crops)."""
+             num_examples: int, inception_params=None) -> dict[str, Any]:
+  """PSNR, SSIM, code usage and perplexity of held-out reconstructions (fixed crops);
+  rFID (Frechet distance of Inception features, originals vs reconstructions) when
+  `inception_params` are given."""
   batch = config.train.batch_size
   ds = datasets(config, split, train=False, batch_size=local_batch_size(batch, mesh),
                 num_examples=num_examples)
   sharding = parallel.batch_sharding(mesh)
   fn = functools.partial(reconstruct, graphdef=graphdef)
-  psnrs, ssims, counts = [], [], None
+  psnrs, ssims, counts, real_feats, fake_feats = [], [], None, [], []
   codebook = merge(graphdef, state).model.quantizer.codebook_size
   for i, b in enumerate(iterate(ds, config.data.threads, config.data.prefetch)):
     if i * batch >= num_examples:
@@ -312,6 +325,10 @@ def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split:
     psnrs.append(np.asarray(psnr(recon, x)))
     if min(x.shape[1:3]) >= 11:
       ssims.append(np.asarray(ssim(recon, x)))
+    if inception_params is not None:
+      real, fake = _inception_pair(inception_params, x, recon)
+      real_feats.append(np.asarray(real))
+      fake_feats.append(np.asarray(fake))
     flat = np.asarray(indices).ravel()
     c = np.bincount(flat[flat >= 0], minlength=codebook)  # -1: a dropped residual level
     counts = c if counts is None else counts + c
@@ -319,15 +336,20 @@ def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split:
     raise ValueError(f"data: split {split!r} of {config.data.name!r} gave no full batch of "
                      f"{batch}")
   usage = usage_metrics(jnp.asarray(counts, jnp.float32))
-  return {"psnr": float(np.mean(np.concatenate(psnrs))),
+  extra = {}
+  if inception_params is not None:
+    extra["rfid"] = frechet_distance(*gaussian_stats(np.concatenate(real_feats)),
+                                     *gaussian_stats(np.concatenate(fake_feats)))
+  return {**extra, "psnr": float(np.mean(np.concatenate(psnrs))),
           "ssim": float(np.mean(np.concatenate(ssims))) if ssims else float("nan"),
           "usage": float(usage["usage"]), "perplexity": float(usage["perplexity"]),
           "codebook_size": int(codebook), "examples": int(sum(len(p) for p in psnrs))}
 
 
 def describe(r: dict[str, Any]) -> str:
-  return (f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, code usage {r['usage']:.1%} of "
-          f"{r['codebook_size']}, perplexity {r['perplexity']:.0f} ({r['examples']} images)")
+  rfid = f"rFID {r['rfid']:.2f}, " if "rfid" in r else ""
+  return (f"{rfid}PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, code usage {r['usage']:.1%} "
+          f"of {r['codebook_size']}, perplexity {r['perplexity']:.0f} ({r['examples']} images)")
 
 
 # ----------------------------------------------------------------------------- loop
@@ -483,7 +505,7 @@ def load_tokenizer(workdir: str, step: int | None = None) -> image_tokenizer.Ima
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
+  from absl import flags
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:runlocal]",
@@ -492,8 +514,4 @@ def main(argv: list[str]) -> None:
                       "resumes from it.")
   flags.mark_flags_as_required(["config", "workdir"])
 
-  def _main(_):
-    logging.set_verbosity(logging.WARNING)
-    train(flags.FLAGS.config, flags.FLAGS.workdir)
-
-  app.run(_main, argv=argv)
+  run_app(argv, lambda f: train(f.config, f.workdir))

@@ -1,7 +1,8 @@
 """Evaluate a trained image tokenizer: reconstruct a split and report PSNR, SSIM, code
-usage and perplexity (and rFID when Inception weights are given).
+usage and perplexity, and rFID when Inception weights are given.
 
   vqlab eval --workdir runs/quickstart [--split test] [--examples 1000] [--step N]
+             [--inception inception_fid.npz]
 
 Writes eval_<split>_<step>.json to the workdir and prints the numbers.
 """
@@ -12,11 +13,20 @@ import json
 import os
 
 from vqlab import parallel
+from vqlab.eval import inception
 from vqlab.train import tokenizer
+from vqlab.train.common import run_app
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, examples: int | None = None,
-                     step: int | None = None, data_dir: str | None = None) -> dict:
+                     step: int | None = None, data_dir: str | None = None,
+                     inception_weights: str | None = None) -> dict:
+  """Evaluate a run's checkpoint; `inception_weights` ("random" for tests) adds rFID."""
+  inception_params = None
+  if inception_weights == "random":
+    inception_params = inception.random_params()
+  elif inception_weights:
+    inception_params = inception.load_npz(inception_weights)  # before any work: fail early
   mesh = parallel.make_mesh({"data": -1})
   config, graphdef, state, step = tokenizer.restore(workdir, step, mesh)
   if data_dir:
@@ -24,25 +34,26 @@ def evaluate_workdir(workdir: str, split: str | None = None, examples: int | Non
   split = split or config.data.eval_split
   result = {"step": step, "split": split,
             **tokenizer.evaluate(config, graphdef, state, mesh, split=split,
-                                 num_examples=examples or config.log.eval_examples)}
+                                 num_examples=examples or config.log.eval_examples,
+                                 inception_params=inception_params)}
   with open(os.path.join(workdir, f"eval_{split}_{step}.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
+  from absl import flags
   flags.DEFINE_string("workdir", None, "A tokenizer run's workdir.")
   flags.DEFINE_string("split", None, "Split to reconstruct (default: the config's eval split).")
   flags.DEFINE_integer("examples", None, "Images to evaluate (default: log.eval_examples).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("data_dir", None, "Override the config's tfds data dir.")
+  flags.DEFINE_string("inception", None, "Converted pytorch-fid Inception weights (.npz, "
+                      "python -m vqlab.eval.inception --help): adds rFID.")
   flags.mark_flag_as_required("workdir")
 
-  def _main(_):
-    logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
-    r = evaluate_workdir(f.workdir, f.split, f.examples, f.step, f.data_dir)
+  def body(f):
+    r = evaluate_workdir(f.workdir, f.split, f.examples, f.step, f.data_dir, f.inception)
     print(f"step {r['step']}, {r['split']}: {tokenizer.describe(r)}")
 
-  app.run(_main, argv=argv)
+  run_app(argv, body)
