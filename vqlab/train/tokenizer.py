@@ -23,7 +23,6 @@ import functools
 import json
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -32,7 +31,6 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
 from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
@@ -45,8 +43,8 @@ from vqlab.losses.perceptual import LPIPS
 from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.quantizers.core import usage_metrics
-from vqlab.train.common import (MetricWriter, check_workdir, labeled_grid, run_app,
-                                to_pixels, to_unit)
+from vqlab.train import loop
+from vqlab.train.common import MetricWriter, labeled_grid, run_app, to_pixels, to_unit
 
 RECON_LOSSES = ("l1", "l2")
 
@@ -355,22 +353,6 @@ def describe(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- loop
 
 
-def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """A workdir with checkpoints resumes only with the same model and data."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return
-  with open(path) as f:
-    old = json.load(f)
-  new = json.loads(config.to_json())
-  changed = [f"{section}.{k}" for section in ("model", "disc")
-             for k in sorted(set(old.get(section, {})) | set(new[section]))
-             if old.get(section, {}).get(k) != new[section].get(k)]
-  if changed:
-    raise ValueError(f"config: {workdir!r} holds checkpoints of another model (changed: "
-                     f"{changed}); use a new workdir, nothing there was touched")
-
-
 def save_grid(writer: MetricWriter, workdir: str, step: int, originals: np.ndarray,
               recon) -> str:
   path = os.path.join(workdir, "images", f"recon_{step:07d}.png")
@@ -386,16 +368,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (or resume) in `workdir`; returns the summary also written to summary.json."""
   check_config(config)
   main_process = jax.process_index() == 0
-  check_workdir(workdir)
-  check_resumable(workdir, config)
+  loop.prepare_workdir(workdir, config, ("model", "disc"))
   mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
   batch = local_batch_size(config.train.batch_size, mesh)
   train_ds = datasets(config, config.data.train_split, train=True, batch_size=batch)
   fixed = next(iterate(datasets(config, config.data.eval_split, train=False,
                                 batch_size=batch, num_examples=batch), threads=0))["image"][:8]
-  if main_process:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  loop.write_config(workdir, config)
   lpips_graphdef, lpips_state = load_lpips(config)
   graphdef, state = init_state(config)
   shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
@@ -408,49 +387,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                         out_shardings=(shardings, None), donate_argnums=0)
            for gan in (False, True)}
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.log.keep_checkpoints)
-  it = iterate(train_ds, config.data.threads, config.data.prefetch)
-  start = 0
-  if ckpt.latest_step() is not None:
-    start, restored, data_state = ckpt.restore(to_checkpoint(state))
-    state = from_checkpoint(state, restored)
-    if data_state is not None:
-      it.set_state(data_state)
-    if main_process:
-      print(f"resumed from step {start} in {ckpt.directory}")
+  def step_fn(state, batch, step):
+    images = jax.make_array_from_process_local_data(data_sharding, batch["image"])
+    gan = config.loss.disc_weight > 0 and step >= config.loss.disc_start
+    return steps[gan](state, images, lpips_state)
+
   writer = MetricWriter(workdir, enabled=main_process)
-  total = config.train.steps
-  log = config.log
-  window_start, window_steps = time.perf_counter(), 0
-  bar = tqdm(range(start, total), initial=start, total=total, desc="train",
-             disable=not main_process, mininterval=2, dynamic_ncols=True)
-  try:
-    for step in bar:
-      images = jax.make_array_from_process_local_data(data_sharding, next(it)["image"])
-      gan = config.loss.disc_weight > 0 and step >= config.loss.disc_start
-      state, metrics = steps[gan](state, images, lpips_state)
-      window_steps += 1
-      done = step + 1
-      if done % log.every == 0 or done == total:
-        scalars = {k: float(v) for k, v in metrics.items()}
-        now = time.perf_counter()
-        scalars["steps_per_second"] = window_steps / (now - window_start)
-        window_start, window_steps = now, 0
-        writer.write(done, scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", psnr=f"{scalars['psnr']:.2f}",
-                        usage=f"{scalars.get('q/usage', float('nan')):.2f}")
-      if done % log.image_every == 0 or done == total:
-        recon, _ = reconstruct(state, jnp.asarray(fixed), graphdef=graphdef)
-        save_grid(writer, workdir, done, fixed, recon)
-      if done % log.checkpoint_every == 0 or done == total:
-        ckpt.save(done, to_checkpoint(state), it.get_state())
-  finally:
-    bar.close()
-    ckpt.close()  # waits for the async save: nothing half-written is left behind
-    writer.close()
-  summary = {"step": total, **evaluate(config, graphdef, state, mesh,
-                                        split=config.data.eval_split,
-                                        num_examples=log.eval_examples)}
+
+  def grid(state, done):
+    recon, _ = reconstruct(state, jnp.asarray(fixed), graphdef=graphdef)
+    save_grid(writer, workdir, done, fixed, recon)
+
+  ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
+  it = iterate(train_ds, config.data.threads, config.data.prefetch)
+  start, state = loop.resume(ckpt, state, it)
+  state = loop.run(state, it, step_fn, start=start, total=config.train.steps, ckpt=ckpt,
+                   writer=writer, log_every=config.log.every,
+                   checkpoint_every=config.log.checkpoint_every,
+                   periodic=[(config.log.image_every, grid)], postfix=("loss", "psnr", "q/usage"))
+  summary = {"step": config.train.steps, **evaluate(config, graphdef, state, mesh,
+                                                     split=config.data.eval_split,
+                                                     num_examples=config.log.eval_examples)}
   if main_process:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
@@ -460,41 +417,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return summary
 
 
-def to_checkpoint(state) -> dict:
-  """Pure nested dicts of arrays: what orbax stores."""
-  return {"nnx": nnx.to_pure_dict(state["nnx"]),
-          "ema": nnx.to_pure_dict(state["ema"]) if state["ema"] else {},
-          "lecam": state["lecam"]}
-
-
-def from_checkpoint(template, restored) -> dict:
-  nnx.replace_by_pure_dict(template["nnx"], restored["nnx"])
-  if template["ema"]:
-    nnx.replace_by_pure_dict(template["ema"], restored["ema"])
-  return {"nnx": template["nnx"], "ema": template["ema"], "lecam": restored["lecam"]}
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"workdir: expected a tokenizer run (config.json) in {workdir!r}")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def restore(workdir: str, step: int | None = None, mesh=None):
   """(config, graphdef, state, step) of a run's checkpoint (default the latest), placed
   on `mesh` (default: every device, parameters replicated)."""
-  config = load_config(workdir)
+  config = loop.load_config(workdir)
   mesh = mesh or parallel.make_mesh({"data": -1})
   graphdef, state = init_state(config)
   state = jax.device_put(state, parallel.state_shardings(state, mesh))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
-    step, restored, _ = ckpt.restore(to_checkpoint(state), step)
+    step, restored, _ = ckpt.restore(loop.to_checkpoint(state), step)
   finally:
     ckpt.close()
-  return config, graphdef, from_checkpoint(state, restored), step
+  return config, graphdef, loop.from_checkpoint(state, restored), step
 
 
 def load_tokenizer(workdir: str, step: int | None = None) -> image_tokenizer.ImageTokenizer:

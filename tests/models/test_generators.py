@@ -1,0 +1,168 @@
+"""Token generators: the KV cache gives the uncached logits, VAR's block-causal mask
+hides later scales, guidance and logit filters match their definitions, and tiny
+models memorise a handful of sequences and sample them back."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from vqlab.models import sampling
+from vqlab.models.generators import MaskedGenerator, NextScaleGenerator, NextTokenGenerator
+from vqlab.nn.transformer import KVCache, TransformerShape, attention_mask
+from vqlab.quantizers import MultiScaleVQ
+
+SHAPE = TransformerShape(width=32, depth=2, heads=4, mlp_ratio=2.0)
+VAR_SHAPE = TransformerShape(width=32, depth=2, heads=4, mlp_ratio=2.0, norm="layer",
+                             mlp="gelu", qk_norm="l2", adaln=True)
+PATCH_NUMS = (1, 2, 3)
+
+
+@pytest.mark.parametrize("positions", ["rope2d", "learned"])
+def test_cached_raster_decoding_gives_the_uncached_logits(positions):
+  model = NextTokenGenerator(SHAPE, vocab_size=17, num_classes=3, grid=3,
+                             positions=positions, rngs=nnx.Rngs(0))
+  model.eval()
+  tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, 17)
+  labels = jnp.array([0, 3])
+  full = model(tokens, labels)
+  cache = KVCache.empty(SHAPE, 2, 9)
+  logits, cache = model.step(model.embed_class(labels), 0, cache)
+  got = [logits[:, 0]]
+  for i in range(1, 9):
+    logits, cache = model.step(model.embed_tokens(tokens[:, i - 1:i], i), i, cache)
+    got.append(logits[:, 0])
+  np.testing.assert_allclose(jnp.stack(got, 1), full, atol=2e-5, rtol=2e-5)
+
+
+def _var(seed=0):
+  rngs = nnx.Rngs(seed)
+  quantizer = MultiScaleVQ(8, 16, PATCH_NUMS, rngs=rngs)
+  model = NextScaleGenerator(VAR_SHAPE, vocab_size=16, num_classes=3, patch_nums=PATCH_NUMS,
+                             latent_dim=8, rngs=rngs)
+  return model, quantizer
+
+
+def test_cached_scale_decoding_gives_the_uncached_logits():
+  model, quantizer = _var()
+  model.eval()
+  indices = jax.random.randint(jax.random.key(2), (2, 14), 0, 16)
+  labels = jnp.array([1, 3])
+  feats = quantizer.teacher_forcing_input(indices)
+  full = model(labels, feats)
+  cache, offset, got = KVCache.empty(VAR_SHAPE, 2, 14), 0, []
+  for pn in PATCH_NUMS:
+    chunk = feats[:, max(offset - 1, 0):offset - 1 + pn * pn] if offset else feats[:, :0]
+    logits, cache = model.step(model.embed(labels, chunk, offset), labels, offset, cache)
+    got.append(logits)
+    offset += pn * pn
+  np.testing.assert_allclose(jnp.concatenate(got, 1), full, atol=2e-5, rtol=2e-5)
+
+
+def test_block_causal_mask_lets_scale_k_see_scales_up_to_k():
+  levels = jnp.asarray(np.repeat(np.arange(3), [1, 4, 9]))[None]
+  mask = np.asarray(attention_mask(levels, levels))[0, 0]
+  for q in range(14):
+    for k in range(14):
+      assert mask[q, k] == (levels[0, k] <= levels[0, q])
+  # and in the model: changing scale-3 inputs leaves the logits of scales 1-2 alone
+  model, quantizer = _var()
+  model.eval()
+  labels = jnp.array([0, 1])
+  feats = jax.random.normal(jax.random.key(3), (2, 13, 8))
+  a = model(labels, feats)
+  b = model(labels, feats.at[:, 4:].add(1.0))  # inputs of the third scale (slots 5..13)
+  np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
+  assert np.abs(np.asarray(a[:, 5:] - b[:, 5:])).max() > 1e-3
+
+
+def test_guidance_of_one_is_the_conditional_model_and_top_k_one_is_greedy():
+  cond = jax.random.normal(jax.random.key(4), (3, 50)) * 3
+  uncond = jax.random.normal(jax.random.key(5), (3, 50)) * 3
+  np.testing.assert_array_equal(sampling.guide(cond, uncond, 1.0), cond)
+  np.testing.assert_allclose(sampling.guide(cond, uncond, 2.5), uncond + 2.5 * (cond - uncond),
+                             rtol=1e-5, atol=1e-5)
+  for seed in range(5):
+    got = sampling.sample_logits(jax.random.key(seed), cond, temperature=0.7, top_k=1)
+    np.testing.assert_array_equal(got, jnp.argmax(cond, -1))
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  logits = jnp.log(jnp.array([[0.5, 0.05, 0.3, 0.15]]))
+  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.8)))[0]
+  assert kept.tolist() == [True, False, True, False]  # 0.5 + 0.3 reaches 0.8
+  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.81)))[0]
+  assert kept.tolist() == [True, False, True, True]
+  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_k=2)))[0]
+  assert kept.tolist() == [True, False, True, False]
+  with pytest.raises(ValueError, match="temperature"):
+    sampling.filter_logits(logits, temperature=0.0)
+
+
+def test_random_mask_follows_the_cosine_schedule():
+  mask = sampling.random_mask(jax.random.key(0), 4096, 16)
+  counts = np.asarray(mask.sum(-1))
+  assert counts.min() >= 1 and counts.max() <= 16
+  # E[ceil(cos(pi r / 2) * 16)] for r ~ U(0, 1), by quadrature
+  r = (np.arange(100_000) + 0.5) / 100_000
+  np.testing.assert_allclose(counts.mean(), np.ceil(np.cos(np.pi * r / 2) * 16).mean(), rtol=0.02)
+
+
+def _fit(model, loss_fn, steps, lr=3e-3):
+  """Adam on loss_fn(model, key); returns the last loss."""
+  optimizer = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, key):
+    loss, grads = nnx.value_and_grad(loss_fn)(model, key)
+    optimizer.update(model, grads)
+    return loss
+
+  for i in range(steps):
+    loss = step(model, optimizer, jax.random.key(i))
+  return float(loss)
+
+
+def test_next_token_model_memorises_and_samples_back_with_guidance():
+  data = jax.random.randint(jax.random.key(6), (4, 9), 0, 17)
+  labels = jnp.arange(4)
+  model = NextTokenGenerator(SHAPE, 17, 4, 3, rngs=nnx.Rngs(1))
+  ce = lambda m, _: optax.softmax_cross_entropy_with_integer_labels(m(data, labels), data).mean()
+  assert _fit(model, ce, 150) < 0.05
+  got = jax.jit(lambda l, k: sampling.sample_next_token(model, l, k, top_k=1))(labels,
+                                                                              jax.random.key(0))
+  np.testing.assert_array_equal(got, data)
+  guided = sampling.sample_next_token(model, labels, jax.random.key(1), cfg_scale=1.5,
+                                      temperature=0.5, top_k=1)
+  np.testing.assert_array_equal(guided, data)
+
+
+def test_next_scale_model_memorises_and_samples_back():
+  model, quantizer = _var(1)
+  indices = jax.random.randint(jax.random.key(7), (3, 14), 0, 16)
+  labels = jnp.arange(3)
+  feats = quantizer.teacher_forcing_input(indices)
+  ce = lambda m, _: optax.softmax_cross_entropy_with_integer_labels(m(labels, feats), indices).mean()
+  assert _fit(model, ce, 150) < 0.05
+  got = sampling.sample_next_scale(model, quantizer, labels, jax.random.key(0), top_k=1,
+                                   cfg_scale=2.0)
+  np.testing.assert_array_equal(got, indices)
+
+
+def test_masked_model_memorises_and_decodes_back():
+  data = jax.random.randint(jax.random.key(8), (3, 9), 0, 17)
+  labels = jnp.arange(3)
+  model = MaskedGenerator(SHAPE, 17, 3, 3, rngs=nnx.Rngs(2))
+
+  def loss(m, key):
+    mask = sampling.random_mask(key, 3, 9)
+    logits = m(jnp.where(mask, m.mask_id, data), labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, data)
+    return jnp.sum(ce * mask) / jnp.sum(mask)
+
+  _fit(model, loss, 300)
+  got = sampling.sample_masked(model, labels, jax.random.key(0), steps=4, top_k=1,
+                               choice_temperature=0.0)
+  np.testing.assert_array_equal(got, data)

@@ -1,0 +1,170 @@
+"""Sampling for the token generators, each a pure function of (model, labels, key) that
+runs inside `jit`: logit filtering (temperature, top-k, top-p), classifier-free
+guidance, raster decoding with the KV cache, VAR's scale-by-scale decoding with the
+cache and guidance ramped over scales, and MaskGIT's iterative parallel decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vqlab.models.generators import MaskedGenerator, NextScaleGenerator, NextTokenGenerator
+from vqlab.nn.transformer import KVCache
+
+Array = jax.Array
+
+
+def guide(cond: Array, uncond: Array, scale: Array | float) -> Array:
+  """uncond + s (cond - uncond), written so that s = 1 returns `cond` exactly."""
+  return cond + (scale - 1.0) * (cond - uncond)
+
+
+def filter_logits(logits: Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> Array:
+  """Scaled logits with everything outside the top-k / nucleus set to -inf."""
+  if temperature <= 0:
+    raise ValueError(f"temperature: expected > 0, got {temperature}")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, -1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # drop a token when the mass before it already reaches top_p (the first always stays)
+    drop_sorted = (jnp.cumsum(probs, -1) - probs) >= top_p
+    drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1), -1)
+    logits = jnp.where(drop, -jnp.inf, logits)
+  return logits
+
+
+def sample_logits(key: Array, logits: Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> Array:
+  return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(
+      jnp.int32)
+
+
+def _eval_copy(model):
+  """A copy in eval mode: sampling never mutates the caller's model (also under jit)."""
+  model = nnx.merge(*nnx.split(model), copy=True)
+  model.eval()
+  return model
+
+
+def _with_null(labels: Array, num_classes: int, guided: bool) -> Array:
+  return jnp.concatenate([labels, jnp.full_like(labels, num_classes)]) if guided else labels
+
+
+def _pick(logits: Array, key: Array, b: int, guided: bool, scale, **kw) -> Array:
+  if guided:
+    logits = guide(logits[:b], logits[b:], scale)
+  return sample_logits(key, logits, **kw)
+
+
+def sample_next_token(model: NextTokenGenerator, labels: Array, key: Array, *,
+                      cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0) -> Array:
+  """Raster-order sampling with the KV cache: tokens (B, N). Call inside or outside jit."""
+  model = _eval_copy(model)
+  b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  lab = _with_null(labels, model.num_classes, guided)
+  cache = KVCache.empty(model.shape, lab.shape[0], n)
+  logits, cache = model.step(model.embed_class(lab), 0, cache)
+  key, sub = jax.random.split(key)
+  tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(_pick(logits[:, -1], sub, b, guided,
+                                                           cfg_scale, **kw))
+  graphdef, state = nnx.split(model)
+
+  def body(i, carry):
+    tokens, cache, key = carry
+    m = nnx.merge(graphdef, state)
+    prev = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)
+    prev = jnp.concatenate([prev, prev]) if guided else prev
+    logits, cache = m.step(m.embed_tokens(prev, i), i, cache)
+    key, sub = jax.random.split(key)
+    tok = _pick(logits[:, -1], sub, b, guided, cfg_scale, **kw)
+    return jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], i, axis=1), cache, key
+
+  tokens, _, _ = jax.lax.fori_loop(1, n, body, (tokens, cache, key))
+  return tokens
+
+
+def sample_next_scale(model: NextScaleGenerator, quantizer, labels: Array, key: Array, *,
+                      cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0) -> Array:
+  """VAR's sampling: one scale at a time with the KV cache; guidance ramps linearly from
+  none at the first scale to `cfg_scale` - 1 extra at the last (VAR's `t = cfg * ratio`
+  with s = 1 + t). Returns indices (B, sum pn^2) for `quantizer.decode`."""
+  model = _eval_copy(model)
+  b, guided = labels.shape[0], cfg_scale != 1.0
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  lab = _with_null(labels, model.num_classes, guided)
+  cache = KVCache.empty(model.shape, lab.shape[0], model.seq_len)
+  indices = jnp.zeros((b, model.seq_len), jnp.int32)
+  offset, stages = 0, len(model.patch_nums)
+  for si, pn in enumerate(model.patch_nums):
+    if si == 0:
+      x = model.embed(lab, jnp.zeros((lab.shape[0], 0, model.word_embed.in_features)), 0)
+    else:  # the cumulative f_hat of the scales so far, at this scale's resolution
+      start = offset - model.first_len
+      feats = quantizer.teacher_forcing_input(indices)[:, start:start + pn * pn]
+      x = model.embed(lab, jnp.concatenate([feats, feats]) if guided else feats, offset)
+    logits, cache = model.step(x, lab, offset, cache)
+    key, sub = jax.random.split(key)
+    scale = 1.0 + (cfg_scale - 1.0) * si / max(stages - 1, 1)
+    idx = _pick(logits, sub, b, guided, scale, **kw)
+    indices = indices.at[:, offset:offset + pn * pn].set(idx)
+    offset += pn * pn
+  return indices
+
+
+def mask_schedule(ratio: Array | float) -> Array:
+  """MaskGIT's cosine schedule: the fraction of tokens still masked at progress `ratio`."""
+  return jnp.cos(0.5 * math.pi * jnp.asarray(ratio, jnp.float32))
+
+
+def random_mask(key: Array, batch: int, length: int) -> Array:
+  """Training masks (B, N) bool: ceil(cos(pi/2 r) N) random slots per row, r ~ U(0, 1)."""
+  k1, k2 = jax.random.split(key)
+  count = jnp.clip(jnp.ceil(mask_schedule(jax.random.uniform(k1, (batch,))) * length), 1, length)
+  rank = jnp.argsort(jnp.argsort(jax.random.uniform(k2, (batch, length)), -1), -1)
+  return rank < count[:, None]
+
+
+def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: int = 8,
+                  cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, choice_temperature: float = 4.5) -> Array:
+  """MaskGIT decoding: start all masked; each step samples every masked slot, keeps the
+  most confident (log-prob + annealed Gumbel noise) and re-masks the rest so that
+  cos(pi/2 (t+1)/T) N stay masked; tokens (B, N)."""
+  model = _eval_copy(model)
+  b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
+  lab = _with_null(labels, model.num_classes, guided)
+  tokens = jnp.full((b, n), model.mask_id, jnp.int32)
+  for t in range(steps):
+    key, k_sample, k_noise = jax.random.split(key, 3)
+    logits = model(jnp.concatenate([tokens, tokens]) if guided else tokens, lab)
+    if guided:
+      logits = guide(logits[:b], logits[b:], cfg_scale)
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    sampled = jax.random.categorical(k_sample, filtered).astype(jnp.int32)
+    unknown = tokens == model.mask_id
+    sampled = jnp.where(unknown, sampled, tokens)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(filtered, -1), sampled[..., None], -1)[..., 0]
+    ratio = (t + 1) / steps
+    confidence = logp + choice_temperature * (1 - ratio) * jax.random.gumbel(k_noise, (b, n))
+    confidence = jnp.where(unknown, confidence, jnp.inf)  # decided tokens stay
+    n_unknown = jnp.sum(unknown, -1, keepdims=True)
+    n_mask = jnp.floor(mask_schedule(ratio) * n).astype(jnp.int32)
+    n_mask = jnp.maximum(0, jnp.minimum(n_unknown - 1, n_mask)) if t < steps - 1 else 0 * n_mask
+    rank = jnp.argsort(jnp.argsort(confidence, -1), -1)  # 0 = least confident
+    tokens = jnp.where(rank < n_mask, model.mask_id, sampled)
+  return tokens

@@ -1,0 +1,230 @@
+"""A pre-norm decoder-only transformer for token generators (NNX).
+
+One block serves next-token (LlamaGen), next-scale (VAR) and masked (MaskGIT) models:
+- norm: RMSNorm or LayerNorm; optionally AdaLN (the norm has no affine and a SiLU ->
+  linear map of a condition vector gives per-block scale / shift / gate, as VAR's
+  `AdaLNSelfAttn`);
+- MLP: SwiGLU or GELU (tanh);
+- attention: multi-head, optional QK-norm ("rms", or VAR's "l2": unit q and k times a
+  learned per-head scale), RoPE from `rope_1d` / `rope_2d` angles or none (learned
+  positions live in the model);
+- masks from levels: a query at level a sees keys at levels <= a. Causal = level is the
+  position; VAR's block-causal = level is the scale; a bidirectional prefix shares one
+  level; all-equal levels = bidirectional (MaskGIT).
+- `KVCache`: per-layer keys / values / levels, written a chunk at a time at `offset`
+  (one token for raster decoding, a whole scale for VAR).
+
+Attention logits and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+NORMS = ("rms", "layer")
+MLPS = ("swiglu", "gelu")
+QK_NORMS = ("none", "rms", "l2")
+UNSEEN = jnp.iinfo(jnp.int32).max  # the level of an empty cache slot: no query sees it
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerShape:
+  width: int = 512
+  depth: int = 8
+  heads: int = 8
+  mlp_ratio: float = 4.0
+  norm: str = "rms"
+  mlp: str = "swiglu"
+  qk_norm: str = "none"
+  adaln: bool = False       # condition every block on a vector (class embedding)
+  dropout: float = 0.0
+
+  def check(self) -> None:
+    for name, value, allowed in (("norm", self.norm, NORMS), ("mlp", self.mlp, MLPS),
+                                 ("qk_norm", self.qk_norm, QK_NORMS)):
+      if value not in allowed:
+        raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+    if self.width % self.heads or (self.width // self.heads) % 2:
+      raise ValueError(f"width: expected a multiple of heads={self.heads} with an even head "
+                       f"dim, got {self.width}")
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def rope_1d(positions: Array, head_dim: int, base: float = 10000.0) -> Array:
+  """Rotation angles (..., L, head_dim / 2) for integer positions."""
+  freqs = base ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) / (head_dim // 2))
+  return positions.astype(jnp.float32)[..., None] * freqs
+
+
+def rope_2d(rows: Array, cols: Array, head_dim: int, base: float = 10000.0) -> Array:
+  """2D RoPE: the first half of each head's pairs rotates with the row, the second with
+  the column (as LlamaGen / EVA). rows, cols: (..., L)."""
+  return jnp.concatenate([rope_1d(rows, head_dim // 2, base), rope_1d(cols, head_dim // 2, base)],
+                         axis=-1)
+
+
+def apply_rope(x: Array, angles: Array) -> Array:
+  """Rotate pairs (x[2i], x[2i+1]) of x (B, L, H, Dh) by angles (B or 1, L, Dh/2)."""
+  xf = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+  cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+  out = jnp.stack([xf[..., 0] * cos - xf[..., 1] * sin, xf[..., 0] * sin + xf[..., 1] * cos], -1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Keys and values (layers, B, L_max, H, Dh) and each slot's level (B, L_max)."""
+  keys: Array
+  values: Array
+  levels: Array
+
+  @classmethod
+  def empty(cls, shape: TransformerShape, batch: int, length: int, dtype=jnp.float32):
+    kv = (shape.depth, batch, length, shape.heads, shape.width // shape.heads)
+    return cls(jnp.zeros(kv, dtype), jnp.zeros(kv, dtype),
+               jnp.full((batch, length), UNSEEN, jnp.int32))
+
+
+def attention_mask(q_levels: Array, k_levels: Array) -> Array:
+  """(B, 1, Lq, Lk): a query sees keys whose level is <= its own."""
+  return (k_levels[:, None, None, :] <= q_levels[:, None, :, None])
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _norm(shape: TransformerShape, rngs: nnx.Rngs, affine: bool = True):
+  if shape.norm == "rms":
+    return nnx.RMSNorm(shape.width, epsilon=1e-6, use_scale=affine, rngs=rngs)
+  return nnx.LayerNorm(shape.width, epsilon=1e-6, use_scale=affine, use_bias=affine, rngs=rngs)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, shape: TransformerShape, rngs: nnx.Rngs):
+    self.heads, self.head_dim = shape.heads, shape.width // shape.heads
+    self.qkv = nnx.Linear(shape.width, 3 * shape.width, use_bias=False, rngs=rngs)
+    self.proj = nnx.Linear(shape.width, shape.width, rngs=rngs)
+    self.qk_norm = shape.qk_norm
+    if shape.qk_norm == "rms":
+      self.q_norm = nnx.RMSNorm(self.head_dim, epsilon=1e-6, rngs=rngs)
+      self.k_norm = nnx.RMSNorm(self.head_dim, epsilon=1e-6, rngs=rngs)
+    elif shape.qk_norm == "l2":  # VAR: log of a per-head logit scale, init log(4)
+      self.log_scale = nnx.Param(jnp.full((shape.heads,), jnp.log(4.0)))
+
+  def __call__(self, x: Array, levels: Array, angles: Array | None = None,
+               cache: tuple[Array, Array, Array] | None = None, offset: Array | int = 0):
+    """x (B, L, D), levels (B, L). With `cache` = (keys, values, levels) of this layer,
+    the chunk is written at `offset` and attends to everything cached; returns
+    (out, updated cache or None)."""
+    b, l, _ = x.shape
+    q, k, v = jnp.split(self.qkv(x).reshape(b, l, 3 * self.heads, self.head_dim), 3, axis=2)
+    if self.qk_norm == "rms":
+      q, k = self.q_norm(q), self.k_norm(k)
+    elif self.qk_norm == "l2":
+      unit = lambda t: t * jax.lax.rsqrt(jnp.sum(jnp.square(t.astype(jnp.float32)), -1,
+                                                 keepdims=True) + 1e-12).astype(t.dtype)
+      scale = jnp.exp(jnp.minimum(self.log_scale[...], jnp.log(100.0)))
+      q, k = unit(q) * scale[:, None].astype(q.dtype), unit(k)
+    if angles is not None:
+      q, k = apply_rope(q, angles), apply_rope(k, angles)
+    k_levels = levels
+    if cache is not None:
+      ck, cv, cl = cache
+      start = (0, offset, 0, 0)
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+      k_levels = jax.lax.dynamic_update_slice(cl, levels.astype(jnp.int32), (0, offset))
+      cache = (k, v, k_levels)
+    logit_scale = 1.0 if self.qk_norm == "l2" else self.head_dim ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = jnp.where(attention_mask(levels, k_levels), logits * logit_scale, -1e30)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, -1)
+    return self.proj(out), cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, shape: TransformerShape, rngs: nnx.Rngs):
+    hidden = int(shape.width * shape.mlp_ratio)
+    self.kind = shape.mlp
+    if shape.mlp == "swiglu":
+      hidden = 2 * hidden // 3  # LLaMA: the same parameter count as a GELU MLP
+      self.gate = nnx.Linear(shape.width, hidden, use_bias=False, rngs=rngs)
+    self.fc1 = nnx.Linear(shape.width, hidden, use_bias=shape.mlp == "gelu", rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, shape.width, use_bias=shape.mlp == "gelu", rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    if self.kind == "swiglu":
+      return self.fc2(nnx.silu(self.gate(x)) * self.fc1(x))
+    return self.fc2(nnx.gelu(self.fc1(x), approximate=True))
+
+
+class Block(nnx.Module):
+  """x + gate1 * attn(mod(norm(x))); x + gate2 * mlp(mod(norm(x))). Without AdaLN the
+  norms are affine and the gates are 1."""
+
+  def __init__(self, shape: TransformerShape, rngs: nnx.Rngs):
+    self.adaln = shape.adaln
+    self.norm1, self.norm2 = _norm(shape, rngs, not shape.adaln), _norm(shape, rngs, not shape.adaln)
+    self.attn = Attention(shape, rngs)
+    self.mlp = MLP(shape, rngs)
+    self.dropout = nnx.Dropout(shape.dropout, rngs=rngs)
+    if shape.adaln:  # VAR's ada_lin: SiLU -> Linear(D, 6D)
+      self.ada = nnx.Linear(shape.width, 6 * shape.width, rngs=rngs)
+
+  def __call__(self, x, levels, cond=None, angles=None, cache=None, offset=0):
+    if self.adaln:
+      if cond is None:
+        raise ValueError("cond: expected a (B, D) condition for an AdaLN block, got None")
+      g1, g2, s1, s2, b1, b2 = jnp.split(self.ada(nnx.silu(cond))[:, None], 6, axis=-1)
+      h, cache = self.attn(self.norm1(x) * (1 + s1) + b1, levels, angles, cache, offset)
+      x = x + self.dropout(h) * g1
+      return x + self.dropout(self.mlp(self.norm2(x) * (1 + s2) + b2)) * g2, cache
+    h, cache = self.attn(self.norm1(x), levels, angles, cache, offset)
+    x = x + self.dropout(h)
+    return x + self.dropout(self.mlp(self.norm2(x))), cache
+
+
+class Transformer(nnx.Module):
+  """Blocks + final norm (AdaLN-modulated when `adaln`). Embeddings and heads belong to
+  the models."""
+
+  def __init__(self, shape: TransformerShape, rngs: nnx.Rngs):
+    shape.check()
+    self.shape = shape
+    self.blocks = nnx.List([Block(shape, rngs) for _ in range(shape.depth)])
+    self.norm = _norm(shape, rngs, not shape.adaln)
+    if shape.adaln:  # VAR's AdaLNBeforeHead: SiLU -> Linear(D, 2D) -> scale, shift
+      self.head_ada = nnx.Linear(shape.width, 2 * shape.width, rngs=rngs)
+
+  def __call__(self, x: Array, levels: Array, *, cond: Array | None = None,
+               angles: Array | None = None, cache: KVCache | None = None,
+               offset: Array | int = 0) -> tuple[Array, KVCache | None]:
+    new_k, new_v = [], []
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.levels)
+      x, layer_cache = block(x, levels, cond, angles, layer_cache, offset)
+      if cache is not None:
+        new_k.append(layer_cache[0])
+        new_v.append(layer_cache[1])
+        levels_after = layer_cache[2]
+    if cache is not None:
+      cache = KVCache(jnp.stack(new_k), jnp.stack(new_v), levels_after)
+    h = self.norm(x)
+    if self.shape.adaln:
+      scale, shift = jnp.split(self.head_ada(nnx.silu(cond))[:, None], 2, axis=-1)
+      h = h * (1 + scale) + shift
+    return h, cache

@@ -1,0 +1,124 @@
+"""The training loop every trainer shares: workdir checks, resume, the step loop with
+metrics / periodic work / checkpoints, and state <-> checkpoint conversion.
+
+A trainer's state is a dict whose values are `nnx.State`s (model, optimizers, EMA ...)
+or plain arrays; checkpoints hold it as pure nested dicts plus the grain iterator state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from tqdm import tqdm
+
+from vqlab.checkpoint import Checkpointer
+from vqlab.train.common import MetricWriter, check_workdir
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                    fixed_sections: Sequence[str]) -> None:
+  """A writable workdir; one with checkpoints resumes only if `fixed_sections` of the
+  config (the model's shape) are unchanged: nothing there is touched otherwise."""
+  check_workdir(workdir)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(config.to_json())
+  changed = [f"{section}.{k}" for section in fixed_sections
+             for k in sorted(set(old.get(section, {})) | set(new[section]))
+             if old.get(section, {}).get(k) != new[section].get(k)]
+  if changed:
+    raise ValueError(f"config: {workdir!r} holds checkpoints of another model (changed: "
+                     f"{changed}); use a new workdir, nothing there was touched")
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"workdir: expected a run (config.json) in {workdir!r}")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def to_checkpoint(state: dict) -> dict:
+  """Pure nested dicts of arrays: what orbax stores."""
+  return {k: nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v for k, v in state.items()}
+
+
+def from_checkpoint(template: dict, restored: dict) -> dict:
+  """The restored arrays put back into the template's `nnx.State`s (in place)."""
+  out = {}
+  for k, v in template.items():
+    if isinstance(v, nnx.State):
+      nnx.replace_by_pure_dict(v, restored[k])
+      out[k] = v
+    else:
+      out[k] = restored[k]
+  return out
+
+
+def checkpointer(workdir: str, keep: int) -> Checkpointer:
+  return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep)
+
+
+def resume(ckpt: Checkpointer, state: dict, it) -> tuple[int, dict]:
+  """(start step, state): the latest checkpoint's, iterator included, or (0, state)."""
+  if ckpt.latest_step() is None:
+    return 0, state
+  start, restored, data_state = ckpt.restore(to_checkpoint(state))
+  if data_state is not None:
+    it.set_state(data_state)
+  if jax.process_index() == 0:
+    print(f"resumed from step {start} in {ckpt.directory}")
+  return start, from_checkpoint(state, restored)
+
+
+def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]], *,
+        start: int, total: int, ckpt: Checkpointer, writer: MetricWriter, log_every: int,
+        checkpoint_every: int, periodic: Iterable[tuple[int, Callable[[dict, int], None]]] = (),
+        postfix: Sequence[str] = ("loss",)) -> dict:
+  """Steps start+1 .. total: `step_fn(state, batch, step)` -> (state, metrics); every
+  `log_every` the metrics (+ steps/s) go to the writer and the bar; each (every, fn) of
+  `periodic` runs fn(state, step); checkpoints every `checkpoint_every` and at the end.
+  The checkpointer is closed (async saves finished) whatever happens."""
+  window_start, window_steps = time.perf_counter(), 0
+  bar = tqdm(range(start, total), initial=start, total=total, desc="train",
+             disable=jax.process_index() != 0, mininterval=2, dynamic_ncols=True)
+  try:
+    for step in bar:
+      state, metrics = step_fn(state, next(it), step)
+      window_steps += 1
+      done = step + 1
+      last = done == total
+      if done % log_every == 0 or last:
+        scalars = {k: float(v) for k, v in metrics.items()}
+        now = time.perf_counter()
+        scalars["steps_per_second"] = window_steps / (now - window_start)
+        window_start, window_steps = now, 0
+        writer.write(done, scalars)
+        bar.set_postfix({k: f"{scalars[k]:.4g}" for k in postfix if k in scalars})
+      for every, fn in periodic:
+        if done % every == 0 or last:
+          fn(state, done)
+      if done % checkpoint_every == 0 or last:
+        ckpt.save(done, to_checkpoint(state), it.get_state())
+  finally:
+    bar.close()
+    ckpt.close()  # waits for the async save: nothing half-written is left behind
+    writer.close()
+  return state
