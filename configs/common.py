@@ -56,3 +56,35 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict, shape: dict) -> None:
   c.loss.update(disc_start=1, lpips_weights="random" if c.loss.perceptual_weight else "")
   c.disc.update(width=16, n_layers=2)
   c.log.update(every=1, image_every=2, checkpoint_every=2, eval_examples=16)
+
+
+def generator_config(paradigm: str) -> ml_collections.ConfigDict:
+  """Every field the generator trainer reads (LlamaGen / VAR / MaskGIT-style defaults)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.paradigm = paradigm  # "raster" (next token), "var" (next scale), "maskgit" (masked)
+  c.tokenizer_workdir = ""  # the tokenizer run: its decoder draws samples, VAR uses its quantizer
+  c.tokens_dir = ""  # tokens exported from it: vqlab tokens --workdir ... --out ...
+  c.model = ml_collections.ConfigDict(dict(
+      width=512, depth=12, heads=8, mlp_ratio=4.0, norm="rms", mlp="swiglu", qk_norm="none",
+      adaln=False, dropout=0.0, positions="rope2d", num_classes=1000))
+  if paradigm == "var":  # VAR's block: AdaLN, LayerNorm, GELU MLP, l2 QK-norm
+    c.model.update(norm="layer", mlp="gelu", qk_norm="l2", adaln=True, positions="learned")
+  if paradigm == "maskgit":
+    c.model.update(norm="layer", mlp="gelu", positions="learned")
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100_000, batch_size=256, lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.05,
+      warmup_steps=0, schedule="constant", grad_clip=1.0, label_dropout=0.1, ema_decay=0.0))
+  c.sample = ml_collections.ConfigDict(dict(
+      every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8))
+  c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12))
+  c.log = ml_collections.ConfigDict(dict(every=50, checkpoint_every=2000, keep_checkpoints=3))
+  return c
+
+
+def shrink_generator_for_runlocal(c: ml_collections.ConfigDict) -> None:
+  c.model.update(width=32, depth=2, heads=4, mlp_ratio=2.0)
+  c.train.update(steps=2, batch_size=8, warmup_steps=min(c.train.warmup_steps, 1))
+  c.sample.update(every=2, num=4, steps=2)
+  c.log.update(every=1, checkpoint_every=2)

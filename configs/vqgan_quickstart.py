@@ -7,6 +7,8 @@ EMA codebook of 1,024 codes with k-means init and dead-code restarts, L1 + quant
 loss, PatchGAN with the adaptive weight for the last quarter; evaluated on 2 held-out
 photographs. No LPIPS (its weights are not bundled): add
 --config.loss.perceptual_weight=1 --config.loss.lpips_weights=lpips_vgg16.npz.
+`configs/vqgan_quickstart.py:msvq` swaps in VAR's multi-scale quantizer (scales 1-8) for
+the next-scale generator.
 """
 
 from configs.common import quantizer_spec, runlocal, shrink_for_runlocal, tokenizer_config
@@ -19,6 +21,8 @@ SHAPE = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolut
 def get_config(arg: str | None = None):
   quantizer = quantizer_spec("vq", codebook_size=1024, codebook="ema", kmeans_init=True,
                              dead_code_threshold=0.5)
+  if arg and "msvq" in arg.split(","):  # VAR's multi-scale quantizer: the next-scale chain
+    quantizer = quantizer_spec("msvq", codebook_size=1024, patch_nums=(1, 2, 3, 4, 6, 8))
   c = tokenizer_config("vqgan", SHAPE, quantizer)
   c.data.update(name="vqlab_photos", image_size=32, min_crop=32, max_crop=128, in_memory=True,
                 threads=2, prefetch=64)

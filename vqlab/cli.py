@@ -11,6 +11,8 @@ JOBS = {
     "eval": ("vqlab.train.tokenizer_eval", "reconstruct a split with a trained tokenizer: "
              "PSNR, SSIM, code usage, perplexity"),
     "tokens": ("vqlab.train.export_tokens", "export a dataset's tokens to array_record files"),
+    "generate": ("vqlab.train.generator", "train a token generator (next-token, next-scale "
+                 "or masked) on exported tokens; samples decoded by the tokenizer"),
     "study": ("vqlab.train.quantizer_study", "train a conv autoencoder per quantizer on "
               "the built-in digits and compare them"),
 }

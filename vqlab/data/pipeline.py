@@ -89,3 +89,21 @@ def iterate(ds: grain.MapDataset, threads: int = 2, prefetch: int = 64) -> grain
   500 records ahead) suit a data-center host; on a small CPU box they starve the step."""
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                    prefetch_buffer_size=prefetch)))
+
+
+class FlatTokens(grain.transforms.Map):
+  """{"indices": any shape, "label"?} -> {"tokens": (L,) int32, "label": int32 (0 if none)}."""
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    return {"tokens": np.asarray(element["indices"], np.int32).reshape(-1),
+            "label": np.int32(element.get("label", 0))}
+
+
+def token_dataset(source, *, batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """Shuffled, repeated batches of exported tokens (vqlab.data.tokens.TokenSource)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  return ds.shuffle(seed=seed).repeat(None).map(FlatTokens()).batch(batch_size,
+                                                                     drop_remainder=True)

@@ -31,7 +31,7 @@ def filter_logits(logits: Array, temperature: float = 1.0, top_k: int = 0,
   if not 0 < top_p <= 1:
     raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
   logits = logits.astype(jnp.float32) / temperature
-  if top_k:
+  if top_k and top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1:

@@ -1,0 +1,31 @@
+"""Token generators on the quickstart tokenizer's tokens (the chain of the README):
+
+  vqlab train --config configs/vqgan_quickstart.py --workdir runs/quickstart
+  vqlab tokens --workdir runs/quickstart --out runs/quickstart/tokens --split train --examples 4096
+  vqlab generate --config configs/generator_quickstart.py:raster --workdir runs/gen \\
+    --config.tokenizer_workdir=runs/quickstart --config.tokens_dir=runs/quickstart/tokens
+
+`:raster` (LlamaGen-style next token), `:maskgit` (masked), `:var` (next scale; needs a
+tokenizer trained with `configs/vqgan_quickstart.py:msvq`). The built-in photos have no
+labels: one class, so guidance contrasts the class with the null class. Add `,runlocal`
+for a 2-step smoke run.
+"""
+
+from configs.common import generator_config, runlocal, shrink_generator_for_runlocal
+
+PARADIGMS = ("raster", "var", "maskgit")
+
+
+def get_config(arg: str | None = None):
+  chosen = [p for p in PARADIGMS if arg and p in arg.split(",")]
+  if len(chosen) != 1:
+    raise ValueError(f"config arg: expected one of {PARADIGMS} (e.g. :raster or "
+                     f":var,runlocal), got {arg!r}")
+  c = generator_config(chosen[0])
+  c.model.update(width=256, depth=6, heads=8, num_classes=1)
+  c.train.update(steps=3000, batch_size=64, lr=3e-4, warmup_steps=100)
+  c.sample.update(every=1000, num=16, cfg_scale=1.5, top_k=100)
+  c.log.update(every=50, checkpoint_every=1000)
+  if runlocal(arg):
+    shrink_generator_for_runlocal(c)
+  return c

@@ -1,0 +1,272 @@
+"""The token-generator trainer: next-token (raster), next-scale (VAR) or masked (MaskGIT)
+prediction on tokens exported by a trained image tokenizer.
+
+  vqlab generate --config configs/generator_quickstart.py:raster --workdir runs/gen \\
+    --config.tokenizer_workdir=runs/quickstart --config.tokens_dir=runs/quickstart/tokens
+
+Same machinery as the tokenizer trainer (vqlab.train.loop): grain batches of tokens ->
+one sharded `jax.jit` step (batch over data x fsdp, FSDP parameters) -> orbax
+checkpoints with auto-resume (model, optimizer, EMA, RNG, iterator) -> metrics.jsonl +
+TensorBoard (loss, bits per token, accuracy, gradient norm, steps/s, sampling tokens/s)
+-> sample grids decoded by the tokenizer (images/samples_*.png) -> summary.json.
+Labels are dropped to the null class at `train.label_dropout` for classifier-free
+guidance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from vqlab import parallel
+from vqlab.data.pipeline import iterate, token_dataset
+from vqlab.data.tokens import TokenSource
+from vqlab.models import sampling
+from vqlab.models.generators import (MaskedGenerator, NextScaleGenerator, NextTokenGenerator,
+                                     drop_labels)
+from vqlab.nn.transformer import TransformerShape
+from vqlab.train import loop, tokenizer
+from vqlab.train.common import MetricWriter, labeled_grid, run_app, to_pixels
+
+PARADIGMS = ("raster", "var", "maskgit")
+SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  paradigm: str
+  num_classes: int
+  label_dropout: float
+  ema_decay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+  paradigm: str
+  cfg_scale: float
+  temperature: float
+  top_k: int
+  top_p: float
+  steps: int
+  latent_size: int
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  if config.paradigm not in PARADIGMS:
+    raise ValueError(f"paradigm: expected one of {PARADIGMS}, got {config.paradigm!r}")
+  for name in ("tokenizer_workdir", "tokens_dir"):
+    if not config[name]:
+      raise ValueError(f"{name}: expected a path (see configs/generator_quickstart.py), got ''")
+  if config.model.num_classes < 1:
+    raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
+  tokenizer_shape = {k: config.model[k] for k in SHAPE_FIELDS}
+  TransformerShape(**tokenizer_shape).check()
+
+
+def build_model(config: ml_collections.ConfigDict, tok, latent_size: int):
+  """The generator for `config.paradigm` over the tokenizer's codes."""
+  m = config.model
+  shape = TransformerShape(**{k: m[k] for k in SHAPE_FIELDS})
+  rngs = nnx.Rngs(config.seed)
+  vocab = int(tok.quantizer.codebook_size)
+  if config.paradigm == "var":
+    if not hasattr(tok.quantizer, "patch_nums"):
+      raise ValueError("paradigm: 'var' needs a tokenizer with the multi-scale quantizer "
+                       "(configs/vqgan_quickstart.py:msvq), got "
+                       f"{type(tok.quantizer).__name__}")
+    return NextScaleGenerator(shape, vocab, m.num_classes, tok.quantizer.patch_nums,
+                              tok.quantizer.dim, rngs=rngs)
+  if getattr(tok.quantizer, "index_axes", 0) or hasattr(tok.quantizer, "patch_nums"):
+    raise ValueError(f"paradigm: {config.paradigm!r} models one index per latent position; "
+                     f"the tokenizer's {type(tok.quantizer).__name__} gives more")
+  if config.paradigm == "raster":
+    return NextTokenGenerator(shape, vocab, m.num_classes, latent_size, positions=m.positions,
+                              rngs=rngs)
+  return MaskedGenerator(shape, vocab, m.num_classes, latent_size, rngs=rngs)
+
+
+def init_state(config: ml_collections.ConfigDict, tok, latent_size: int):
+  model = build_model(config, tok, latent_size)
+  optimizer = nnx.Optimizer(model, tokenizer.make_optimizer(config, config.train.lr),
+                            wrt=nnx.Param)
+  graphdef, nnx_state = nnx.split((model, optimizer))
+  ema = (jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if config.train.ema_decay
+         else {})
+  state = {"nnx": nnx_state, "ema": ema, "rng": jax.random.key(config.seed + 7)}
+  # unique buffers for donation (the key is a fresh array already)
+  return graphdef, {**jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                   {k: v for k, v in state.items() if k != "rng"}),
+                    "rng": state["rng"]}
+
+
+def _cross_entropy(logits, targets, weights=None):
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  if weights is None:
+    return jnp.mean(ce), jnp.mean(hit)
+  total = jnp.maximum(jnp.sum(weights), 1.0)
+  return jnp.sum(ce * weights) / total, jnp.sum(hit * weights) / total
+
+
+def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, spec: StepSpec):
+  model, optimizer = nnx.merge(graphdef, state["nnx"])
+  rng, k_labels, k_mask = jax.random.split(state["rng"], 3)
+  tokens, labels = batch["tokens"], batch["label"]
+  labels = drop_labels(labels, k_labels, spec.label_dropout, spec.num_classes)
+  if spec.paradigm == "var":  # VAR's inputs: the tokenizer's frozen quantizer
+    features = nnx.merge(quantizer_graphdef, quantizer_state).teacher_forcing_input(tokens)
+
+  def loss_fn(model):
+    if spec.paradigm == "raster":
+      return _cross_entropy(model(tokens, labels), tokens)
+    if spec.paradigm == "var":
+      return _cross_entropy(model(labels, features), tokens)
+    mask = sampling.random_mask(k_mask, *tokens.shape)
+    logits = model(jnp.where(mask, model.mask_id, tokens), labels)
+    return _cross_entropy(logits, tokens, mask.astype(jnp.float32))
+
+  (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  optimizer.update(model, grads)
+  ema = state["ema"]
+  if spec.ema_decay:
+    ema = jax.tree.map(lambda e, w: spec.ema_decay * e + (1 - spec.ema_decay) * w, ema,
+                       nnx.state(model, nnx.Param))
+  metrics = {"loss": loss, "bits_per_token": loss / math.log(2), "accuracy": accuracy,
+             "grad_norm": optax.global_norm(grads)}
+  return {"nnx": nnx.state((model, optimizer)), "ema": ema, "rng": rng}, metrics
+
+
+def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
+  """jit: (state, tokenizer state, labels, key) -> (tokens, images in [-1, 1])."""
+
+  @jax.jit
+  def run(state, tok_state, labels, key):
+    model = nnx.merge(graphdef, state["nnx"])[0]
+    if state["ema"]:
+      nnx.update(model, state["ema"])
+    tok = nnx.merge(tok_graphdef, tok_state)
+    kw = dict(cfg_scale=spec.cfg_scale, temperature=spec.temperature, top_k=spec.top_k,
+              top_p=spec.top_p)
+    if spec.paradigm == "raster":
+      tokens = sampling.sample_next_token(model, labels, key, **kw)
+    elif spec.paradigm == "var":
+      tokens = sampling.sample_next_scale(model, tok.quantizer, labels, key, **kw)
+    else:
+      tokens = sampling.sample_masked(model, labels, key, steps=spec.steps, **kw)
+    grid = tokens if spec.paradigm == "var" else tokens.reshape(
+        -1, spec.latent_size, spec.latent_size)
+    return tokens, tok.decode(grid)
+
+  return run
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  check_config(config)
+  main_process = jax.process_index() == 0
+  loop.prepare_workdir(workdir, config, ("model",))
+  source = TokenSource(config.tokens_dir)
+  latent_size = int(source.meta["latent_size"])
+  tok = tokenizer.load_tokenizer(config.tokenizer_workdir)
+  if int(source.meta["codebook_size"]) != int(tok.quantizer.codebook_size):
+    raise ValueError(f"tokens_dir: tokens of a {source.meta['codebook_size']}-code tokenizer, "
+                     f"but tokenizer_workdir's has {tok.quantizer.codebook_size} codes")
+  top_label = max(int(source[i].get("label", 0)) for i in range(min(len(source), 256)))
+  if top_label >= config.model.num_classes:
+    raise ValueError(f"model.num_classes: the tokens have label {top_label}, expected "
+                     f"num_classes > {top_label}, got {config.model.num_classes}")
+  mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
+  batch = tokenizer.local_batch_size(config.train.batch_size, mesh)
+  loop.write_config(workdir, config)
+
+  graphdef, state = init_state(config, tok, latent_size)
+  shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
+  state = jax.device_put(state, shardings)
+  data_sharding = parallel.batch_sharding(mesh)
+  tok_graphdef, tok_state = nnx.split(tok)
+  q_graphdef, q_state = nnx.split(tok.quantizer)
+  spec = StepSpec(config.paradigm, config.model.num_classes, config.train.label_dropout,
+                  config.train.ema_decay)
+  step = jax.jit(functools.partial(train_step, graphdef=graphdef, quantizer_graphdef=q_graphdef,
+                                   spec=spec),
+                 in_shardings=(shardings, data_sharding, None), out_shardings=(shardings, None),
+                 donate_argnums=0)
+
+  def step_fn(state, b, _):
+    b = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in b.items()}
+    return step(state, b, q_state)
+
+  s = config.sample
+  sampler = make_sampler(graphdef, tok_graphdef, SampleSpec(
+      config.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps, latent_size))
+  labels = jnp.arange(s.num, dtype=jnp.int32) % config.model.num_classes
+  writer = MetricWriter(workdir, enabled=main_process)
+  throughput = {}
+
+  def samples(state, done):
+    start = time.perf_counter()
+    tokens, images = sampler(state, tok_state, labels, jax.random.key(config.seed + done))
+    jax.block_until_ready(images)
+    seconds = time.perf_counter() - start
+    if "compiled" in throughput:  # the first call compiles: not a throughput
+      throughput["tokens_per_second"] = tokens.size / seconds
+      writer.write(done, {"sample/tokens_per_second": throughput["tokens_per_second"]})
+    throughput["compiled"] = True
+    if main_process:
+      path = os.path.join(workdir, "images", f"samples_{done:07d}.png")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      grid = labeled_grid([(f"step {done}", to_pixels(images))])
+      grid.save(path)
+      writer.write_image(done, "samples", grid)
+
+  ds = token_dataset(source, batch_size=batch, seed=config.seed,
+                     process_index=jax.process_index(), process_count=jax.process_count())
+  ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
+  it = iterate(ds, config.data.threads, config.data.prefetch)
+  start, state = loop.resume(ckpt, state, it)
+  last = {}
+
+  def step_and_keep(state, b, i):
+    state, metrics = step_fn(state, b, i)
+    last.update(metrics)
+    return state, metrics
+
+  state = loop.run(state, it, step_and_keep, start=start, total=config.train.steps, ckpt=ckpt,
+                   writer=writer, log_every=config.log.every,
+                   checkpoint_every=config.log.checkpoint_every,
+                   periodic=[(s.every, samples)], postfix=("loss", "accuracy"))
+  samples(state, config.train.steps)  # warm: the throughput of the finished model
+  summary = {"step": config.train.steps, "paradigm": config.paradigm,
+             **{k: float(v) for k, v in last.items()},
+             "sample_tokens_per_second": throughput.get("tokens_per_second", float("nan"))}
+  if main_process:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(f"\n{config.paradigm}: loss {summary.get('loss', float('nan')):.4f} "
+          f"({summary.get('bits_per_token', float('nan')):.3f} bits/token), sampling "
+          f"{summary['sample_tokens_per_second']:.0f} tokens/s")
+    print(f"wrote {workdir}/summary.json, metrics.jsonl, tensorboard/, images/, checkpoints/")
+  return summary
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "configs/generator_quickstart.py:<paradigm>",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints, metrics and samples go here; a run "
+                      "resumes from it.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  run_app(argv, lambda f: train(f.config, f.workdir))
