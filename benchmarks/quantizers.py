@@ -17,33 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from timing import median_time
 from vqlab.quantizers import BSQ, FSQ, LFQ, ResidualVQ, VectorQuantizer, nearest_code
 
 N, D, K = 65536, 32, 8192
 FSQ_LEVELS = [8, 8, 8, 4, 4]  # 8,192 codes
 BITS = 13                     # 8,192 codes
-
-
-def _time(fn, repeats: int) -> float:
-  """Median wall time; fast cases get more repeats (>= 0.5 s of timing in all)."""
-  fn()  # compile / warm up
-  t = time.perf_counter()
-  fn()
-  repeats = max(repeats, min(200, int(0.5 / max(time.perf_counter() - t, 1e-6))))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def time_vqlab(model: nnx.Module, z: jax.Array, repeats: int) -> float:
@@ -62,7 +47,7 @@ def time_vqlab(model: nnx.Module, z: jax.Array, repeats: int) -> float:
 
   def run():
     jax.block_until_ready(fwd_bwd(params, rest, z))
-  return _time(run, repeats)
+  return median_time(run, repeats)
 
 
 def vqlab_cases(rngs):
@@ -119,7 +104,7 @@ def time_torch(torch, module, z: np.ndarray, repeats: int) -> float:
     module.zero_grad(set_to_none=True)
     if device.type == "cuda":
       torch.cuda.synchronize()
-  return _time(run, repeats)
+  return median_time(run, repeats)
 
 
 def search_memory(repeats: int) -> dict:
@@ -129,7 +114,7 @@ def search_memory(repeats: int) -> dict:
   compiled = jax.jit(nearest_code, static_argnames=("metric", "block_size")).lower(
       z, c, block_size=2**22).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
-  seconds = _time(lambda: jax.block_until_ready(compiled(z, c)), repeats)
+  seconds = median_time(lambda: jax.block_until_ready(compiled(z, c)), repeats)
   return {"temp_bytes": temp, "naive_bytes": n * k * 4, "seconds": seconds}
 
 

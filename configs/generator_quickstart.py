@@ -22,10 +22,10 @@ def get_config(arg: str | None = None):
     raise ValueError(f"config arg: expected one of {PARADIGMS} (e.g. :raster or "
                      f":var,runlocal), got {arg!r}")
   c = generator_config(chosen[0])
-  c.model.update(width=256, depth=6, heads=8, num_classes=1)
-  c.train.update(steps=3000, batch_size=64, lr=3e-4, warmup_steps=100)
-  c.sample.update(every=1000, num=16, cfg_scale=1.5, top_k=100)
-  c.log.update(every=50, checkpoint_every=1000)
+  c.model.update(width=192, depth=4, heads=6, num_classes=1)
+  c.train.update(steps=1500, batch_size=32, lr=1e-3, warmup_steps=100)
+  c.sample.update(every=500, num=16, cfg_scale=1.5, top_k=100)
+  c.log.update(every=50, checkpoint_every=500)
   if runlocal(arg):
     shrink_generator_for_runlocal(c)
   return c

@@ -1,7 +1,6 @@
 """The generator trainer on the whole chain: tokenizer -> exported tokens -> generator
 -> decoded samples, for each paradigm; resume; clear errors."""
 
-import importlib
 import json
 import os
 

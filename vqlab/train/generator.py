@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
@@ -258,6 +257,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"{summary['sample_tokens_per_second']:.0f} tokens/s")
     print(f"wrote {workdir}/summary.json, metrics.jsonl, tensorboard/, images/, checkpoints/")
   return summary
+
+
+def load_generator(workdir: str, step: int | None = None):
+  """(generator in eval mode with EMA weights when kept, its tokenizer) of a run."""
+  config = loop.load_config(workdir)
+  tok = tokenizer.load_tokenizer(config.tokenizer_workdir)
+  latent_size = int(TokenSource(config.tokens_dir).meta["latent_size"])
+  graphdef, state = init_state(config, tok, latent_size)
+  ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
+  try:
+    _, restored, _ = ckpt.restore(loop.to_checkpoint(state), step)
+  finally:
+    ckpt.close()
+  state = loop.from_checkpoint(state, restored)
+  model = nnx.merge(graphdef, state["nnx"])[0]
+  if state["ema"]:
+    nnx.update(model, state["ema"])
+  model.eval()
+  return model, tok
 
 
 def main(argv: list[str]) -> None:
