@@ -17,6 +17,7 @@ from flax import nnx
 
 from configs import vqgan_quickstart
 from vqlab import parallel
+from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin, tokens
 from vqlab.data.pipeline import iterate
 from vqlab.train import export_tokens, tokenizer, tokenizer_eval
@@ -54,7 +55,7 @@ def test_every_config_trains_in_runlocal(name, data_dir, tmp_path):
   assert json.load(open(tmp_path / "summary.json")) == summary
   assert os.path.exists(tmp_path / "images" / "recon_0000002.png")
   assert os.listdir(tmp_path / "tensorboard")
-  assert tokenizer.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
 
 
 def _best_constant_psnr(config, n):

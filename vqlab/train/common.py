@@ -99,3 +99,15 @@ def run_app(argv: list[str], body) -> None:
     body(flags.FLAGS)
 
   app.run(_main, argv=argv)
+
+
+def config_main(argv: list[str], train_fn, example: str) -> None:
+  """`--config FILE[:arg] --workdir DIR [--config.x=...]` -> train_fn(config, workdir)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, example, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints, metrics and images go here; a run "
+                      "resumes from it.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  run_app(argv, lambda f: train_fn(f.config, f.workdir))

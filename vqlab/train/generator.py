@@ -37,7 +37,7 @@ from vqlab.models.generators import (MaskedGenerator, NextScaleGenerator, NextTo
                                      drop_labels)
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import loop, tokenizer
-from vqlab.train.common import MetricWriter, labeled_grid, run_app, to_pixels
+from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels
 
 PARADIGMS = ("raster", "var", "maskgit")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -265,12 +265,7 @@ def load_generator(workdir: str, step: int | None = None):
   tok = tokenizer.load_tokenizer(config.tokenizer_workdir)
   latent_size = int(TokenSource(config.tokens_dir).meta["latent_size"])
   graphdef, state = init_state(config, tok, latent_size)
-  ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
-  try:
-    _, restored, _ = ckpt.restore(loop.to_checkpoint(state), step)
-  finally:
-    ckpt.close()
-  state = loop.from_checkpoint(state, restored)
+  _, state = loop.restore_run(workdir, state, step)
   model = nnx.merge(graphdef, state["nnx"])[0]
   if state["ema"]:
     nnx.update(model, state["ema"])
@@ -279,12 +274,4 @@ def load_generator(workdir: str, step: int | None = None):
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "configs/generator_quickstart.py:<paradigm>",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints, metrics and samples go here; a run "
-                      "resumes from it.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  run_app(argv, lambda f: train(f.config, f.workdir))
+  config_main(argv, train, "configs/generator_quickstart.py:<paradigm>[,runlocal]")

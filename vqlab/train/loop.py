@@ -76,6 +76,16 @@ def checkpointer(workdir: str, keep: int) -> Checkpointer:
   return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep)
 
 
+def restore_run(workdir: str, state: dict, step: int | None = None) -> tuple[int, dict]:
+  """(step, state) of a finished or running run's checkpoint (default the latest)."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    step, restored, _ = ckpt.restore(to_checkpoint(state), step)
+  finally:
+    ckpt.close()
+  return step, from_checkpoint(state, restored)
+
+
 def resume(ckpt: Checkpointer, state: dict, it) -> tuple[int, dict]:
   """(start step, state): the latest checkpoint's, iterator included, or (0, state)."""
   if ckpt.latest_step() is None:

@@ -33,7 +33,6 @@ import optax
 from flax import nnx
 
 from vqlab import parallel
-from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin
 from vqlab.data.pipeline import image_dataset, iterate
 from vqlab.eval import inception
@@ -44,7 +43,7 @@ from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.quantizers.core import usage_metrics
 from vqlab.train import loop
-from vqlab.train.common import MetricWriter, labeled_grid, run_app, to_pixels, to_unit
+from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
 
 RECON_LOSSES = ("l1", "l2")
 
@@ -424,12 +423,8 @@ def restore(workdir: str, step: int | None = None, mesh=None):
   mesh = mesh or parallel.make_mesh({"data": -1})
   graphdef, state = init_state(config)
   state = jax.device_put(state, parallel.state_shardings(state, mesh))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    step, restored, _ = ckpt.restore(loop.to_checkpoint(state), step)
-  finally:
-    ckpt.close()
-  return config, graphdef, loop.from_checkpoint(state, restored), step
+  step, state = loop.restore_run(workdir, state, step)
+  return config, graphdef, state, step
 
 
 def load_tokenizer(workdir: str, step: int | None = None) -> image_tokenizer.ImageTokenizer:
@@ -440,13 +435,4 @@ def load_tokenizer(workdir: str, step: int | None = None) -> image_tokenizer.Ima
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:runlocal]",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints, metrics and images go here; a run "
-                      "resumes from it.")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-  run_app(argv, lambda f: train(f.config, f.workdir))
+  config_main(argv, train, "configs/<name>.py[:runlocal]")
