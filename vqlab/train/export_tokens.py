@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from vqlab import parallel
-from vqlab.data import builtin, tokens
-from vqlab.data.pipeline import image_dataset, iterate
+from vqlab.data import tokens
+from vqlab.data.pipeline import iterate
 from vqlab.train import tokenizer
 from vqlab.train.common import run_app, to_unit
 
@@ -32,15 +32,11 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
   """Tokens of `split` (all of it, or `examples` images) into `out`; returns the count."""
   mesh = parallel.make_mesh({"data": -1})
   config, graphdef, state, step = tokenizer.restore(workdir, mesh=mesh)
-  d = config.data
-  source = builtin.load(d.name, data_dir or d.data_dir, split)
-  keys = ("image", "label") if "label" in source[0] else ("image",)
-  total = examples or len(source)
-  ds = image_dataset(source, batch_size=batch_size, image_size=d.image_size,
-                     seed=config.seed + 1, min_crop=d.min_crop or None,
-                     max_crop=d.max_crop or None, shuffle=False,
-                     num_epochs=math.ceil(total / len(source)), keys=keys,
-                     in_memory=d.in_memory, drop_remainder=False)
+  if data_dir:
+    config.data.data_dir = data_dir
+  ds = tokenizer.datasets(config, split, train=False, batch_size=batch_size,
+                          num_examples=examples, labels=True, drop_remainder=False)
+  total = examples or math.inf  # default: the whole split, one pass
   sharding = parallel.batch_sharding(mesh)
 
   def examples_iter():
@@ -59,9 +55,10 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
         done += 1
 
   model = tokenizer.eval_model(graphdef, state)
-  meta = {"tokenizer_workdir": workdir, "step": step, "split": split, "dataset": d.name,
+  meta = {"tokenizer_workdir": workdir, "step": step, "split": split,
+          "dataset": config.data.name,
           "codebook_size": int(model.quantizer.codebook_size),
-          "latent_size": int(model.latent_size), "image_size": int(d.image_size)}
+          "latent_size": int(model.latent_size), "image_size": int(config.data.image_size)}
   return tokens.write_tokens(out, examples_iter(), meta)
 
 

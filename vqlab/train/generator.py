@@ -70,8 +70,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name}: expected a path (see configs/generator_quickstart.py), got ''")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
-  tokenizer_shape = {k: config.model[k] for k in SHAPE_FIELDS}
-  TransformerShape(**tokenizer_shape).check()
+  TransformerShape(**{k: config.model[k] for k in SHAPE_FIELDS}).check()
 
 
 def build_model(config: ml_collections.ConfigDict, tok, latent_size: int):
@@ -245,7 +244,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    writer=writer, log_every=config.log.every,
                    checkpoint_every=config.log.checkpoint_every,
                    periodic=[(s.every, samples)], postfix=("loss", "accuracy"))
-  samples(state, config.train.steps)  # warm: the throughput of the finished model
+  if "tokens_per_second" not in throughput:  # only compiled so far: time a warm call
+    samples(state, config.train.steps)
   summary = {"step": config.train.steps, "paradigm": config.paradigm,
              **{k: float(v) for k, v in last.items()},
              "sample_tokens_per_second": throughput.get("tokens_per_second", float("nan"))}

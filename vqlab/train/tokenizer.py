@@ -273,17 +273,21 @@ def eval_model(graphdef, state) -> image_tokenizer.ImageTokenizer:
 
 
 def datasets(config: ml_collections.ConfigDict, split: str, *, train: bool,
-             batch_size: int, num_examples: int | None = None):
-  """A grain dataset of uint8 image batches for this process."""
+             batch_size: int, num_examples: int | None = None, labels: bool = False,
+             drop_remainder: bool = True):
+  """A grain dataset of uint8 image batches for this process: shuffled, flipped and
+  endless for training; else fixed crops (the evaluation seed), enough passes for
+  `num_examples` (default one). `labels` keeps the source's labels when it has them."""
   d = config.data
   source = builtin.load(d.name, d.data_dir, split)
   epochs = None if train else max(1, math.ceil((num_examples or len(source)) / len(source)))
+  keys = ("image", "label") if labels and "label" in source[0] else ("image",)
   return image_dataset(source, batch_size=batch_size, image_size=d.image_size,
                        seed=config.seed if train else config.seed + 1,
                        min_crop=d.min_crop or None, max_crop=d.max_crop or None,
                        flip=d.flip and train, shuffle=train, num_epochs=epochs,
                        process_index=jax.process_index(), process_count=jax.process_count(),
-                       in_memory=d.in_memory)
+                       in_memory=d.in_memory, keys=keys, drop_remainder=drop_remainder)
 
 
 def local_batch_size(global_batch: int, mesh) -> int:
