@@ -1,10 +1,13 @@
 """Meshes and array placement for sharded jobs (jit + NamedSharding, no pmap).
 
 The mesh has the named axes ("data", "fsdp", "tensor"). Batches are split over
-("data", "fsdp"); parameters and optimizer state are FSDP-sharded by default: each
-array of at least `min_fsdp_size` elements is split along its largest dimension that the
-fsdp axis divides, everything else is replicated. (Logical-axis rules for tensor
-parallelism are issue 6's; this default needs no annotations on the model.)
+("data", "fsdp"). Parameters (and the optimizer state and EMA copies, which keep the
+parameters' metadata) are placed by their `logical_axes` metadata through `RULES`
+(logical name -> mesh axis): the transformer's width over fsdp, its hidden, head and
+vocabulary axes over tensor. A rule is skipped where the mesh axis does not divide the
+dimension, where an earlier dimension already took that mesh axis, or (fsdp) where the
+array has fewer than `min_fsdp_size` elements. Arrays without names (the convolutional
+tokenizers) are FSDP-sharded along their largest dimension that fsdp divides.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
+# logical axis -> mesh axis; names not listed (None, "classes", ...) stay replicated
+RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
@@ -52,11 +58,35 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_fsdp_size: int = 2**12) -> 
   return P()
 
 
-def state_shardings(state, mesh: Mesh, min_fsdp_size: int = 2**12):
-  """NamedShardings for a pytree of arrays (or ShapeDtypeStructs): FSDP as above."""
-  fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(
-      lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp, min_fsdp_size)), state)
+def logical_spec(shape: tuple[int, ...], names: tuple, mesh_shape: Mapping[str, int],
+                 rules=RULES, min_fsdp_size: int = 2**12) -> P:
+  """The PartitionSpec of an array whose dimensions are named `names` (see above)."""
+  if len(names) != len(shape):
+    raise ValueError(f"logical_axes {names} do not fit an array of shape {shape}")
+  rules, taken, spec = dict(rules), set(), []
+  for dim, name in zip(shape, names):
+    axis = rules.get(name)
+    n = mesh_shape.get(axis, 1)
+    small = axis == "fsdp" and math.prod(shape) < min_fsdp_size
+    if axis is None or n == 1 or dim % n or axis in taken or small:
+      spec.append(None)
+    else:
+      spec.append(axis)
+      taken.add(axis)
+  return P(*spec)
+
+
+def state_shardings(state, mesh: Mesh, min_fsdp_size: int = 2**12, rules=RULES):
+  """NamedShardings for a pytree of arrays / ShapeDtypeStructs / nnx Variables."""
+  def place(x):
+    if isinstance(x, nnx.Variable):
+      names = x.get_metadata().get("logical_axes")
+      shape = tuple(np.shape(x.get_value()))
+      spec = (logical_spec(shape, names, mesh.shape, rules, min_fsdp_size) if names
+              else fsdp_spec(shape, mesh.shape["fsdp"], min_fsdp_size))
+      return x.replace(NamedSharding(mesh, spec))
+    return NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), mesh.shape["fsdp"], min_fsdp_size))
+  return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

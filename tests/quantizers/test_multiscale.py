@@ -36,6 +36,10 @@ def test_phi_sharing_follows_var_ticks():
   # and so does VAR's identical numpy expression.
   assert [phi_index(si, 10, 4) for si in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
   assert [phi_index(si, 10, 1) for si in range(10)] == [0] * 10
+  # one phi per scale (num_phi 0 -> 10): ticks 0.05, 0.15, ..., 0.95 against k / 9
+  assert [phi_index(si, 10, 10) for si in range(10)] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+  # K != 4 keeps a 1/(2K) margin (a 1/(3K) margin would give [0, 1, 1, 2, ..., 5, 6, 7])
+  assert [phi_index(si, 10, 8) for si in range(10)] == [0, 0, 1, 2, 3, 4, 5, 6, 7, 7]
 
 
 def test_decode_gives_the_forward_f_hat_and_the_output_is_straight_through():

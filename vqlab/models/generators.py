@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqlab.nn.transformer import KVCache, Transformer, TransformerShape, rope_2d
+from vqlab.nn.transformer import (KVCache, Transformer, TransformerShape, embedding, linear,
+                                  param, rope_2d)
 
 Array = jax.Array
 POSITIONS = ("rope2d", "learned")
@@ -47,12 +48,13 @@ class NextTokenGenerator(nnx.Module):
     self.shape, self.vocab_size, self.num_classes, self.grid = shape, vocab_size, num_classes, grid
     self.positions = positions
     self.seq_len = grid * grid
-    self.tok_embed = nnx.Embed(vocab_size, shape.width, rngs=rngs)
-    self.cls_embed = nnx.Embed(num_classes + 1, shape.width, rngs=rngs)
+    self.tok_embed = embedding(vocab_size, shape.width, ("vocab", "embed"), rngs)
+    self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
     if positions == "learned":
-      self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.seq_len, shape.width)))
+      self.pos_embed = param(0.02 * jax.random.normal(rngs.params(), (self.seq_len, shape.width)),
+                             (None, "embed"))
     self.transformer = Transformer(shape, rngs)
-    self.head = nnx.Linear(shape.width, vocab_size, rngs=rngs)
+    self.head = linear(shape.width, vocab_size, ("embed", "vocab"), rngs)
 
   def _angles(self, positions: Array) -> Array | None:
     """Input slot p holds token p-1 (slot 0: the class): its grid cell gives the angle."""
@@ -105,12 +107,12 @@ class MaskedGenerator(nnx.Module):
     self.shape, self.vocab_size, self.num_classes, self.grid = shape, vocab_size, num_classes, grid
     self.seq_len = grid * grid
     self.mask_id = vocab_size
-    self.tok_embed = nnx.Embed(vocab_size + 1, shape.width, rngs=rngs)
-    self.cls_embed = nnx.Embed(num_classes + 1, shape.width, rngs=rngs)
-    self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(),
-                                                        (self.seq_len + 1, shape.width)))
+    self.tok_embed = embedding(vocab_size + 1, shape.width, ("vocab", "embed"), rngs)
+    self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
+    self.pos_embed = param(0.02 * jax.random.normal(rngs.params(), (self.seq_len + 1, shape.width)),
+                           (None, "embed"))
     self.transformer = Transformer(shape, rngs)
-    self.head = nnx.Linear(shape.width, vocab_size, rngs=rngs)
+    self.head = linear(shape.width, vocab_size, ("embed", "vocab"), rngs)
 
   def __call__(self, tokens: Array, labels: Array) -> Array:
     """tokens (B, N) with `mask_id` where masked -> logits (B, N, V) for every slot."""
@@ -136,14 +138,14 @@ class NextScaleGenerator(nnx.Module):
     self.levels = jnp.asarray(np.repeat(np.arange(len(self.patch_nums)),
                                         [p * p for p in self.patch_nums]), jnp.int32)
     w = shape.width
-    init = lambda *s: nnx.Param(0.02 * jax.random.normal(rngs.params(), s))
-    self.cls_embed = nnx.Embed(num_classes + 1, w, rngs=rngs)
-    self.pos_start = init(self.first_len, w)
-    self.pos_embed = init(self.seq_len, w)
-    self.lvl_embed = nnx.Embed(len(self.patch_nums), w, rngs=rngs)
-    self.word_embed = nnx.Linear(latent_dim, w, rngs=rngs)
+    init = lambda n: param(0.02 * jax.random.normal(rngs.params(), (n, w)), (None, "embed"))
+    self.cls_embed = embedding(num_classes + 1, w, (None, "embed"), rngs)
+    self.pos_start = init(self.first_len)
+    self.pos_embed = init(self.seq_len)
+    self.lvl_embed = embedding(len(self.patch_nums), w, (None, "embed"), rngs)
+    self.word_embed = linear(latent_dim, w, (None, "embed"), rngs)
     self.transformer = Transformer(shape, rngs)
-    self.head = nnx.Linear(w, vocab_size, rngs=rngs)
+    self.head = linear(w, vocab_size, ("embed", "vocab"), rngs)
 
   def embed(self, labels: Array, features: Array, start: int) -> Array:
     """Input embeddings of slots start..start+L-1. Slots of scale 1 come from the class;

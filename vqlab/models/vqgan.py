@@ -4,7 +4,8 @@
 
 Encoder: conv_in -> per level `num_res_blocks` residual blocks (+ attention at
 `attn_resolutions`) and a stride-2 downsample (padding (0, 1) as taming) except at the
-last level -> mid (res, attn, res) -> GroupNorm, swish, conv_out -> 1x1 to `embed_dim`.
+last level -> mid (res, attn, res) -> GroupNorm, swish, conv_out -> quant_conv to
+`embed_dim` (1x1 as taming, 3x3 in VAR's VQVAE).
 Decoder mirrors it with `num_res_blocks + 1` blocks per level and nearest-neighbour x2
 upsampling + conv. Any quantizer of vqlab.quantizers sits between them.
 """
@@ -33,13 +34,15 @@ class VQGANShape:
   in_channels: int = 3
   norm_groups: int = 32
   dropout: float = 0.0
+  quant_conv_kernel: int = 1  # taming: 1x1 quant / post-quant convs; VAR's VQVAE: 3x3
 
   @property
   def downsample_factor(self) -> int:
     return 2 ** (len(self.channel_mult) - 1)
 
   def check(self) -> None:
-    for name in ("channels", "num_res_blocks", "z_channels", "embed_dim", "resolution"):
+    for name in ("channels", "num_res_blocks", "z_channels", "embed_dim", "resolution",
+                 "quant_conv_kernel"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
     widths = [self.channels * m for m in self.channel_mult]  # every GroupNorm's width
@@ -132,7 +135,7 @@ class Encoder(nnx.Module):
     self.layers = nnx.List(layers)
     self.norm_out = nnx.GroupNorm(cin, num_groups=g, epsilon=1e-6, rngs=rngs)
     self.conv_out = _conv(cin, shape.z_channels, 3, rngs)
-    self.quant_conv = _conv(shape.z_channels, shape.embed_dim, 1, rngs)
+    self.quant_conv = _conv(shape.z_channels, shape.embed_dim, shape.quant_conv_kernel, rngs)
 
   def __call__(self, x: Array) -> Array:
     h = self.conv_in(x)
@@ -147,7 +150,7 @@ class Decoder(nnx.Module):
     g, ch = shape.norm_groups, shape.channels
     cin = ch * shape.channel_mult[-1]
     res = shape.resolution // shape.downsample_factor
-    self.post_quant_conv = _conv(shape.embed_dim, shape.z_channels, 1, rngs)
+    self.post_quant_conv = _conv(shape.embed_dim, shape.z_channels, shape.quant_conv_kernel, rngs)
     self.conv_in = _conv(shape.z_channels, cin, 3, rngs)
     layers = [ResnetBlock(cin, cin, g, shape.dropout, rngs), AttnBlock(cin, g, rngs),
               ResnetBlock(cin, cin, g, shape.dropout, rngs)]

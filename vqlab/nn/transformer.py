@@ -14,6 +14,10 @@ One block serves next-token (LlamaGen), next-scale (VAR) and masked (MaskGIT) mo
 - `KVCache`: per-layer keys / values / levels, written a chunk at a time at `offset`
   (one token for raster decoding, a whole scale for VAR).
 
+Every parameter carries `logical_axes` metadata, one name per dimension ("embed" the
+model width, "mlp" the hidden width, "heads" attention heads x head dim, "vocab" the
+codebook, None for small axes); `vqlab.parallel` maps them onto the mesh by rules.
+
 Attention logits and softmax run in float32.
 """
 
@@ -42,6 +46,7 @@ class TransformerShape:
   mlp: str = "swiglu"
   qk_norm: str = "none"
   adaln: bool = False       # condition every block on a vector (class embedding)
+  qkv_bias: bool = False    # q and v biases, no k bias (VAR / BEiT: it cancels in softmax)
   dropout: float = 0.0
 
   def check(self) -> None:
@@ -104,24 +109,48 @@ def attention_mask(q_levels: Array, k_levels: Array) -> Array:
 # ----------------------------------------------------------------------------- layers
 
 
+def linear(cin: int, cout: int, axes: tuple, rngs: nnx.Rngs, use_bias: bool = True):
+  """nnx.Linear whose kernel is named `axes` and bias `axes[-1:]`."""
+  return nnx.Linear(cin, cout, use_bias=use_bias, rngs=rngs,
+                    kernel_metadata={"logical_axes": axes},
+                    bias_metadata={"logical_axes": axes[-1:]})
+
+
+def embedding(count: int, width: int, axes: tuple, rngs: nnx.Rngs):
+  return nnx.Embed(count, width, rngs=rngs, embedding_metadata={"logical_axes": axes})
+
+
+def param(value: Array, axes: tuple) -> nnx.Param:
+  return nnx.Param(value, logical_axes=axes)
+
+
 def _norm(shape: TransformerShape, rngs: nnx.Rngs, affine: bool = True):
+  axes = {"logical_axes": ("embed",)}
   if shape.norm == "rms":
-    return nnx.RMSNorm(shape.width, epsilon=1e-6, use_scale=affine, rngs=rngs)
-  return nnx.LayerNorm(shape.width, epsilon=1e-6, use_scale=affine, use_bias=affine, rngs=rngs)
+    return nnx.RMSNorm(shape.width, epsilon=1e-6, use_scale=affine, rngs=rngs,
+                       scale_metadata=axes)
+  return nnx.LayerNorm(shape.width, epsilon=1e-6, use_scale=affine, use_bias=affine, rngs=rngs,
+                       scale_metadata=axes, bias_metadata=axes)
 
 
 class Attention(nnx.Module):
 
   def __init__(self, shape: TransformerShape, rngs: nnx.Rngs):
     self.heads, self.head_dim = shape.heads, shape.width // shape.heads
-    self.qkv = nnx.Linear(shape.width, 3 * shape.width, use_bias=False, rngs=rngs)
-    self.proj = nnx.Linear(shape.width, shape.width, rngs=rngs)
+    self.qkv = linear(shape.width, 3 * shape.width, ("embed", "heads"), rngs, use_bias=False)
+    self.qkv_bias = shape.qkv_bias
+    if shape.qkv_bias:
+      self.q_bias = param(jnp.zeros((shape.width,)), ("heads",))
+      self.v_bias = param(jnp.zeros((shape.width,)), ("heads",))
+    self.proj = linear(shape.width, shape.width, ("heads", "embed"), rngs)
     self.qk_norm = shape.qk_norm
     if shape.qk_norm == "rms":
-      self.q_norm = nnx.RMSNorm(self.head_dim, epsilon=1e-6, rngs=rngs)
-      self.k_norm = nnx.RMSNorm(self.head_dim, epsilon=1e-6, rngs=rngs)
+      self.q_norm = nnx.RMSNorm(self.head_dim, epsilon=1e-6, rngs=rngs,
+                                scale_metadata={"logical_axes": (None,)})
+      self.k_norm = nnx.RMSNorm(self.head_dim, epsilon=1e-6, rngs=rngs,
+                                scale_metadata={"logical_axes": (None,)})
     elif shape.qk_norm == "l2":  # VAR: log of a per-head logit scale, init log(4)
-      self.log_scale = nnx.Param(jnp.full((shape.heads,), jnp.log(4.0)))
+      self.log_scale = param(jnp.full((shape.heads,), jnp.log(4.0)), (None,))
 
   def __call__(self, x: Array, levels: Array, angles: Array | None = None,
                cache: tuple[Array, Array, Array] | None = None, offset: Array | int = 0):
@@ -129,7 +158,11 @@ class Attention(nnx.Module):
     the chunk is written at `offset` and attends to everything cached; returns
     (out, updated cache or None)."""
     b, l, _ = x.shape
-    q, k, v = jnp.split(self.qkv(x).reshape(b, l, 3 * self.heads, self.head_dim), 3, axis=2)
+    qkv = self.qkv(x)
+    if self.qkv_bias:
+      zero = jnp.zeros_like(self.q_bias[...])
+      qkv = qkv + jnp.concatenate([self.q_bias[...], zero, self.v_bias[...]]).astype(qkv.dtype)
+    q, k, v = jnp.split(qkv.reshape(b, l, 3 * self.heads, self.head_dim), 3, axis=2)
     if self.qk_norm == "rms":
       q, k = self.q_norm(q), self.k_norm(k)
     elif self.qk_norm == "l2":
@@ -162,9 +195,9 @@ class MLP(nnx.Module):
     self.kind = shape.mlp
     if shape.mlp == "swiglu":
       hidden = 2 * hidden // 3  # LLaMA: the same parameter count as a GELU MLP
-      self.gate = nnx.Linear(shape.width, hidden, use_bias=False, rngs=rngs)
-    self.fc1 = nnx.Linear(shape.width, hidden, use_bias=shape.mlp == "gelu", rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, shape.width, use_bias=shape.mlp == "gelu", rngs=rngs)
+      self.gate = linear(shape.width, hidden, ("embed", "mlp"), rngs, use_bias=False)
+    self.fc1 = linear(shape.width, hidden, ("embed", "mlp"), rngs, use_bias=shape.mlp == "gelu")
+    self.fc2 = linear(hidden, shape.width, ("mlp", "embed"), rngs, use_bias=shape.mlp == "gelu")
 
   def __call__(self, x: Array) -> Array:
     if self.kind == "swiglu":
@@ -183,7 +216,7 @@ class Block(nnx.Module):
     self.mlp = MLP(shape, rngs)
     self.dropout = nnx.Dropout(shape.dropout, rngs=rngs)
     if shape.adaln:  # VAR's ada_lin: SiLU -> Linear(D, 6D)
-      self.ada = nnx.Linear(shape.width, 6 * shape.width, rngs=rngs)
+      self.ada = linear(shape.width, 6 * shape.width, ("embed", None), rngs)
 
   def __call__(self, x, levels, cond=None, angles=None, cache=None, offset=0):
     if self.adaln:
@@ -208,7 +241,7 @@ class Transformer(nnx.Module):
     self.blocks = nnx.List([Block(shape, rngs) for _ in range(shape.depth)])
     self.norm = _norm(shape, rngs, not shape.adaln)
     if shape.adaln:  # VAR's AdaLNBeforeHead: SiLU -> Linear(D, 2D) -> scale, shift
-      self.head_ada = nnx.Linear(shape.width, 2 * shape.width, rngs=rngs)
+      self.head_ada = linear(shape.width, 2 * shape.width, ("embed", None), rngs)
 
   def __call__(self, x: Array, levels: Array, *, cond: Array | None = None,
                angles: Array | None = None, cache: KVCache | None = None,

@@ -8,7 +8,8 @@ https://arxiv.org/abs/2404.02905), following the official FoundationVision/VAR
   `interpolate(mode="bicubic")`: a = -0.75, align_corners=False, no antialiasing,
   clamped borders), passed through phi and subtracted;
 - phi_k(h) = (1 - r) h + r conv3x3(h), r = |quant_resi|; `num_phi` convs shared along
-  the scales by nearest tick of linspace(1/(3K), 1 - 1/(3K), K) to k / (SN - 1);
+  the scales by nearest tick of linspace(m, 1 - m, K) to k / (SN - 1), m = 1/(3K) for
+  K = 4 and 1/(2K) otherwise;
 - loss = mean over scales of beta |sg(f_hat) - f|^2 + |f_hat - sg(f)|^2, and the output
   is f + sg(f_hat - f) (straight-through).
 Channels are last: features (B, H, W, C). Indices are the scales' raster orders
@@ -75,8 +76,10 @@ def resize(x_bhwc: Array, size: int, kind: str) -> Array:
 
 
 def phi_index(si: int, num_scales: int, num_phi: int) -> int:
-  """Which of the `num_phi` shared convs serves scale `si` (VAR's PhiPartiallyShared)."""
-  ticks = np.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
+  """Which of the `num_phi` shared convs serves scale `si` (VAR's PhiPartiallyShared /
+  PhiNonShared: ticks keep a 1/(3K) margin when K = 4, 1/(2K) otherwise)."""
+  margin = 1 / 3 / num_phi if num_phi == 4 else 1 / 2 / num_phi
+  ticks = np.linspace(margin, 1 - margin, num_phi)
   at = si / (num_scales - 1) if num_scales > 1 else 0.0
   return int(np.argmin(np.abs(ticks - at)))
 
