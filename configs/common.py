@@ -67,9 +67,10 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.tokens_dir = ""  # tokens exported from it: vqlab tokens --workdir ... --out ...
   c.model = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_ratio=4.0, norm="rms", mlp="swiglu", qk_norm="none",
-      adaln=False, dropout=0.0, positions="rope2d", num_classes=1000))
-  if paradigm == "var":  # VAR's block: AdaLN, LayerNorm, GELU MLP, l2 QK-norm
-    c.model.update(norm="layer", mlp="gelu", qk_norm="l2", adaln=True, positions="learned")
+      adaln=False, qkv_bias=False, dropout=0.0, positions="rope2d", num_classes=1000))
+  if paradigm == "var":  # VAR's block: AdaLN, LayerNorm, GELU MLP, l2 QK-norm, q/v biases
+    c.model.update(norm="layer", mlp="gelu", qk_norm="l2", adaln=True, qkv_bias=True,
+                   positions="learned")
   if paradigm == "maskgit":
     c.model.update(norm="layer", mlp="gelu", positions="learned")
   c.train = ml_collections.ConfigDict(dict(
@@ -78,6 +79,9 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(
       every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8))
   c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
+  # gFID / Inception Score at the end, when converted Inception weights are given
+  # (python -m vqlab.eval.inception); against the tokenizer dataset's eval split
+  c.eval = ml_collections.ConfigDict(dict(inception="", examples=10_000, batch_size=50))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12))
   c.log = ml_collections.ConfigDict(dict(every=50, checkpoint_every=2000, keep_checkpoints=3))
   return c

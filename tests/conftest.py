@@ -1,10 +1,18 @@
-"""Test set-up: 8 CPU devices for mesh tests; set before jax is imported."""
+"""Test set-up, before jax is imported: 8 CPU devices for mesh tests, and a persistent
+compilation cache shared by the test workers (and notebook kernels), since many tests
+compile the same small train steps."""
 
+import fcntl
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "vqlab-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -19,3 +27,27 @@ def rng():
 def data_mesh():
   """An 8-device mesh with one `data` axis."""
   return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory):
+  """`build_once(name, build)` runs `build(directory)` once per test session, shared by
+  the xdist workers (the first builds under a file lock, the others wait and reuse it),
+  and returns the directory."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's directory, common to all workers
+
+  def run(name: str, build):
+    path = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not (path / "DONE").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        build(path)
+        (path / "DONE").touch()
+    return path
+
+  return run

@@ -7,7 +7,8 @@ import pytest
 import scipy.linalg
 from skimage.metrics import structural_similarity
 
-from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
+from vqlab.eval.image_metrics import (frechet_distance, gaussian_stats, inception_score, psnr,
+                                     ssim)
 
 
 def _pair(seed, shape=(2, 24, 20, 3)):
@@ -46,3 +47,20 @@ def test_frechet_distance_matches_scipy():
   np.testing.assert_allclose(frechet_distance(m1, s1, m1, s1), 0.0, atol=1e-8)
   with pytest.raises(ValueError, match="mu1, sigma1"):
     frechet_distance(m1, s1, m2[:3], s2)
+
+
+def test_inception_score_limits_and_definition():
+  confident = np.full((40, 8), -50.0)
+  confident[np.arange(40), np.arange(40) % 4] = 50.0  # sure of one of 4 classes, evenly
+  mean, std = inception_score(confident, splits=2)
+  np.testing.assert_allclose([mean, std], [4.0, 0.0], atol=1e-6)  # = number of classes used
+  same = np.tile(np.linspace(-1, 1, 8), (40, 1))  # one prediction for every sample
+  np.testing.assert_allclose(inception_score(same, splits=2)[0], 1.0, atol=1e-9)
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(30, 5)) * 2
+  p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  py = p.mean(0)
+  want = np.exp(np.mean(np.sum(p * np.log(p / py), 1)))  # one split: the formula
+  np.testing.assert_allclose(inception_score(logits, splits=1)[0], want, rtol=1e-10)
+  with pytest.raises(ValueError, match="logits"):
+    inception_score(logits[:3], splits=10)

@@ -49,7 +49,8 @@ def _random_state_dict(seed=0):
     state[f"{name}.bn.running_mean"] = 0.1 * torch.randn(cout, generator=g)
     state[f"{name}.bn.running_var"] = 0.5 + torch.rand(cout, generator=g)
     state[f"{name}.bn.num_batches_tracked"] = torch.tensor(0)
-  state["fc.weight"] = torch.randn(1008, 2048, generator=g)  # in the file, unused for FID
+  state["fc.weight"] = torch.randn(1008, 2048, generator=g) * 2048 ** -0.5  # IS logits
+  state["fc.bias"] = 0.1 * torch.randn(1008, generator=g)
   return state
 
 
@@ -72,6 +73,9 @@ def test_converted_network_matches_pytorch(side, tmp_path):
   want = _torch_features(state, torch.from_numpy((images.transpose(0, 3, 1, 2) + 1) / 2))
   assert got.shape == (2, inception.FEATURES)
   np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+  logits = np.asarray(inception.logits(params, jnp.asarray(want)))
+  want_logits = F.linear(torch.from_numpy(want), state["fc.weight"], state["fc.bias"]).numpy()
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_weight_files_are_refused(tmp_path):
@@ -84,3 +88,8 @@ def test_bad_weight_files_are_refused(tmp_path):
     inception.load_npz(str(tmp_path / "partial.npz"))
   with pytest.raises(ValueError, match="images"):
     inception.inception_features({}, jnp.zeros((2, 32, 32, 1)))
+  without_fc = {k: v for k, v in arrays.items() if not k.startswith("fc/")}
+  without_fc["Mixed_7c.branch_pool/kernel"] = np.zeros((1, 1, 2048, 192), np.float32)
+  np.savez(tmp_path / "no_fc.npz", **without_fc)  # FID works, the Inception Score says why not
+  with pytest.raises(ValueError, match="no fc layer"):
+    inception.logits(inception.load_npz(str(tmp_path / "no_fc.npz")), jnp.zeros((1, 2048)))

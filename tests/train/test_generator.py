@@ -12,25 +12,27 @@ from vqlab.train import export_tokens, generator, tokenizer
 from vqlab.train.common import read_jsonl
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-  """Two 2-step digit tokenizers (one index per position, and VAR's multi-scale) and
-  100 exported training tokens of each, with labels."""
-  root = tmp_path_factory.mktemp("chain")
-  out = {}
+def _build_chain(root):
   for name, arg in (("vq", "runlocal"), ("msvq", "msvq,runlocal")):
     c = vqgan_quickstart.get_config(arg)
     c.data.update(name="vqlab_digits", data_dir=str(root / "tfds"), min_crop=0, max_crop=0,
                   flip=False)
     c.model.shape.update(in_channels=1, channel_mult=(1, 2, 2) if name == "msvq" else (1, 2))
+    c.loss.update(disc_start=10_000, perceptual_weight=0.0, lpips_weights="")  # codes only
     if name == "msvq":
       c.model.quantizer.args.update(codebook_size=64, patch_nums=(1, 2, 4, 8))
     workdir = str(root / name)
     tokenizer.train(c, workdir)
-    tokens = str(root / f"{name}_tokens")
-    export_tokens.export(workdir, tokens, split="train", examples=100, batch_size=16)
-    out[name] = (workdir, tokens)
-  return out
+    export_tokens.export(workdir, str(root / f"{name}_tokens"), split="train", examples=100,
+                         batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def chain(build_once):
+  """Two 2-step digit tokenizers (one index per position, and VAR's multi-scale) and
+  100 exported training tokens of each, with labels; built once per session."""
+  root = build_once("generator_chain", _build_chain)
+  return {name: (str(root / name), str(root / f"{name}_tokens")) for name in ("vq", "msvq")}
 
 
 def _config(paradigm, chain, **model):
@@ -43,7 +45,10 @@ def _config(paradigm, chain, **model):
 
 @pytest.mark.parametrize("paradigm", ["raster", "maskgit", "var"])
 def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
-  summary = generator.train(_config(paradigm, chain), str(tmp_path))
+  c = _config(paradigm, chain)
+  if paradigm == "maskgit":  # gFID / IS wiring, on a random Inception network
+    c.eval.update(inception="random", examples=20, batch_size=10)
+  summary = generator.train(c, str(tmp_path))
   rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in rows if "loss" in r] == [1, 2]
   first = [r for r in rows if "loss" in r][0]
@@ -53,6 +58,10 @@ def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
   assert np.isfinite(summary["sample_tokens_per_second"])
   assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
   assert json.load(open(tmp_path / "summary.json"))["paradigm"] == paradigm
+  if paradigm == "maskgit":
+    assert summary["gfid_examples"] == 20 and summary["gfid"] > 0
+    assert 1.0 <= summary["inception_score"] <= 1008
+    assert rows[-1]["gfid"] == summary["gfid"]
 
 
 def test_loss_falls_and_resume_continues(chain, tmp_path):
@@ -80,6 +89,11 @@ def test_bad_generator_configs_fail_early(chain, tmp_path):
   c.tokens_dir = chain["vq"][1]
   with pytest.raises(ValueError, match="multi-scale quantizer"):
     generator.train(c, str(tmp_path / "a"))
+  c = _config("raster", chain)
+  c.eval.inception = str(tmp_path / "inception.npz")
+  with pytest.raises(FileNotFoundError, match="Inception"):
+    generator.train(c, str(tmp_path / "c"))
+  assert not os.path.exists(tmp_path / "c")
   c = _config("raster", chain, num_classes=3)
   with pytest.raises(ValueError, match="model.num_classes"):
     generator.train(c, str(tmp_path / "b"))

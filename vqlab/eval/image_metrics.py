@@ -83,3 +83,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   # tr((S1 S2)^1/2) = tr((S1^1/2 S2 S1^1/2)^1/2), the latter symmetric PSD
   covmean_trace = np.trace(_sqrt_psd(root1 @ s2 @ root1))
   return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * covmean_trace)
+
+
+def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+  """Inception Score (Salimans et al. 2016): exp E_x KL(p(y|x) || p(y)), over `splits`
+  equal parts of the samples as the original code; returns (mean, std) over the parts."""
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2 or len(logits) < splits:
+    raise ValueError(f"logits: expected (N >= {splits}, classes), got {logits.shape}")
+  logp = logits - logits.max(1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+  scores = []
+  for part in np.array_split(logp, splits):
+    marginal = np.log(np.exp(part).mean(0))
+    scores.append(np.exp(np.mean(np.sum(np.exp(part) * (part - marginal), 1))))
+  return float(np.mean(scores)), float(np.std(scores))

@@ -2,7 +2,8 @@
 the TF-FID weights (`pt_inception-2015-12-05-6726825d.pth`): bilinear resize to 299
 (align_corners=False, no antialiasing), [0, 1] -> [-1, 1], the FID variant of the
 blocks (average pools that do not count padding; max pool in the last block), global
-average pool -> 2048 features.
+average pool -> 2048 features; the checkpoint's 1008-way `fc` layer gives the logits of
+the Inception Score (`logits`).
 
 The network is written once against a small `ops` interface (conv + batch norm + ReLU,
 pools, concat), so the same topology runs in JAX (`JaxOps`, NHWC) and, in the tests,
@@ -26,6 +27,7 @@ import numpy as np
 Array = jax.Array
 BN_EPS = 1e-3
 FEATURES = 2048
+CLASSES = 1008  # the TF Inception graph's classifier (1000 ImageNet classes + unused)
 
 
 def _pair(v):
@@ -158,10 +160,21 @@ def preprocess(images: Array) -> Array:
 
 
 def inception_features(params: Mapping[str, Mapping[str, Array]], images: Array) -> Array:
-  """pool3 features (B, 2048) of images (B, H, W, 3) in [-1, 1]."""
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images: expected (B, H, W, 3), got {images.shape}")
+  """pool3 features (B, 2048) of images (B, H, W, 3) in [-1, 1]; one channel is
+  repeated to three (grey images, as FID on digits is usually computed)."""
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"images: expected (B, H, W, 3) or (B, H, W, 1), got {images.shape}")
+  if images.shape[-1] == 1:
+    images = jnp.repeat(images, 3, axis=-1)
   return jnp.mean(inception_v3(JaxOps(params), preprocess(images)), axis=(1, 2))
+
+
+def logits(params: Mapping[str, Mapping[str, Array]], features: Array) -> Array:
+  """Classifier logits (B, 1008) from pool3 features, for the Inception Score."""
+  if "fc" not in params:
+    raise ValueError("the Inception weights have no fc layer (converted by an older "
+                     "vqlab): convert the .pth again to get Inception Scores")
+  return features @ params["fc"]["kernel"] + params["fc"]["bias"]
 
 
 class _ShapeRecorder(JaxOps):
@@ -190,6 +203,9 @@ def random_params(seed: int = 0) -> dict:
     params[name] = {"kernel": jax.random.normal(k1, shape) * (2.0 / fan_in) ** 0.5,
                     "scale": 1.0 + 0.1 * jax.random.normal(k2, shape[-1:]),
                     "bias": 0.1 * jax.random.normal(k3, shape[-1:])}
+  key, k1 = jax.random.split(key)
+  params["fc"] = {"kernel": jax.random.normal(k1, (FEATURES, CLASSES)) * FEATURES ** -0.5,
+                  "bias": jnp.zeros((CLASSES,))}
   return params
 
 
@@ -208,7 +224,15 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out[f"{name}/kernel"] = np.asarray(state[key], np.float32).transpose(2, 3, 1, 0)
     out[f"{name}/scale"] = scale.astype(np.float32)
     out[f"{name}/bias"] = (g("bias") - g("running_mean") * scale).astype(np.float32)
+  if "fc.weight" in state:
+    out["fc/kernel"] = np.asarray(state["fc.weight"], np.float32).T
+    out["fc/bias"] = np.asarray(state["fc.bias"], np.float32)
   return out
+
+
+def load(weights: str) -> dict:
+  """A converted .npz, or "random" (smoke tests: numbers, but not FIDs)."""
+  return random_params() if weights == "random" else load_npz(weights)
 
 
 def load_npz(path: str) -> dict:
@@ -223,6 +247,8 @@ def load_npz(path: str) -> dict:
     params.setdefault(name, {})[field] = jnp.asarray(value)
   want = {name: {"kernel": shape, "scale": shape[-1:], "bias": shape[-1:]}
           for name, shape in layer_shapes().items()}
+  if "fc" in params:  # optional: only the Inception Score needs it
+    want["fc"] = {"kernel": (FEATURES, CLASSES), "bias": (CLASSES,)}
   if set(want) != set(params):
     raise ValueError(f"{path}: layers differ from InceptionV3's: missing "
                      f"{sorted(set(want) - set(params))[:5]}, unexpected "

@@ -26,18 +26,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
 from vqlab import parallel
 from vqlab.data.pipeline import iterate, token_dataset
 from vqlab.data.tokens import TokenSource
+from vqlab.eval import inception
+from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, inception_score
 from vqlab.models import sampling
 from vqlab.models.generators import (MaskedGenerator, NextScaleGenerator, NextTokenGenerator,
                                      drop_labels)
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import loop, tokenizer
-from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels
+from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
 
 PARADIGMS = ("raster", "var", "maskgit")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -170,8 +173,38 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
   return run
 
 
+_features = jax.jit(inception.inception_features)
+
+
+def sample_metrics(sampler, state, tok_state, tok_config, num_classes: int,
+                   inception_params, examples: int, batch_size: int, seed: int) -> dict:
+  """gFID of `examples` class-balanced samples against as many held-out images of the
+  tokenizer's dataset (its eval split, fixed crops), and their Inception Score."""
+  real = []
+  ds = tokenizer.datasets(tok_config, tok_config.data.eval_split, train=False,
+                          batch_size=batch_size, num_examples=examples, drop_remainder=False)
+  for b in iterate(ds, threads=0):
+    real.append(np.asarray(_features(inception_params, to_unit(jnp.asarray(b["image"])))))
+    if sum(map(len, real)) >= examples:
+      break
+  fake, logits = [], []
+  for i in range(math.ceil(examples / batch_size)):
+    labels = (i * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_classes
+    _, images = sampler(state, tok_state, labels, jax.random.key(seed + 1_000_003 + i))
+    f = _features(inception_params, jnp.clip(images, -1.0, 1.0))
+    fake.append(np.asarray(f))
+    logits.append(np.asarray(inception.logits(inception_params, f)))
+  real, fake = np.concatenate(real)[:examples], np.concatenate(fake)[:examples]
+  is_mean, is_std = inception_score(np.concatenate(logits)[:examples], min(10, examples))
+  return {"gfid": frechet_distance(*gaussian_stats(real), *gaussian_stats(fake)),
+          "inception_score": is_mean, "inception_score_std": is_std,
+          "gfid_examples": int(min(len(real), len(fake)))}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   check_config(config)
+  # loaded before any work: a bad path fails early
+  inception_params = inception.load(config.eval.inception) if config.eval.inception else None
   main_process = jax.process_index() == 0
   loop.prepare_workdir(workdir, config, ("model",))
   source = TokenSource(config.tokens_dir)
@@ -249,12 +282,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary = {"step": config.train.steps, "paradigm": config.paradigm,
              **{k: float(v) for k, v in last.items()},
              "sample_tokens_per_second": throughput.get("tokens_per_second", float("nan"))}
+  if inception_params is not None:
+    summary.update(sample_metrics(
+        sampler, state, tok_state, loop.load_config(config.tokenizer_workdir),
+        config.model.num_classes, inception_params, config.eval.examples,
+        config.eval.batch_size, config.seed))
+    writer.write(config.train.steps, {k: summary[k] for k in ("gfid", "inception_score")})
   if main_process:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+    fid = (f", gFID {summary['gfid']:.2f}, IS {summary['inception_score']:.2f}"
+           if "gfid" in summary else "")
     print(f"\n{config.paradigm}: loss {summary.get('loss', float('nan')):.4f} "
           f"({summary.get('bits_per_token', float('nan')):.3f} bits/token), sampling "
-          f"{summary['sample_tokens_per_second']:.0f} tokens/s")
+          f"{summary['sample_tokens_per_second']:.0f} tokens/s{fid}")
     print(f"wrote {workdir}/summary.json, metrics.jsonl, tensorboard/, images/, checkpoints/")
   return summary
 

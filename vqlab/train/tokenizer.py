@@ -301,8 +301,7 @@ def local_batch_size(global_batch: int, mesh) -> int:
 
 @jax.jit
 def _inception_pair(params, x, recon):
-  feats = lambda images: inception.inception_features(params, _rgb(images))
-  return feats(x), feats(recon)
+  return inception.inception_features(params, x), inception.inception_features(params, recon)
 
 
 def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,

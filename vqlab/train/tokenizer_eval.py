@@ -22,11 +22,8 @@ def evaluate_workdir(workdir: str, split: str | None = None, examples: int | Non
                      step: int | None = None, data_dir: str | None = None,
                      inception_weights: str | None = None) -> dict:
   """Evaluate a run's checkpoint; `inception_weights` ("random" for tests) adds rFID."""
-  inception_params = None
-  if inception_weights == "random":
-    inception_params = inception.random_params()
-  elif inception_weights:
-    inception_params = inception.load_npz(inception_weights)  # before any work: fail early
+  # loaded before any work: a bad path fails early
+  inception_params = inception.load(inception_weights) if inception_weights else None
   mesh = parallel.make_mesh({"data": -1})
   config, graphdef, state, step = tokenizer.restore(workdir, step, mesh)
   if data_dir:
