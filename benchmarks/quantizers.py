@@ -139,7 +139,7 @@ def main():
 
   if not args.skip_search:
     mem = search_memory(args.repeats)
-    print(f"\n# Exact nearest-code search, N=65,536, K=2^18, D=16 (block 2^22 distances)\n")
+    print("\n# Exact nearest-code search, N=65,536, K=2^18, D=16 (block 2^22 distances)\n")
     print("| | bytes | time s |")
     print("|---|---:|---:|")
     print(f"| blocked search, XLA temp allocation | {mem['temp_bytes'] / 2**20:.0f} MiB | "

@@ -1,6 +1,5 @@
 """PSNR, SSIM against scikit-image, Frechet distance against scipy."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -253,7 +253,7 @@ def t_var_logits(sd, labels, x_wo_first):
 
 def t_teacher_input(sd, idx_list):
   """VectorQuantizer2.idxBl_to_var_input."""
-  b, side, f_hat, out = idx_list[0].shape[0], PATCH_NUMS[-1], 0.0, []
+  b, f_hat, out = idx_list[0].shape[0], 0.0, []
   for si in range(len(PATCH_NUMS) - 1):
     f_hat = f_hat + t_upsampled(sd, si, t_embed(sd, idx_list[si], PATCH_NUMS[si]))
     nxt = PATCH_NUMS[si + 1]

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from vqlab.quantizers import BSQ, FSQ, LFQ
 from vqlab.quantizers.core import binary_entropy_terms, entropy

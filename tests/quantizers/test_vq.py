@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import data_mesh
-from vqlab.quantizers import QuantizerState, VectorQuantizer
+from vqlab.quantizers import VectorQuantizer
 from vqlab.quantizers.search import nearest_code_naive
 from vqlab.quantizers.vq import ema_codebook_update, kmeans, restart_dead_codes
 
