@@ -8,7 +8,10 @@ or plain arrays; checkpoints hold it as pure nested dicts plus the grain iterato
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -98,6 +101,48 @@ def resume(ckpt: Checkpointer, state: dict, it) -> tuple[int, dict]:
   return start, from_checkpoint(state, restored)
 
 
+class Preempted(SystemExit):
+  """Raised by `run` after a SIGTERM: the step finished and was checkpointed. Exits 0."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+
+class _TermFlag:
+  """Notes SIGTERM during the loop (main thread only) instead of dying mid-step."""
+
+  def __init__(self):
+    self.set, self._old = False, None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._note)
+    return self
+
+  def _note(self, signum, frame):
+    self.set = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def any_process(self) -> bool:
+    """Every process stops at the same step if any one of them was told to."""
+    if jax.process_count() == 1:
+      return self.set
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.process_allgather(self.set).any())
+
+
+def check_finite(step: int, metrics: dict) -> None:
+  """A non-finite loss stops the run before anything is saved, naming the terms."""
+  bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+  if bad:
+    raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; no checkpoint "
+                             f"written for this step (the last good one stays latest)")
+
+
 def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]], *,
         start: int, total: int, ckpt: Checkpointer, writer: MetricWriter, log_every: int,
         checkpoint_every: int, periodic: Iterable[tuple[int, Callable[[dict, int], None]]] = (),
@@ -105,28 +150,41 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
   """Steps start+1 .. total: `step_fn(state, batch, step)` -> (state, metrics); every
   `log_every` the metrics (+ steps/s) go to the writer and the bar; each (every, fn) of
   `periodic` runs fn(state, step); checkpoints every `checkpoint_every` and at the end.
-  The checkpointer is closed (async saves finished) whatever happens."""
+  Metrics are checked finite at every log and checkpoint step (FloatingPointError, no
+  checkpoint). SIGTERM: the current step finishes, is checkpointed, and `Preempted`
+  (exit status 0) is raised. The checkpointer is closed (async saves finished) whatever
+  happens."""
   window_start, window_steps = time.perf_counter(), 0
   bar = tqdm(range(start, total), initial=start, total=total, desc="train",
              disable=jax.process_index() != 0, mininterval=2, dynamic_ncols=True)
   try:
-    for step in bar:
-      state, metrics = step_fn(state, next(it), step)
-      window_steps += 1
-      done = step + 1
-      last = done == total
-      if done % log_every == 0 or last:
-        scalars = {k: float(v) for k, v in metrics.items()}
-        now = time.perf_counter()
-        scalars["steps_per_second"] = window_steps / (now - window_start)
-        window_start, window_steps = now, 0
-        writer.write(done, scalars)
-        bar.set_postfix({k: f"{scalars[k]:.4g}" for k in postfix if k in scalars})
-      for every, fn in periodic:
-        if done % every == 0 or last:
-          fn(state, done)
-      if done % checkpoint_every == 0 or last:
-        ckpt.save(done, to_checkpoint(state), it.get_state())
+    with _TermFlag() as term:
+      for step in bar:
+        state, metrics = step_fn(state, next(it), step)
+        window_steps += 1
+        done = step + 1
+        stop = term.any_process()
+        last = done == total or stop
+        if done % log_every == 0 or last:
+          scalars = {k: float(v) for k, v in metrics.items()}
+          check_finite(done, scalars)
+          now = time.perf_counter()
+          scalars["steps_per_second"] = window_steps / (now - window_start)
+          window_start, window_steps = now, 0
+          writer.write(done, scalars)
+          bar.set_postfix({k: f"{scalars[k]:.4g}" for k in postfix if k in scalars})
+        if not stop:
+          for every, fn in periodic:
+            if done % every == 0 or last:
+              fn(state, done)
+        if done % checkpoint_every == 0 or last:
+          check_finite(done, metrics)
+          ckpt.save(done, to_checkpoint(state), it.get_state())
+        if stop:
+          if jax.process_index() == 0:
+            print(f"\nSIGTERM: step {done} finished and checkpointed; the same command "
+                  "resumes from it")
+          raise Preempted(done)
   finally:
     bar.close()
     ckpt.close()  # waits for the async save: nothing half-written is left behind

@@ -1,0 +1,62 @@
+"""The shared training loop's guards: SIGTERM finishes the step, saves and exits 0; a
+non-finite loss stops the run before anything bad is saved."""
+
+import os
+import signal
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqlab.checkpoint import Checkpointer
+from vqlab.train import loop
+from vqlab.train.common import MetricWriter, read_jsonl
+
+
+class Batches:
+  """An endless iterator with the grain iterator's get_state()."""
+
+  def __init__(self):
+    self.n = 0
+
+  def __next__(self):
+    self.n += 1
+    return self.n
+
+  def get_state(self):
+    return {"n": self.n}
+
+
+def _run(tmp_path, step_fn, total=10, checkpoint_every=2):
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  return loop.run({"w": jnp.zeros(3)}, Batches(), step_fn, start=0, total=total, ckpt=ckpt,
+                  writer=MetricWriter(str(tmp_path)), log_every=1,
+                  checkpoint_every=checkpoint_every)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
+  def step_fn(state, batch, step):
+    if step == 2:  # the signal arrives while step 3 runs
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {"w": state["w"] + batch}, {"loss": jnp.float32(1.0 / (step + 1))}
+
+  with pytest.raises(SystemExit) as stopped:
+    _run(tmp_path, step_fn, checkpoint_every=5)
+  assert stopped.value.code == 0 and stopped.value.step == 3
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [3]
+  assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+  step, state, data_state = Checkpointer(str(tmp_path / "checkpoints")).restore(
+      {"w": np.zeros(3, np.float32)})
+  np.testing.assert_array_equal(state["w"], [6.0, 6.0, 6.0])  # batches 1 + 2 + 3
+  assert step == 3 and data_state == {"n": 3}
+
+
+def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
+  def step_fn(state, batch, step):
+    loss = jnp.float32(np.nan if step >= 2 else 1.0)  # step 3 goes wrong
+    return state, {"loss": loss, "grad_norm": jnp.float32(1.0)}
+
+  with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss;"):
+    _run(tmp_path, step_fn)
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
