@@ -165,9 +165,11 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
         done = step + 1
         stop = term.any_process()
         last = done == total or stop
-        if done % log_every == 0 or last:
+        log, save = done % log_every == 0 or last, done % checkpoint_every == 0 or last
+        if log or save:
           scalars = {k: float(v) for k, v in metrics.items()}
           check_finite(done, scalars)
+        if log:
           now = time.perf_counter()
           scalars["steps_per_second"] = window_steps / (now - window_start)
           window_start, window_steps = now, 0
@@ -177,8 +179,7 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
           for every, fn in periodic:
             if done % every == 0 or last:
               fn(state, done)
-        if done % checkpoint_every == 0 or last:
-          check_finite(done, metrics)
+        if save:
           ckpt.save(done, to_checkpoint(state), it.get_state())
         if stop:
           if jax.process_index() == 0:
