@@ -87,7 +87,7 @@ def test_bad_weight_files_are_refused(tmp_path):
   with pytest.raises(ValueError, match="Mixed_7c.branch_pool/kernel"):
     inception.load_npz(str(tmp_path / "partial.npz"))
   with pytest.raises(ValueError, match="images"):
-    inception.inception_features({}, jnp.zeros((2, 32, 32, 1)))
+    inception.inception_features({}, jnp.zeros((2, 32, 32, 2)))
   without_fc = {k: v for k, v in arrays.items() if not k.startswith("fc/")}
   without_fc["Mixed_7c.branch_pool/kernel"] = np.zeros((1, 1, 2048, 192), np.float32)
   np.savez(tmp_path / "no_fc.npz", **without_fc)  # FID works, the Inception Score says why not
