@@ -69,3 +69,37 @@ def test_keeps_the_newest_and_reports_a_missing_checkpoint(tmp_path):
                                 jax.random.key_data(tree["key"]))
   with pytest.raises(FileNotFoundError, match="directory"):
     Checkpointer(str(tmp_path / "empty")).restore(tree)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous(damage, tmp_path, capsys):
+  directory = tmp_path / "c"
+  ckpt = Checkpointer(str(directory))
+  for step in (2, 4):
+    ckpt.save(step, {"w": jnp.full((64,), float(step))}, {"next": step})
+  ckpt.close()
+  files = [p for p in (directory / "4" / "state").rglob("*") if p.is_file()]
+  assert files
+  for p in files:
+    if damage == "garbage":
+      p.write_bytes(b"\x00not a checkpoint")
+    else:
+      p.unlink()
+  ckpt = Checkpointer(str(directory))
+  step, state, data = ckpt.restore({"w": jnp.zeros((64,))})
+  assert step == 2 and data == {"next": 2}
+  np.testing.assert_array_equal(state["w"], np.full((64,), 2.0))
+  assert "checkpoint 4" in capsys.readouterr().err
+  assert ckpt.all_steps() == [2]  # set aside: step 4 can be saved again
+  assert len(list((tmp_path / "c-unreadable").iterdir())) == 1
+  ckpt.save(4, {"w": jnp.full((64,), 5.0)})
+  ckpt.wait()
+  assert ckpt.restore({"w": jnp.zeros((64,))})[0] == 4
+  for p in (directory / "2" / "state").rglob("*"):
+    if p.is_file():
+      p.unlink()
+  for p in (directory / "4" / "state").rglob("*"):
+    if p.is_file():
+      p.unlink()
+  with pytest.raises(RuntimeError, match="no readable checkpoint"):
+    Checkpointer(str(directory)).restore({"w": jnp.zeros((64,))})

@@ -10,6 +10,9 @@ shardings places every array where the caller's mesh wants it.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import time
 from typing import Any
 
 import jax
@@ -72,12 +75,42 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[int, Any, dict | None]:
-    """(step, state, data_state) of `step` (default the latest) onto `abstract_state`'s
-    shapes, dtypes and shardings (arrays or ShapeDtypeStructs)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """(step, state, data_state) of `step` (default the latest readable one) onto
+    `abstract_state`'s shapes, dtypes and shardings (arrays or ShapeDtypeStructs).
+
+    Without `step`, a checkpoint that cannot be read (corrupt or missing files) is
+    reported, moved to `<directory>-unreadable/` so later saves can reuse its step, and
+    the previous one is tried. (A save cut short never looks complete: orbax writes to a
+    temporary directory and renames it at the end.)"""
+    if step is not None:
+      return self._restore(abstract_state, step)
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f"directory: expected a checkpoint in {self.directory}, "
                               "found none")
+    errors = []
+    for s in steps:
+      try:
+        return self._restore(abstract_state, s)
+      except Exception as e:  # noqa: BLE001 - any read failure: fall back to an older one
+        errors.append(f"step {s}: {type(e).__name__}: {str(e)[:300]}")
+        print(f"checkpoint {s} in {self.directory} is unreadable ({errors[-1]}); "
+              f"trying the previous one", file=sys.stderr)
+        self._set_aside(s)
+    raise RuntimeError(f"no readable checkpoint in {self.directory}: " + " | ".join(errors))
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      aside = self.directory + "-unreadable"
+      os.makedirs(aside, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)),
+                  os.path.join(aside, f"{step}-{int(time.time())}"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"vqlab set aside checkpoint {step}")
+    self.manager.reload()
+
+  def _restore(self, abstract_state: Any, step: int) -> tuple[int, Any, dict | None]:
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
         jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),

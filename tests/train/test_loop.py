@@ -60,3 +60,26 @@ def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
   with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss;"):
     _run(tmp_path, step_fn)
   assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+
+
+def test_skip_guard_keeps_the_state_of_a_non_finite_step():
+  import jax
+
+  def step(state, x):
+    new = {"w": state["w"] + x, "key": jax.random.split(state["key"])[0]}
+    return new, {"loss": jnp.log(x)}  # x < 0: NaN
+
+  guarded = jax.jit(loop.guard_nonfinite(step, "skip"))
+  s1, m1 = guarded({"w": jnp.ones(3), "key": jax.random.key(0)}, 2.0)
+  np.testing.assert_array_equal(s1["w"], [3.0, 3.0, 3.0])
+  assert float(m1["skipped"]) == 0.0
+  s2, m2 = guarded(s1, -1.0)
+  np.testing.assert_array_equal(s2["w"], s1["w"])
+  np.testing.assert_array_equal(jax.random.key_data(s2["key"]), jax.random.key_data(s1["key"]))
+  assert float(m2["skipped"]) == 1.0
+  loop.check_finite(2, {k: float(v) for k, v in m2.items()})  # dropped, not an error
+  with pytest.raises(FloatingPointError, match="step 2: non-finite loss"):
+    loop.check_finite(2, {"loss": float(m2["loss"])})
+  assert loop.guard_nonfinite(step, "stop") is step
+  with pytest.raises(ValueError, match="train.nonfinite"):
+    loop.guard_nonfinite(step, "ignore")

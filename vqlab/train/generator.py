@@ -73,6 +73,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name}: expected a path (see configs/generator_quickstart.py), got ''")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
+  loop.check_nonfinite_mode(config.train.nonfinite)
   TransformerShape(**{k: config.model[k] for k in SHAPE_FIELDS}).check()
 
 
@@ -229,8 +230,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   q_graphdef, q_state = nnx.split(tok.quantizer)
   spec = StepSpec(config.paradigm, config.model.num_classes, config.train.label_dropout,
                   config.train.ema_decay)
-  step = jax.jit(functools.partial(train_step, graphdef=graphdef, quantizer_graphdef=q_graphdef,
-                                   spec=spec),
+  step = jax.jit(loop.guard_nonfinite(functools.partial(
+                     train_step, graphdef=graphdef, quantizer_graphdef=q_graphdef, spec=spec),
+                 config.train.nonfinite),
                  in_shardings=(shardings, data_sharding, None), out_shardings=(shardings, None),
                  donate_argnums=0)
 

@@ -7,6 +7,7 @@ or plain arrays; checkpoints hold it as pure nested dicts plus the grain iterato
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 from tqdm import tqdm
@@ -135,10 +137,43 @@ class _TermFlag:
     return bool(multihost_utils.process_allgather(self.set).any())
 
 
+NONFINITE = ("stop", "skip")  # config train.nonfinite
+
+
+def check_nonfinite_mode(mode: str) -> None:
+  if mode not in NONFINITE:
+    raise ValueError(f"train.nonfinite: expected one of {NONFINITE}, got {mode!r}")
+
+
+def guard_nonfinite(step_fn: Callable, mode: str) -> Callable:
+  """`mode` "stop": `step_fn` as it is (the loop stops at the next logged or saved step).
+  "skip": a step whose loss is not finite returns the state it was given (parameters,
+  optimizer, statistics, RNG) and reports `skipped` = 1; jit the result."""
+  check_nonfinite_mode(mode)
+  if mode == "stop":
+    return step_fn
+
+  def keep_if(ok, new, old):
+    if jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(
+          jnp.where(ok, jax.random.key_data(new), jax.random.key_data(old)),
+          impl=jax.random.key_impl(new))
+    return jnp.where(ok, new, old)
+
+  def guarded(state, *args, **kwargs):
+    new, metrics = step_fn(state, *args, **kwargs)
+    ok = jnp.isfinite(metrics["loss"])
+    return (jax.tree.map(functools.partial(keep_if, ok), new, state),
+            {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)})
+
+  return guarded
+
+
 def check_finite(step: int, metrics: dict) -> None:
-  """A non-finite loss stops the run before anything is saved, naming the terms."""
+  """A non-finite loss stops the run before anything is saved, naming the terms. A
+  step the "skip" guard dropped (skipped = 1) left the state as it was: not an error."""
   bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
-  if bad:
+  if bad and not metrics.get("skipped"):
     raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; no checkpoint "
                              f"written for this step (the last good one stays latest)")
 

@@ -78,6 +78,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   adversarial.check_gan_loss(config.loss.gan_loss)
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ValueError(f"train.ema_decay: expected in [0, 1), got {config.train.ema_decay}")
+  loop.check_nonfinite_mode(config.train.nonfinite)
   if config.train.steps < 1 or config.train.batch_size < 1:
     raise ValueError(f"train.steps, train.batch_size: expected >= 1, got "
                      f"{config.train.steps}, {config.train.batch_size}")
@@ -383,8 +384,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   state = jax.device_put(state, shardings)
   data_sharding = parallel.batch_sharding(mesh)
   loss = LossSpec.from_config(config)
-  steps = {gan: jax.jit(functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
-                                          lpips_graphdef=lpips_graphdef),
+  steps = {gan: jax.jit(loop.guard_nonfinite(
+                   functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
+                                     lpips_graphdef=lpips_graphdef), config.train.nonfinite),
                         in_shardings=(shardings, data_sharding, None),
                         out_shardings=(shardings, None), donate_argnums=0)
            for gan in (False, True)}
