@@ -20,6 +20,7 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
   """Every field the tokenizer trainer reads, with taming-transformers' VQGAN defaults."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
   c.model = ml_collections.ConfigDict(dict(arch=arch, shape=shape))
   c.model.quantizer = quantizer
   c.data = ml_collections.ConfigDict(dict(
@@ -63,6 +64,7 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   """Every field the generator trainer reads (LlamaGen / VAR / MaskGIT-style defaults)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
   c.paradigm = paradigm  # "raster" (next token), "var" (next scale), "maskgit" (masked)
   c.tokenizer_workdir = ""  # the tokenizer run: its decoder draws samples, VAR uses its quantizer
   c.tokens_dir = ""  # tokens exported from it: vqlab tokens --workdir ... --out ...

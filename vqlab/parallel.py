@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -92,3 +93,28 @@ def state_shardings(state, mesh: Mesh, min_fsdp_size: int = 2**12, rules=RULES):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis over data and fsdp devices."""
   return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def _bytes(x, sharding=None) -> tuple[int, int]:
+  """(global bytes, bytes on one device) of an array or ShapeDtypeStruct."""
+  dtype = x.dtype
+  itemsize = (jax.random.key_data(jnp.zeros((), dtype)).nbytes  # typed PRNG keys
+              if jnp.issubdtype(dtype, jax.dtypes.prng_key) else np.dtype(dtype).itemsize)
+  local = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+  return math.prod(x.shape) * itemsize, math.prod(local) * itemsize
+
+
+def placement_report(mesh: Mesh, state, shardings) -> str:
+  """The mesh, processes and devices, and the state's memory in total and per device,
+  split into optimizer state (leaves under an `opt_state`) and the rest."""
+  totals = {"optimizer": [0, 0], "parameters and statistics": [0, 0]}
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  for (path, x), sharding in zip(flat, jax.tree.leaves(shardings)):
+    kind = "optimizer" if "opt_state" in jax.tree_util.keystr(path) else "parameters and statistics"
+    whole, local = _bytes(x, sharding)
+    totals[kind][0] += whole
+    totals[kind][1] += local
+  mib = lambda b: f"{b / 2**20:,.1f} MiB"
+  parts = "; ".join(f"{k} {mib(t)} ({mib(d)} per device)" for k, (t, d) in totals.items())
+  return (f"mesh {dict(mesh.shape)}: {jax.device_count()} {jax.devices()[0].platform} "
+          f"devices, {jax.process_count()} process(es); {parts}")

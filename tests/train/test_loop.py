@@ -83,3 +83,25 @@ def test_skip_guard_keeps_the_state_of_a_non_finite_step():
   assert loop.guard_nonfinite(step, "stop") is step
   with pytest.raises(ValueError, match="train.nonfinite"):
     loop.guard_nonfinite(step, "ignore")
+
+
+def test_dry_runs_compile_and_report_without_touching_the_workdir(chain, tmp_path, capsys):
+  from configs import generator_quickstart, vqgan_quickstart
+  from vqlab.train import generator, tokenizer
+
+  c = vqgan_quickstart.get_config("runlocal")
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.update(dry_run=True)
+  c.mesh.update(data=2, fsdp=4)
+  c.mesh.min_fsdp_size = 1024
+  result = tokenizer.train(c, str(tmp_path / "tok"))
+  out = capsys.readouterr().out
+  assert "'fsdp': 4" in out and "per device" in out and "dry run" in out
+  assert result["flops_per_step"] > 1e6 and result["temp_mib_per_device"] >= 0
+  g = generator_quickstart.get_config("raster,runlocal")
+  workdir, tokens = chain["vq"]
+  g.update(tokenizer_workdir=workdir, tokens_dir=tokens, dry_run=True)
+  g.model.num_classes = 10
+  g.mesh.update(data=2, fsdp=2, tensor=2)
+  assert generator.train(g, str(tmp_path / "gen"))["flops_per_step"] > 1e5
+  assert not os.path.exists(tmp_path / "tok") and not os.path.exists(tmp_path / "gen")

@@ -15,15 +15,15 @@ from vqlab.train.common import read_jsonl
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS, EVERY = 300, 50
+STEPS, EVERY = 120, 20
 
 
 def _command(workdir, tokenizer_workdir, tokens_dir):
   return [sys.executable, "-m", "vqlab.cli", "generate",
           "--config", "configs/generator_quickstart.py:raster,runlocal", "--workdir", workdir,
           f"--config.tokenizer_workdir={tokenizer_workdir}", f"--config.tokens_dir={tokens_dir}",
-          "--config.model.num_classes=10", "--config.model.width=128", "--config.model.depth=3",
-          "--config.train.batch_size=32", f"--config.train.steps={STEPS}",
+          "--config.model.num_classes=10", "--config.model.width=64", "--config.model.depth=2",
+          "--config.train.batch_size=16", f"--config.train.steps={STEPS}",
           f"--config.log.checkpoint_every={EVERY}", "--config.log.every=1",
           f"--config.sample.every={10 * STEPS}"]
 

@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 from vqlab import parallel
-from vqlab.data.pipeline import iterate, token_dataset
+from vqlab.data.pipeline import FlatTokens, iterate, token_dataset
 from vqlab.data.tokens import TokenSource
 from vqlab.eval import inception
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, inception_score
@@ -202,12 +202,47 @@ def sample_metrics(sampler, state, tok_state, tok_config, num_classes: int,
           "gfid_examples": int(min(len(real), len(fake)))}
 
 
+def compile_step(config: ml_collections.ConfigDict, graphdef, quantizer_graphdef, shardings,
+                 mesh):
+  spec = StepSpec(config.paradigm, config.model.num_classes, config.train.label_dropout,
+                  config.train.ema_decay)
+  return jax.jit(loop.guard_nonfinite(functools.partial(
+                     train_step, graphdef=graphdef, quantizer_graphdef=quantizer_graphdef,
+                     spec=spec), config.train.nonfinite),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh), None),
+                 out_shardings=(shardings, None), donate_argnums=0)
+
+
+def dry_run(config: ml_collections.ConfigDict, tok, latent_size: int, source, mesh) -> dict:
+  """Compile the train step for the config's mesh and global batch without allocating
+  the state; prints and returns memory per device and FLOPs per step."""
+  box = {}
+
+  def make():
+    box["graphdef"], state = init_state(config, tok, latent_size)
+    return state
+
+  abstract = jax.eval_shape(make)
+  shardings = parallel.state_shardings(abstract, mesh, config.mesh.min_fsdp_size)
+  q_graphdef, q_state = nnx.split(tok.quantizer)
+  step = compile_step(config, box["graphdef"], q_graphdef, shardings, mesh)
+  data = parallel.batch_sharding(mesh)
+  example = FlatTokens().map(source[0])  # one example as the input pipeline gives it
+  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, *np.shape(v)), np.asarray(v).dtype,
+                                   sharding=data) for k, v in example.items()}
+  result = loop.dry_run(step, loop.abstract_on(abstract, shardings), batch, q_state)
+  loop.print_dry_run(parallel.placement_report(mesh, abstract, shardings), result)
+  return result
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train (or resume) in `workdir`; with `config.dry_run` only compile and report."""
   check_config(config)
   # loaded before any work: a bad path fails early
   inception_params = inception.load(config.eval.inception) if config.eval.inception else None
   main_process = jax.process_index() == 0
-  loop.prepare_workdir(workdir, config, ("model",))
+  if not config.dry_run:
+    loop.prepare_workdir(workdir, config, ("model",))
   source = TokenSource(config.tokens_dir)
   latent_size = int(source.meta["latent_size"])
   tok = tokenizer.load_tokenizer(config.tokenizer_workdir)
@@ -220,21 +255,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                      f"num_classes > {top_label}, got {config.model.num_classes}")
   mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
   batch = tokenizer.local_batch_size(config.train.batch_size, mesh)
+  if config.dry_run:
+    return dry_run(config, tok, latent_size, source, mesh)
   loop.write_config(workdir, config)
-
   graphdef, state = init_state(config, tok, latent_size)
   shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
   state = jax.device_put(state, shardings)
+  if main_process:
+    print(parallel.placement_report(mesh, state, shardings))
   data_sharding = parallel.batch_sharding(mesh)
   tok_graphdef, tok_state = nnx.split(tok)
   q_graphdef, q_state = nnx.split(tok.quantizer)
-  spec = StepSpec(config.paradigm, config.model.num_classes, config.train.label_dropout,
-                  config.train.ema_decay)
-  step = jax.jit(loop.guard_nonfinite(functools.partial(
-                     train_step, graphdef=graphdef, quantizer_graphdef=q_graphdef, spec=spec),
-                 config.train.nonfinite),
-                 in_shardings=(shardings, data_sharding, None), out_shardings=(shardings, None),
-                 donate_argnums=0)
+  step = compile_step(config, graphdef, q_graphdef, shardings, mesh)
 
   def step_fn(state, b, _):
     b = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in b.items()}

@@ -226,3 +226,30 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
     ckpt.close()  # waits for the async save: nothing half-written is left behind
     writer.close()
   return state
+
+
+def abstract_on(state, shardings):
+  """ShapeDtypeStructs of `state` (arrays or abstract values) carrying `shardings`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+def dry_run(jitted: Callable, *abstract_args) -> dict:
+  """Lower and compile a jitted step for abstract arguments, run nothing: memory per
+  device (XLA's analysis) and FLOPs per step."""
+  compiled = jitted.lower(*abstract_args).compile()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  out = {"flops_per_step": float(cost.get("flops", float("nan")))}
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    for name in ("argument", "output", "temp", "generated_code"):
+      out[f"{name}_mib_per_device"] = getattr(mem, f"{name}_size_in_bytes") / 2**20
+  return out
+
+
+def print_dry_run(report: str, result: dict) -> None:
+  if jax.process_index() == 0:
+    print(report)
+    print("dry run (compiled, not run): " + ", ".join(
+        f"{k} {v:,.4g}" for k, v in result.items()))

@@ -367,13 +367,53 @@ def save_grid(writer: MetricWriter, workdir: str, step: int, originals: np.ndarr
   return path
 
 
+def compile_steps(config: ml_collections.ConfigDict, graphdef, lpips_graphdef, shardings,
+                  mesh) -> dict:
+  """{gan: the jitted step}: with and without the GAN terms, state donated."""
+  loss = LossSpec.from_config(config)
+  data_sharding = parallel.batch_sharding(mesh)
+  return {gan: jax.jit(loop.guard_nonfinite(
+                   functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
+                                     lpips_graphdef=lpips_graphdef), config.train.nonfinite),
+                       in_shardings=(shardings, data_sharding, None),
+                       out_shardings=(shardings, None), donate_argnums=0)
+          for gan in (False, True)}
+
+
+def dry_run(config: ml_collections.ConfigDict, mesh) -> dict:
+  """Compile the train step (with the GAN when it is on) for the config's mesh and
+  global batch without allocating the state or reading data; prints and returns the
+  state's memory per device and XLA's memory and FLOPs figures."""
+  box = {}
+
+  def make():
+    box["graphdef"], state = init_state(config)
+    return state
+
+  abstract = jax.eval_shape(make)
+  shardings = parallel.state_shardings(abstract, mesh, config.mesh.min_fsdp_size)
+  lpips_graphdef, lpips_state = load_lpips(config)
+  step = compile_steps(config, box["graphdef"], lpips_graphdef, shardings, mesh)[
+      config.loss.disc_weight > 0]
+  shape = image_tokenizer.make_shape(config.model.arch, config.model.shape.to_dict())
+  size, channels = config.data.image_size, getattr(shape, "in_channels", None) or shape.channels
+  images = jax.ShapeDtypeStruct((config.train.batch_size, size, size, channels), jnp.uint8,
+                                sharding=parallel.batch_sharding(mesh))
+  result = loop.dry_run(step, loop.abstract_on(abstract, shardings), images, lpips_state)
+  loop.print_dry_run(parallel.placement_report(mesh, abstract, shardings), result)
+  return result
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train (or resume) in `workdir`; returns the summary also written to summary.json."""
+  """Train (or resume) in `workdir`; returns the summary also written to summary.json.
+  With `config.dry_run` only compiles the step and reports (`dry_run`)."""
   check_config(config)
   main_process = jax.process_index() == 0
-  loop.prepare_workdir(workdir, config, ("model", "disc"))
   mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
   batch = local_batch_size(config.train.batch_size, mesh)
+  if config.dry_run:
+    return dry_run(config, mesh)
+  loop.prepare_workdir(workdir, config, ("model", "disc"))
   train_ds = datasets(config, config.data.train_split, train=True, batch_size=batch)
   fixed = next(iterate(datasets(config, config.data.eval_split, train=False,
                                 batch_size=batch, num_examples=batch), threads=0))["image"][:8]
@@ -382,14 +422,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   graphdef, state = init_state(config)
   shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
   state = jax.device_put(state, shardings)
+  if main_process:
+    print(parallel.placement_report(mesh, state, shardings))
   data_sharding = parallel.batch_sharding(mesh)
-  loss = LossSpec.from_config(config)
-  steps = {gan: jax.jit(loop.guard_nonfinite(
-                   functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
-                                     lpips_graphdef=lpips_graphdef), config.train.nonfinite),
-                        in_shardings=(shardings, data_sharding, None),
-                        out_shardings=(shardings, None), donate_argnums=0)
-           for gan in (False, True)}
+  steps = compile_steps(config, graphdef, lpips_graphdef, shardings, mesh)
 
   def step_fn(state, batch, step):
     images = jax.make_array_from_process_local_data(data_sharding, batch["image"])
