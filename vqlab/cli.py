@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"vqlab: unknown job {job!r}; expected one of {sorted(JOBS)}\n\n{usage()}",
           file=sys.stderr)
     sys.exit(2)
+  from vqlab import distributed
+  distributed.initialize()  # multi-process jobs join here, before any computation
   importlib.import_module(JOBS[job][0]).main([f"vqlab {job}"] + argv[2:])
 
 

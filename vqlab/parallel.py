@@ -104,6 +104,10 @@ def _bytes(x, sharding=None) -> tuple[int, int]:
   return math.prod(x.shape) * itemsize, math.prod(local) * itemsize
 
 
+def state_bytes(state) -> int:
+  return sum(_bytes(x)[0] for x in jax.tree.leaves(state))
+
+
 def placement_report(mesh: Mesh, state, shardings) -> str:
   """The mesh, processes and devices, and the state's memory in total and per device,
   split into optimizer state (leaves under an `opt_state`) and the rest."""
@@ -118,3 +122,19 @@ def placement_report(mesh: Mesh, state, shardings) -> str:
   parts = "; ".join(f"{k} {mib(t)} ({mib(d)} per device)" for k, (t, d) in totals.items())
   return (f"mesh {dict(mesh.shape)}: {jax.device_count()} {jax.devices()[0].platform} "
           f"devices, {jax.process_count()} process(es); {parts}")
+
+
+def put(tree, shardings):
+  """`jax.device_put` that also works when the shardings span several processes: every
+  process passes the same host values (as after a seeded init) and keeps its shards."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def one(x, sharding):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = one(jax.random.key_data(x), NamedSharding(sharding.mesh, P()))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(one, tree, shardings)

@@ -1,11 +1,12 @@
 """Built-in datasets as tfds builders, and the grain pipeline over them."""
 
+import grain
 import numpy as np
 import pytest
 
 from vqlab.data import builtin
 from vqlab.data.digits import load_mnist_digits
-from vqlab.data.pipeline import RandomCropFlip, image_dataset
+from vqlab.data.pipeline import ProcessRows, RandomCropFlip, image_dataset, token_dataset
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +58,26 @@ def test_pipeline_is_deterministic_and_resumes_from_its_state(data_dir):
     np.testing.assert_array_equal(next(resumed)["image"], want)
 
 
-def test_processes_read_disjoint_records(data_dir):
+def test_processes_split_the_single_process_global_batch(data_dir):
+  # shuffled, randomly cropped and flipped: process p holds rows 4p .. 4p + 3
   source = builtin.load("vqlab_digits", data_dir, "test")
-  batches = [next(iter(image_dataset(source, batch_size=250, image_size=32, seed=0,
-                                     shuffle=False, num_epochs=1, process_index=p,
-                                     process_count=2, keys=("image", "label"))))
-             for p in (0, 1)]
-  flat = [b["image"].reshape(250, -1) for b in batches]
-  overlap = (flat[0][:, None] == flat[1][None]).all(-1).any()
-  assert not overlap
+  kw = dict(image_size=24, seed=3, min_crop=20, max_crop=28, flip=True)
+  whole = iter(image_dataset(source, batch_size=8, **kw))
+  parts = [iter(image_dataset(source, batch_size=4, process_index=p, process_count=2, **kw))
+           for p in (0, 1)]
+  for _ in range(3):
+    want = next(whole)["image"]
+    for p, it in enumerate(parts):
+      np.testing.assert_array_equal(next(it)["image"], want[4 * p:4 * p + 4])
+  tokens = [{"indices": np.full((2, 2), i, np.int32), "label": np.int32(i % 3)} for i in range(20)]
+  whole = next(iter(token_dataset(tokens, batch_size=6, seed=1)))
+  for p in (0, 1):
+    part = next(iter(token_dataset(tokens, batch_size=3, seed=1, process_index=p,
+                                   process_count=2)))
+    np.testing.assert_array_equal(part["tokens"], whole["tokens"][3 * p:3 * p + 3])
+  # a finite stream: the last, partial global batch is split the same way
+  rows = [ProcessRows(grain.MapDataset.range(10), 2, p, 2) for p in (0, 1)]
+  assert [[r[i] for i in range(len(r))] for r in rows] == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7]]
 
 
 def test_crop_arithmetic_and_bad_input():

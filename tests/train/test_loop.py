@@ -105,3 +105,19 @@ def test_dry_runs_compile_and_report_without_touching_the_workdir(chain, tmp_pat
   g.mesh.update(data=2, fsdp=2, tensor=2)
   assert generator.train(g, str(tmp_path / "gen"))["flops_per_step"] > 1e5
   assert not os.path.exists(tmp_path / "tok") and not os.path.exists(tmp_path / "gen")
+
+
+def test_a_full_disk_or_unwritable_workdir_fails_before_training(tmp_path, monkeypatch):
+  import collections
+
+  from vqlab.train import common
+
+  common.check_free_space(str(tmp_path), 1024)
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+  with pytest.raises(OSError, match="1 MiB free, expected at least 8 MiB"):
+    common.check_free_space(str(tmp_path), 8 * 2**20)
+  blocked = tmp_path / "file"
+  blocked.write_text("not a directory")
+  with pytest.raises(OSError, match="writable directory"):
+    common.check_workdir(str(blocked / "run"))

@@ -4,7 +4,10 @@ built-in datasets): shuffle -> repeat -> per-example random crop / flip -> batch
 Every random choice is drawn from grain's per-record generator seeded by `seed`, so a
 pipeline is a pure function of (source, config, seed, position) and its iterator state
 (`get_state()`, a small dict) restores it exactly: a resumed run sees the same batches.
-Each process reads its own slice of the records (`process_index::process_count`).
+The global stream (shuffled, repeated, cropped) is the same for any number of
+processes; of each global batch of B = P b examples, process p takes rows p b .. p b + b,
+so the P local batches placed side by side (`make_array_from_process_local_data`) are the
+single-process global batch, row for row.
 """
 
 from __future__ import annotations
@@ -57,6 +60,28 @@ class RandomCropFlip(grain.transforms.RandomMap):
     return {**element, "image": np.ascontiguousarray(crop)}
 
 
+class ProcessRows(grain.MapDataset):
+  """This process's rows of the global stream: element k b + j is global element
+  k B + p b + j (B = P b, j < b), i.e. row j of process p's block of global batch k."""
+
+  def __init__(self, parent: grain.MapDataset, local_batch: int, index: int, count: int):
+    super().__init__(parent)
+    self.b, self.p, self.count = local_batch, index, count
+
+  def __len__(self) -> int:  # full global batches, then this process's part of the last
+    blocks, rest = divmod(len(self._parent), self.b * self.count)
+    return blocks * self.b + min(max(rest - self.p * self.b, 0), self.b)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    k, j = divmod(i, self.b)
+    return self._parent[(k * self.count + self.p) * self.b + j]
+
+  def __str__(self) -> str:
+    return f"ProcessRows(b={self.b}, p={self.p}, count={self.count})"
+
+
 def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
                   min_crop: int | None = None, max_crop: int | None = None,
                   flip: bool = False, shuffle: bool = True, num_epochs: int | None = None,
@@ -66,21 +91,21 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
   """Batches of {key: array} with images uint8 (batch_size, image_size, image_size, C).
 
   num_epochs=None repeats forever (training); an int gives a finite pass (evaluation).
-  in_memory=True decodes this process's records once and keeps them (small datasets:
+  in_memory=True decodes the records once and keeps them (small datasets:
   the built-in photos are a few large PNGs that would be decoded for every crop).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index: expected in [0, {process_count}), got {process_index}")
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = grain.MapDataset.source(source)
   if in_memory:
     ds = grain.MapDataset.source([{k: np.asarray(r[k]) for k in keys} for r in ds])
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).map(SelectKeys(keys))
   crop = RandomCropFlip(image_size, min_crop or image_size, max_crop or image_size, flip)
-  ds = ds.random_map(crop, seed=seed)
+  ds = ProcessRows(ds.random_map(crop, seed=seed), batch_size, process_index, process_count)
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -104,6 +129,6 @@ def token_dataset(source, *, batch_size: int, seed: int, process_index: int = 0,
   """Shuffled, repeated batches of exported tokens (vqlab.data.tokens.TokenSource)."""
   if batch_size < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  return ds.shuffle(seed=seed).repeat(None).map(FlatTokens()).batch(batch_size,
-                                                                     drop_remainder=True)
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  return ProcessRows(ds, batch_size, process_index, process_count).map(FlatTokens()).batch(
+      batch_size, drop_remainder=True)

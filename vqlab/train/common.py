@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 
 def check_workdir(workdir: str) -> None:
   """Fail before training, not after, when results could not be written."""
-  probe = os.path.join(workdir, ".write_test")
+  probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # processes may share it
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, "w") as f:
@@ -22,6 +23,14 @@ def check_workdir(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise OSError(f"workdir: expected a writable directory, got {workdir!r} ({e})") from e
+
+
+def check_free_space(workdir: str, need_bytes: int) -> None:
+  """Fail before training when the disk cannot hold the checkpoints to come."""
+  free = shutil.disk_usage(workdir).free
+  if free < need_bytes:
+    raise OSError(f"workdir: {workdir!r} has {free / 2**20:,.0f} MiB free, expected at least "
+                  f"{need_bytes / 2**20:,.0f} MiB for two checkpoints of this state")
 
 
 def to_unit(images: jax.Array) -> jax.Array:

@@ -40,7 +40,8 @@ from vqlab.models.generators import (MaskedGenerator, NextScaleGenerator, NextTo
                                      drop_labels)
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import loop, tokenizer
-from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
+from vqlab.train.common import (MetricWriter, check_free_space, config_main, labeled_grid,
+                                to_pixels, to_unit)
 
 PARADIGMS = ("raster", "var", "maskgit")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -260,9 +261,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   loop.write_config(workdir, config)
   graphdef, state = init_state(config, tok, latent_size)
   shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
-  state = jax.device_put(state, shardings)
+  state = parallel.put(state, shardings)
   if main_process:
     print(parallel.placement_report(mesh, state, shardings))
+  check_free_space(workdir, 2 * parallel.state_bytes(state))
   data_sharding = parallel.batch_sharding(mesh)
   tok_graphdef, tok_state = nnx.split(tok)
   q_graphdef, q_state = nnx.split(tok.quantizer)

@@ -43,7 +43,8 @@ from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.quantizers.core import usage_metrics
 from vqlab.train import loop
-from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
+from vqlab.train.common import (MetricWriter, check_free_space, config_main, labeled_grid,
+                                to_pixels, to_unit)
 
 RECON_LOSSES = ("l1", "l2")
 
@@ -421,9 +422,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lpips_graphdef, lpips_state = load_lpips(config)
   graphdef, state = init_state(config)
   shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
-  state = jax.device_put(state, shardings)
+  state = parallel.put(state, shardings)
   if main_process:
     print(parallel.placement_report(mesh, state, shardings))
+  check_free_space(workdir, 2 * parallel.state_bytes(state))
   data_sharding = parallel.batch_sharding(mesh)
   steps = compile_steps(config, graphdef, lpips_graphdef, shardings, mesh)
 
@@ -463,7 +465,7 @@ def restore(workdir: str, step: int | None = None, mesh=None):
   config = loop.load_config(workdir)
   mesh = mesh or parallel.make_mesh({"data": -1})
   graphdef, state = init_state(config)
-  state = jax.device_put(state, parallel.state_shardings(state, mesh))
+  state = parallel.put(state, parallel.state_shardings(state, mesh))
   step, state = loop.restore_run(workdir, state, step)
   return config, graphdef, state, step
 
