@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from vqlab import parallel
 from vqlab.quantizers import factory
 
 
@@ -41,7 +42,10 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
       gan_loss="hinge", disc_weight=0.8, adaptive_weight=True, disc_start=50_000,
       lecam_weight=0.0, lecam_decay=0.999))
   c.disc = ml_collections.ConfigDict(dict(width=64, n_layers=3, norm="batch"))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12))
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12,
+      # parameters' logical axes -> mesh axes (vqlab/parallel.py); unnamed arrays: FSDP
+      rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(
       every=50, image_every=1000, checkpoint_every=2000, keep_checkpoints=3,
       eval_examples=1000))
@@ -86,7 +90,10 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   # gFID / Inception Score at the end, when converted Inception weights are given
   # (python -m vqlab.eval.inception); against the tokenizer dataset's eval split
   c.eval = ml_collections.ConfigDict(dict(inception="", examples=10_000, batch_size=50))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12))
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12,
+      # parameters' logical axes -> mesh axes (vqlab/parallel.py); unnamed arrays: FSDP
+      rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(every=50, checkpoint_every=2000, keep_checkpoints=3))
   return c
 

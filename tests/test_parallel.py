@@ -135,3 +135,14 @@ def test_tensor_parallel_generator_step_matches_one_device():
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
       compared += 1
   assert compared > 3 * 20
+
+
+def test_rules_come_from_the_config_string():
+  assert parallel.parse_rules(parallel.DEFAULT_RULES) == parallel.RULES
+  rules = parallel.parse_rules("embed=none, mlp=tensor")
+  assert rules == (("embed", None), ("mlp", "tensor"))
+  mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  assert parallel.logical_spec((256, 1024), ("embed", "mlp"), mesh, rules) == P(None, "tensor")
+  for bad in ("embed", "embed=model", "=fsdp"):
+    with pytest.raises(ValueError, match="mesh.rules"):
+      parallel.parse_rules(bad)

@@ -22,8 +22,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
-# logical axis -> mesh axis; names not listed (None, "classes", ...) stay replicated
-RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
@@ -57,6 +55,30 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_fsdp_size: int = 2**12) -> 
     if shape[dim] % fsdp == 0:
       return P(*[("fsdp" if d == dim else None) for d in range(len(shape))])
   return P()
+
+
+def parse_rules(text: str) -> tuple[tuple[str, str | None], ...]:
+  """"embed=fsdp,mlp=tensor,vocab=none" -> rules (the config's `mesh.rules`)."""
+  rules = []
+  for item in filter(None, (t.strip() for t in text.split(","))):
+    name, sep, axis = item.partition("=")
+    if not sep or not name.strip() or axis.strip() not in AXES + ("none",):
+      raise ValueError(f"mesh.rules: expected 'logical=mesh_axis' items with a mesh axis in "
+                       f"{AXES} or none, got {item!r}")
+    rules.append((name.strip(), None if axis.strip() == "none" else axis.strip()))
+  return tuple(rules)
+
+
+# logical axis -> mesh axis (the configs' default `mesh.rules`); names not listed (None,
+# "classes", ...) stay replicated
+DEFAULT_RULES = "embed=fsdp,mlp=tensor,heads=tensor,vocab=tensor"
+RULES = parse_rules(DEFAULT_RULES)
+
+
+def config_shardings(state, mesh: Mesh, mesh_config):
+  """`state_shardings` with the config's `mesh.min_fsdp_size` and `mesh.rules`."""
+  return state_shardings(state, mesh, mesh_config.min_fsdp_size,
+                         parse_rules(mesh_config.rules))
 
 
 def logical_spec(shape: tuple[int, ...], names: tuple, mesh_shape: Mapping[str, int],

@@ -110,8 +110,9 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
         jnp.issubdtype(y.dtype, jax.dtypes.prng_key) else y))
 
 
-@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "fsdp": 4}],
-                         ids=["data", "data+fsdp"])
+@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "fsdp": 4},
+                                        {"data": 2, "fsdp": 2, "tensor": 2}],
+                         ids=["data", "data+fsdp", "data+fsdp+tensor"])
 def test_sharded_step_matches_one_device(mesh_shape, data_dir):
   config = small_config(data_dir)
   config.model.shape.update(channels=32, channel_mult=(1, 2), z_channels=32, embed_dim=32)

@@ -224,7 +224,7 @@ def dry_run(config: ml_collections.ConfigDict, tok, latent_size: int, source, me
     return state
 
   abstract = jax.eval_shape(make)
-  shardings = parallel.state_shardings(abstract, mesh, config.mesh.min_fsdp_size)
+  shardings = parallel.config_shardings(abstract, mesh, config.mesh)
   q_graphdef, q_state = nnx.split(tok.quantizer)
   step = compile_step(config, box["graphdef"], q_graphdef, shardings, mesh)
   data = parallel.batch_sharding(mesh)
@@ -260,7 +260,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return dry_run(config, tok, latent_size, source, mesh)
   loop.write_config(workdir, config)
   graphdef, state = init_state(config, tok, latent_size)
-  shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
+  shardings = parallel.config_shardings(state, mesh, config.mesh)
   state = parallel.put(state, shardings)
   if main_process:
     print(parallel.placement_report(mesh, state, shardings))

@@ -392,7 +392,7 @@ def dry_run(config: ml_collections.ConfigDict, mesh) -> dict:
     return state
 
   abstract = jax.eval_shape(make)
-  shardings = parallel.state_shardings(abstract, mesh, config.mesh.min_fsdp_size)
+  shardings = parallel.config_shardings(abstract, mesh, config.mesh)
   lpips_graphdef, lpips_state = load_lpips(config)
   step = compile_steps(config, box["graphdef"], lpips_graphdef, shardings, mesh)[
       config.loss.disc_weight > 0]
@@ -421,7 +421,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   loop.write_config(workdir, config)
   lpips_graphdef, lpips_state = load_lpips(config)
   graphdef, state = init_state(config)
-  shardings = parallel.state_shardings(state, mesh, config.mesh.min_fsdp_size)
+  shardings = parallel.config_shardings(state, mesh, config.mesh)
   state = parallel.put(state, shardings)
   if main_process:
     print(parallel.placement_report(mesh, state, shardings))
