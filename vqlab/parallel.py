@@ -160,3 +160,12 @@ def put(tree, shardings):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
   return jax.tree.map(one, tree, shardings)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole value of a (possibly multi-process, batch-sharded) array as numpy; with
+  several processes every process must call it (it is a collective)."""
+  if jax.process_count() == 1 or getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -16,6 +16,7 @@ import io
 import os
 from importlib import resources
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -108,7 +109,12 @@ def load(name: str, data_dir: str, split: str = "train"):
   data_dir = os.path.expanduser(data_dir)
   if name in BUILDERS:
     builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    if jax.process_index() == 0:  # one writer; the other processes wait for it
+      builder.download_and_prepare()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"vqlab prepared {name}")
+      builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
   else:
     try:
       builder = tfds.builder(name, data_dir=data_dir)

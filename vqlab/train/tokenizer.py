@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vqlab import parallel
 from vqlab.data import builtin
@@ -276,19 +277,23 @@ def eval_model(graphdef, state) -> image_tokenizer.ImageTokenizer:
 
 def datasets(config: ml_collections.ConfigDict, split: str, *, train: bool,
              batch_size: int, num_examples: int | None = None, labels: bool = False,
-             drop_remainder: bool = True):
+             drop_remainder: bool = True, split_by_process: bool = True):
   """A grain dataset of uint8 image batches for this process: shuffled, flipped and
   endless for training; else fixed crops (the evaluation seed), enough passes for
-  `num_examples` (default one). `labels` keeps the source's labels when it has them."""
+  `num_examples` (default one). `labels` keeps the source's labels when it has them.
+  `split_by_process=False` gives every process the same examples (fixed image grids)."""
   d = config.data
   source = builtin.load(d.name, d.data_dir, split)
-  epochs = None if train else max(1, math.ceil((num_examples or len(source)) / len(source)))
+  processes = jax.process_count() if split_by_process else 1
+  wanted = (num_examples or len(source)) * processes  # every process gets its part
+  epochs = None if train else max(1, math.ceil(wanted / len(source)))
   keys = ("image", "label") if labels and "label" in source[0] else ("image",)
   return image_dataset(source, batch_size=batch_size, image_size=d.image_size,
                        seed=config.seed if train else config.seed + 1,
                        min_crop=d.min_crop or None, max_crop=d.max_crop or None,
                        flip=d.flip and train, shuffle=train, num_epochs=epochs,
-                       process_index=jax.process_index(), process_count=jax.process_count(),
+                       process_index=jax.process_index() if split_by_process else 0,
+                       process_count=processes,
                        in_memory=d.in_memory, keys=keys, drop_remainder=drop_remainder)
 
 
@@ -324,14 +329,14 @@ def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split:
     images = jax.make_array_from_process_local_data(sharding, b["image"])
     recon, indices = fn(state, images)
     x = to_unit(images)
-    psnrs.append(np.asarray(psnr(recon, x)))
+    psnrs.append(parallel.to_host(psnr(recon, x)))
     if min(x.shape[1:3]) >= 11:
-      ssims.append(np.asarray(ssim(recon, x)))
+      ssims.append(parallel.to_host(ssim(recon, x)))
     if inception_params is not None:
       real, fake = _inception_pair(inception_params, x, recon)
-      real_feats.append(np.asarray(real))
-      fake_feats.append(np.asarray(fake))
-    flat = np.asarray(indices).ravel()
+      real_feats.append(parallel.to_host(real))
+      fake_feats.append(parallel.to_host(fake))
+    flat = parallel.to_host(indices).ravel()
     c = np.bincount(flat[flat >= 0], minlength=codebook)  # -1: a dropped residual level
     counts = c if counts is None else counts + c
   if counts is None:
@@ -416,8 +421,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return dry_run(config, mesh)
   loop.prepare_workdir(workdir, config, ("model", "disc"))
   train_ds = datasets(config, config.data.train_split, train=True, batch_size=batch)
-  fixed = next(iterate(datasets(config, config.data.eval_split, train=False,
-                                batch_size=batch, num_examples=batch), threads=0))["image"][:8]
+  fixed = next(iterate(datasets(config, config.data.eval_split, train=False, batch_size=8,
+                                num_examples=8, split_by_process=False), threads=0))["image"]
   loop.write_config(workdir, config)
   lpips_graphdef, lpips_state = load_lpips(config)
   graphdef, state = init_state(config)
@@ -437,7 +442,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir, enabled=main_process)
 
   def grid(state, done):
-    recon, _ = reconstruct(state, jnp.asarray(fixed), graphdef=graphdef)
+    recon, _ = reconstruct(state, parallel.put(fixed, NamedSharding(mesh, P())),
+                           graphdef=graphdef)
     save_grid(writer, workdir, done, fixed, recon)
 
   ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
