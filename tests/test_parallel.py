@@ -96,7 +96,9 @@ def test_every_generator_parameter_names_its_axes(kind):
     assert names is not None and len(names) == v.get_value().ndim, jax.tree_util.keystr(path)
 
 
-def test_tensor_parallel_generator_step_matches_one_device():
+@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}],
+                         ids=["data", "fsdp", "data+fsdp+tensor"])
+def test_generator_trajectory_on_8_devices_matches_one_device(mesh_shape):
   model = _generators()["raster"]
   optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
@@ -112,37 +114,35 @@ def test_tensor_parallel_generator_step_matches_one_device():
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), (loss, grads)
 
-  ref_state, (ref_loss, ref_grads) = jax.jit(step)(state, tokens, labels)
-  mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
+                                         parallel.batch_sharding(one),
+                                         parallel.batch_sharding(one)))
+  mesh = parallel.make_mesh(mesh_shape)
   shardings = parallel.state_shardings(state, mesh, min_fsdp_size=1024)
   specs = [s.spec for s in jax.tree.leaves(shardings)]
-  assert P("fsdp", "tensor") in specs and P("tensor", "fsdp") in specs
-  # Adam's two moments keep the parameters' names, so they are split the same way
-  param_specs = [s.spec for s in jax.tree.leaves(
-      parallel.state_shardings(nnx.state(model, nnx.Param), mesh, min_fsdp_size=1024))]
-  for spec in (P("fsdp", "tensor"), P("tensor", "fsdp")):
-    assert specs.count(spec) == 3 * param_specs.count(spec) > 0
+  if "tensor" in mesh_shape:
+    assert P("fsdp", "tensor") in specs and P("tensor", "fsdp") in specs
+    # Adam's two moments keep the parameters' names, so they are split the same way
+    param_specs = [s.spec for s in jax.tree.leaves(
+        parallel.state_shardings(nnx.state(model, nnx.Param), mesh, min_fsdp_size=1024))]
+    for spec in (P("fsdp", "tensor"), P("tensor", "fsdp")):
+      assert specs.count(spec) == 3 * param_specs.count(spec) > 0
   batch = parallel.batch_sharding(mesh)
   sharded = jax.jit(step, in_shardings=(shardings, batch, batch), out_shardings=(shardings, None))
-  got_state, (got_loss, got_grads) = sharded(jax.device_put(state, shardings), jax.device_put(tokens, batch),
-                                jax.device_put(labels, batch))
-  np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  ref_state, got_state = state, jax.device_put(state, shardings)
+  for i in range(3):  # the loss trajectory, and the first step's gradients
+    toks = jnp.roll(tokens, i, axis=1)
+    ref_state, (ref_loss, ref_grads) = ref_step(ref_state, toks, labels)
+    got_state, (got_loss, got_grads) = sharded(got_state, jax.device_put(toks, batch),
+                                               jax.device_put(labels, batch))
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
+    if i == 0:
+      for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
   compared = 0  # Adam divides by sqrt(v): tiny gradients' rounding moves a few updates more
   for a, b in zip(jax.tree.leaves(got_state), jax.tree.leaves(ref_state)):
     if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key):  # parameters and Adam moments
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
       compared += 1
   assert compared > 3 * 20
-
-
-def test_rules_come_from_the_config_string():
-  assert parallel.parse_rules(parallel.DEFAULT_RULES) == parallel.RULES
-  rules = parallel.parse_rules("embed=none, mlp=tensor")
-  assert rules == (("embed", None), ("mlp", "tensor"))
-  mesh = {"data": 2, "fsdp": 2, "tensor": 2}
-  assert parallel.logical_spec((256, 1024), ("embed", "mlp"), mesh, rules) == P(None, "tensor")
-  for bad in ("embed", "embed=model", "=fsdp"):
-    with pytest.raises(ValueError, match="mesh.rules"):
-      parallel.parse_rules(bad)

@@ -114,17 +114,20 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
                                         {"data": 2, "fsdp": 2, "tensor": 2}],
                          ids=["data", "data+fsdp", "data+fsdp+tensor"])
 def test_sharded_step_matches_one_device(mesh_shape, data_dir):
+  # three steps (GAN, LeCam and EMA on): the loss trajectory on 8 devices equals 1 device's
   config = small_config(data_dir)
   config.model.shape.update(channels=32, channel_mult=(1, 2), z_channels=32, embed_dim=32)
   config.loss.update(lecam_weight=0.1)
   config.train.ema_decay = 0.5
   graphdef, state = tokenizer.init_state(config)
-  images = next(iterate(tokenizer.datasets(config, "train", train=True, batch_size=16),
-                        threads=0))["image"]
+  it = iterate(tokenizer.datasets(config, "train", train=True, batch_size=16), threads=0)
+  batches = [next(it)["image"] for _ in range(3)]
   loss = tokenizer.LossSpec.from_config(config)
   step = functools.partial(tokenizer.train_step, graphdef=graphdef, loss=loss, gan=True,
                            lpips_graphdef=None)
-  ref_state, ref_metrics = jax.jit(step)(state, jnp.asarray(images), None)
+  one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
+                                         parallel.batch_sharding(one), None))
 
   mesh = parallel.make_mesh(mesh_shape)
   shardings = parallel.state_shardings(state, mesh, min_fsdp_size=2048)
@@ -132,13 +135,17 @@ def test_sharded_step_matches_one_device(mesh_shape, data_dir):
     assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings))
   batch = parallel.batch_sharding(mesh)
   sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
-  got_state, got_metrics = sharded(jax.device_put(state, shardings),
-                                   jax.device_put(images, batch), None)
-  for k in ("loss", "disc_loss", "psnr", "q/usage", "gan_weight"):
-    np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=2e-4, err_msg=k)
+  ref_state, got_state = state, jax.device_put(state, shardings)
+  for images in batches:
+    ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(images), None)
+    got_state, got_metrics = sharded(got_state, jax.device_put(images, batch), None)
+    for k in ("loss", "disc_loss", "psnr", "q/usage", "gan_weight"):
+      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-4, err_msg=k)
+  # parameters after 3 Adam steps (lr 1e-3): updates of near-zero gradients are ~sign(g) lr,
+  # so summation-order rounding can move a few elements by a fraction of one step
   for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
                   jax.tree.leaves(nnx.state(ref_state["nnx"], nnx.Param))):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4)
 
 
 @pytest.mark.parametrize("arch,kind", [("vqgan", "vq"), ("vqgan", "rvq"), ("vit", "fsq"),
