@@ -4,10 +4,12 @@ The mesh has the named axes ("data", "fsdp", "tensor"). Batches are split over
 ("data", "fsdp"). Parameters (and the optimizer state and EMA copies, which keep the
 parameters' metadata) are placed by their `logical_axes` metadata through `RULES`
 (logical name -> mesh axis): the transformer's width over fsdp, its hidden, head and
-vocabulary axes over tensor. A rule is skipped where the mesh axis does not divide the
+vocabulary axes over tensor; conv kernels' input channels over fsdp, output channels
+over tensor. A rule is skipped where the mesh axis does not divide the
 dimension, where an earlier dimension already took that mesh axis, or (fsdp) where the
-array has fewer than `min_fsdp_size` elements. Arrays without names (the convolutional
-tokenizers) are FSDP-sharded along their largest dimension that fsdp divides.
+array has fewer than `min_fsdp_size` elements. Arrays without names (norms, codebooks,
+the discriminator, attention of the ViT) are FSDP-sharded along their largest dimension
+that fsdp divides.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def parse_rules(text: str) -> tuple[tuple[str, str | None], ...]:
 
 # logical axis -> mesh axis (the configs' default `mesh.rules`); names not listed (None,
 # "classes", ...) stay replicated
-DEFAULT_RULES = "embed=fsdp,mlp=tensor,heads=tensor,vocab=tensor"
+DEFAULT_RULES = "embed=fsdp,mlp=tensor,heads=tensor,vocab=tensor,conv_in=fsdp,conv_out=tensor"
 RULES = parse_rules(DEFAULT_RULES)
 
 

@@ -131,8 +131,9 @@ def test_sharded_step_matches_one_device(mesh_shape, data_dir):
 
   mesh = parallel.make_mesh(mesh_shape)
   shardings = parallel.state_shardings(state, mesh, min_fsdp_size=2048)
-  if "fsdp" in mesh_shape:
-    assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings))
+  for axis in ("fsdp", "tensor"):
+    if axis in mesh_shape:  # conv kernels: input channels over fsdp, output over tensor
+      assert any(axis in s.spec for s in jax.tree.leaves(shardings))
   batch = parallel.batch_sharding(mesh)
   sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
   ref_state, got_state = state, jax.device_put(state, shardings)

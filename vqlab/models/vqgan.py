@@ -63,7 +63,10 @@ TINY = VQGANShape(channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resol
 
 
 def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, stride: int = 1, padding="SAME"):
-  return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=padding, rngs=rngs)
+  """Kernels name their channel axes for vqlab.parallel's rules (conv_in / conv_out)."""
+  return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=padding, rngs=rngs,
+                  kernel_metadata={"logical_axes": (None, None, "conv_in", "conv_out")},
+                  bias_metadata={"logical_axes": ("conv_out",)})
 
 
 class ResnetBlock(nnx.Module):

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vqlab.nn.transformer import linear
+
 Array = jax.Array
 
 
@@ -50,8 +52,8 @@ class EncoderBlock(nnx.Module):
     self.norm1 = nnx.LayerNorm(width, rngs=rngs)
     self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
     self.norm2 = nnx.LayerNorm(width, rngs=rngs)
-    self.up = nnx.Linear(width, mlp_ratio * width, rngs=rngs)
-    self.down = nnx.Linear(mlp_ratio * width, width, rngs=rngs)
+    self.up = linear(width, mlp_ratio * width, ("embed", "mlp"), rngs)
+    self.down = linear(mlp_ratio * width, width, ("mlp", "embed"), rngs)
 
   def __call__(self, x: Array) -> Array:
     x = x + self.attn(self.norm1(x))
