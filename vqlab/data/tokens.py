@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,8 +29,13 @@ def encode_record(example: Mapping[str, np.ndarray]) -> bytes:
   return buf.getvalue()
 
 
+# np.load parses each array header with ast.literal_eval, which is not thread-safe in
+# CPython 3.11 ("AST constructor recursion depth mismatch" under grain's reader threads).
+_DECODE_LOCK = threading.Lock()
+
+
 def decode_record(record: bytes) -> dict[str, np.ndarray]:
-  with np.load(io.BytesIO(record)) as f:
+  with _DECODE_LOCK, np.load(io.BytesIO(record)) as f:
     return dict(f)
 
 
