@@ -40,8 +40,7 @@ from vqlab.models.generators import (MaskedGenerator, NextScaleGenerator, NextTo
                                      drop_labels)
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import loop, tokenizer
-from vqlab.train.common import (MetricWriter, check_free_space, config_main, labeled_grid,
-                                to_pixels, to_unit)
+from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
 
 PARADIGMS = ("raster", "var", "maskgit")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -217,23 +216,15 @@ def compile_step(config: ml_collections.ConfigDict, graphdef, quantizer_graphdef
 def dry_run(config: ml_collections.ConfigDict, tok, latent_size: int, source, mesh) -> dict:
   """Compile the train step for the config's mesh and global batch without allocating
   the state; prints and returns memory per device and FLOPs per step."""
-  box = {}
-
-  def make():
-    box["graphdef"], state = init_state(config, tok, latent_size)
-    return state
-
-  abstract = jax.eval_shape(make)
-  shardings = parallel.config_shardings(abstract, mesh, config.mesh)
+  graphdef, abstract, shardings = loop.abstract_state(
+      lambda: init_state(config, tok, latent_size), mesh, config.mesh)
   q_graphdef, q_state = nnx.split(tok.quantizer)
-  step = compile_step(config, box["graphdef"], q_graphdef, shardings, mesh)
+  step = compile_step(config, graphdef, q_graphdef, shardings, mesh)
   data = parallel.batch_sharding(mesh)
   example = FlatTokens().map(source[0])  # one example as the input pipeline gives it
   batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, *np.shape(v)), np.asarray(v).dtype,
                                    sharding=data) for k, v in example.items()}
-  result = loop.dry_run(step, loop.abstract_on(abstract, shardings), batch, q_state)
-  loop.print_dry_run(parallel.placement_report(mesh, abstract, shardings), result)
-  return result
+  return loop.dry_run(step, mesh, abstract, shardings, batch, q_state)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -260,11 +251,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return dry_run(config, tok, latent_size, source, mesh)
   loop.write_config(workdir, config)
   graphdef, state = init_state(config, tok, latent_size)
-  shardings = parallel.config_shardings(state, mesh, config.mesh)
-  state = parallel.put(state, shardings)
-  if main_process:
-    print(parallel.placement_report(mesh, state, shardings))
-  check_free_space(workdir, 2 * parallel.state_bytes(state))
+  state, shardings = loop.place_state(workdir, state, mesh, config.mesh)
   data_sharding = parallel.batch_sharding(mesh)
   tok_graphdef, tok_state = nnx.split(tok)
   q_graphdef, q_state = nnx.split(tok.quantizer)

@@ -23,8 +23,9 @@ import ml_collections
 from flax import nnx
 from tqdm import tqdm
 
+from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
-from vqlab.train.common import MetricWriter, check_workdir
+from vqlab.train.common import MetricWriter, check_free_space, check_workdir
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
@@ -228,16 +229,37 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
   return state
 
 
-def abstract_on(state, shardings):
-  """ShapeDtypeStructs of `state` (arrays or abstract values) carrying `shardings`."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+def place_state(workdir: str, state, mesh, mesh_config):
+  """(state on the mesh, its shardings) by the config's rules; prints the placement
+  and checks the disk can hold two checkpoints of it, before training starts."""
+  shardings = parallel.config_shardings(state, mesh, mesh_config)
+  state = parallel.put(state, shardings)
+  if jax.process_index() == 0:
+    print(parallel.placement_report(mesh, state, shardings))
+  check_free_space(workdir, 2 * parallel.state_bytes(state))
+  return state, shardings
 
 
-def dry_run(jitted: Callable, *abstract_args) -> dict:
-  """Lower and compile a jitted step for abstract arguments, run nothing: memory per
-  device (XLA's analysis) and FLOPs per step."""
-  compiled = jitted.lower(*abstract_args).compile()
+def abstract_state(init: Callable[[], tuple[Any, Any]], mesh, mesh_config):
+  """(graphdef, abstract state, shardings) of `init() -> (graphdef, state)` without
+  allocating the state (dry runs)."""
+  box = {}
+
+  def state_only():
+    box["graphdef"], state = init()
+    return state
+
+  abstract = jax.eval_shape(state_only)
+  return box["graphdef"], abstract, parallel.config_shardings(abstract, mesh, mesh_config)
+
+
+def dry_run(jitted: Callable, mesh, abstract, shardings, *other_args) -> dict:
+  """Lower and compile a jitted step `(state, *other_args)` for the abstract state on
+  `shardings`, run nothing; prints the placement and returns memory per device (XLA's
+  analysis) and FLOPs per step."""
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       abstract, shardings)
+  compiled = jitted.lower(state, *other_args).compile()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   out = {"flops_per_step": float(cost.get("flops", float("nan")))}
@@ -245,11 +267,7 @@ def dry_run(jitted: Callable, *abstract_args) -> dict:
   if mem is not None:
     for name in ("argument", "output", "temp", "generated_code"):
       out[f"{name}_mib_per_device"] = getattr(mem, f"{name}_size_in_bytes") / 2**20
-  return out
-
-
-def print_dry_run(report: str, result: dict) -> None:
   if jax.process_index() == 0:
-    print(report)
-    print("dry run (compiled, not run): " + ", ".join(
-        f"{k} {v:,.4g}" for k, v in result.items()))
+    print(parallel.placement_report(mesh, abstract, shardings))
+    print("dry run (compiled, not run): " + ", ".join(f"{k} {v:,.4g}" for k, v in out.items()))
+  return out

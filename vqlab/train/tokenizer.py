@@ -44,8 +44,7 @@ from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.quantizers.core import usage_metrics
 from vqlab.train import loop
-from vqlab.train.common import (MetricWriter, check_free_space, config_main, labeled_grid,
-                                to_pixels, to_unit)
+from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
 
 RECON_LOSSES = ("l1", "l2")
 
@@ -390,24 +389,16 @@ def dry_run(config: ml_collections.ConfigDict, mesh) -> dict:
   """Compile the train step (with the GAN when it is on) for the config's mesh and
   global batch without allocating the state or reading data; prints and returns the
   state's memory per device and XLA's memory and FLOPs figures."""
-  box = {}
-
-  def make():
-    box["graphdef"], state = init_state(config)
-    return state
-
-  abstract = jax.eval_shape(make)
-  shardings = parallel.config_shardings(abstract, mesh, config.mesh)
+  graphdef, abstract, shardings = loop.abstract_state(lambda: init_state(config), mesh,
+                                                      config.mesh)
   lpips_graphdef, lpips_state = load_lpips(config)
-  step = compile_steps(config, box["graphdef"], lpips_graphdef, shardings, mesh)[
+  step = compile_steps(config, graphdef, lpips_graphdef, shardings, mesh)[
       config.loss.disc_weight > 0]
   shape = image_tokenizer.make_shape(config.model.arch, config.model.shape.to_dict())
   size, channels = config.data.image_size, getattr(shape, "in_channels", None) or shape.channels
   images = jax.ShapeDtypeStruct((config.train.batch_size, size, size, channels), jnp.uint8,
                                 sharding=parallel.batch_sharding(mesh))
-  result = loop.dry_run(step, loop.abstract_on(abstract, shardings), images, lpips_state)
-  loop.print_dry_run(parallel.placement_report(mesh, abstract, shardings), result)
-  return result
+  return loop.dry_run(step, mesh, abstract, shardings, images, lpips_state)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -426,11 +417,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   loop.write_config(workdir, config)
   lpips_graphdef, lpips_state = load_lpips(config)
   graphdef, state = init_state(config)
-  shardings = parallel.config_shardings(state, mesh, config.mesh)
-  state = parallel.put(state, shardings)
-  if main_process:
-    print(parallel.placement_report(mesh, state, shardings))
-  check_free_space(workdir, 2 * parallel.state_bytes(state))
+  state, shardings = loop.place_state(workdir, state, mesh, config.mesh)
   data_sharding = parallel.batch_sharding(mesh)
   steps = compile_steps(config, graphdef, lpips_graphdef, shardings, mesh)
 
