@@ -13,6 +13,8 @@ JOBS = {
     "tokens": ("vqlab.train.export_tokens", "export a dataset's tokens to array_record files"),
     "generate": ("vqlab.train.generator", "train a token generator (next-token, next-scale "
                  "or masked) on exported tokens; samples decoded by the tokenizer"),
+    "codec": ("vqlab.train.codec", "train a SoundStream / EnCodec-style audio codec "
+              "(SEANet + residual VQ) on speech; resumes from its workdir"),
     "study": ("vqlab.train.quantizer_study", "train a conv autoencoder per quantizer on "
               "the built-in digits and compare them"),
 }

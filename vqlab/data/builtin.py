@@ -4,6 +4,8 @@
   train 4,500 / test 500 by a fixed permutation (the file is sorted by label).
 - `vqlab_photos`: whole photographs bundled with scikit-image, scikit-learn and
   matplotlib; train 8 / test 2 held-out photos. Crops are the input pipeline's job.
+- `vqlab_speech`: espeak-ng speech (train 600 utterances, synth_test 48) and real
+  recordings from Debian packages (test); see vqlab.data.speech.
 
 `load(name, data_dir, split)` prepares a built-in builder on first use (a second or two)
 and returns a random-access data source; any other tfds name must already be prepared
@@ -21,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from vqlab.data import speech
 from vqlab.data.digits import load_mnist_digits, split_indices
 
 DIGITS_TEST_SIZE = 500
@@ -100,7 +103,27 @@ class VqlabPhotos(tfds.core.GeneratorBasedBuilder):
                                   "name": f"{package}/{name}"}
 
 
-BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos}
+class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
+  """Speech: espeak-ng utterances (train, synth_test) and real recordings (test), int16 at
+  their native rates (vqlab.data.speech)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+        "sample_rate": tfds.features.Scalar(dtype=np.int32),
+        "text": tfds.features.Text(), "speaker": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in ("train", "synth_test", "test")}
+
+  def _generate_examples(self, split):
+    return speech.recorded_split() if split == "test" else speech.synthetic_split(split)
+
+
+BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos, "vqlab_speech": VqlabSpeech}
 
 
 def load(name: str, data_dir: str, split: str = "train"):

@@ -12,6 +12,7 @@ single-process global batch, row for row.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grain
@@ -82,6 +83,24 @@ class ProcessRows(grain.MapDataset):
     return f"ProcessRows(b={self.b}, p={self.p}, count={self.count})"
 
 
+def _check_batching(batch_size: int, process_index: int, process_count: int) -> None:
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index: expected in [0, {process_count}), got {process_index}")
+
+
+def _crops(ds: grain.MapDataset, crop: grain.transforms.RandomMap, *, batch_size: int,
+           seed: int, shuffle: bool, num_epochs: int | None, keys: tuple[str, ...],
+           process_index: int, process_count: int, drop_remainder: bool) -> grain.MapDataset:
+  """shuffle -> repeat -> keep keys -> random crop -> this process's rows -> batch."""
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).map(SelectKeys(keys))
+  ds = ProcessRows(ds.random_map(crop, seed=seed), batch_size, process_index, process_count)
+  return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
 def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
                   min_crop: int | None = None, max_crop: int | None = None,
                   flip: bool = False, shuffle: bool = True, num_epochs: int | None = None,
@@ -94,19 +113,96 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
   in_memory=True decodes the records once and keeps them (small datasets:
   the built-in photos are a few large PNGs that would be decoded for every crop).
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index: expected in [0, {process_count}), got {process_index}")
+  _check_batching(batch_size, process_index, process_count)
   ds = grain.MapDataset.source(source)
   if in_memory:
     ds = grain.MapDataset.source([{k: np.asarray(r[k]) for k in keys} for r in ds])
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map(SelectKeys(keys))
   crop = RandomCropFlip(image_size, min_crop or image_size, max_crop or image_size, flip)
-  ds = ProcessRows(ds.random_map(crop, seed=seed), batch_size, process_index, process_count)
-  return ds.batch(batch_size, drop_remainder=drop_remainder)
+  return _crops(ds, crop, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                num_epochs=num_epochs, keys=keys, process_index=process_index,
+                process_count=process_count, drop_remainder=drop_remainder)
+
+
+def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+  """Polyphase resampling (scipy's Kaiser-windowed FIR) from `rate` to `target` Hz."""
+  if rate == target:
+    return wave
+  from scipy.signal import resample_poly
+  g = math.gcd(int(rate), int(target))
+  return resample_poly(wave, target // g, rate // g).astype(np.float32)
+
+
+def normalize_loudness(wave: np.ndarray, target_dbfs: float, peak: float = 0.99) -> np.ndarray:
+  """Scale to an RMS of `target_dbfs` dB full scale, then down if a sample would pass `peak`;
+  silence stays silence."""
+  rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+  if rms < 1e-6:
+    return wave
+  gain = 10.0 ** (target_dbfs / 20.0) / rms
+  top = float(np.max(np.abs(wave))) * gain
+  if top > peak:
+    gain *= peak / top
+  return (wave * gain).astype(np.float32)
+
+
+class PrepareAudio(grain.transforms.Map):
+  """{key: int16 or float waveform, "sample_rate"} -> {"audio": float32 (T,) at `rate`,
+  loudness-normalised}. Several channels are averaged; a source without a sample-rate
+  field uses `source_rate`."""
+
+  def __init__(self, key: str, rate: int, target_dbfs: float | None, source_rate: int = 0):
+    self.key, self.rate, self.target_dbfs, self.source_rate = key, rate, target_dbfs, source_rate
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    wave = np.asarray(element[self.key])
+    if wave.dtype.kind == "i":
+      wave = wave.astype(np.float32) / float(np.iinfo(wave.dtype).max + 1)
+    wave = wave.astype(np.float32)
+    if wave.ndim == 2:
+      wave = wave.mean(axis=1)
+    rate = int(element.get("sample_rate", self.source_rate) or 0)
+    if rate <= 0:
+      raise ValueError(f"sample_rate: the source has no sample_rate field; expected "
+                       f"data.source_rate > 0, got {self.source_rate}")
+    wave = resample(wave, rate, self.rate)
+    if self.target_dbfs is not None:
+      wave = normalize_loudness(wave, self.target_dbfs)
+    return {"audio": wave}
+
+
+class RandomAudioCrop(grain.transforms.RandomMap):
+  """`length` samples from a random offset; shorter signals are zero-padded at the end."""
+
+  def __init__(self, length: int):
+    if length < 1:
+      raise ValueError(f"length: expected >= 1, got {length}")
+    self.length = length
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    wave = element["audio"]
+    if len(wave) < self.length:
+      return {**element, "audio": np.pad(wave, (0, self.length - len(wave)))}
+    start = int(rng.integers(0, len(wave) - self.length + 1))
+    return {**element, "audio": np.ascontiguousarray(wave[start:start + self.length])}
+
+
+def audio_dataset(source, *, batch_size: int, sample_rate: int, length: int, seed: int,
+                  key: str = "audio", target_dbfs: float | None = -20.0, source_rate: int = 0,
+                  shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int = 0, process_count: int = 1, in_memory: bool = False,
+                  drop_remainder: bool = True) -> grain.MapDataset:
+  """Batches of {"audio": float32 (batch_size, length)}: each utterance resampled to
+  `sample_rate` and loudness-normalised, then a random crop of `length` samples
+  (`key` names the waveform field: "audio" here, "speech" in tfds' librispeech)."""
+  _check_batching(batch_size, process_index, process_count)
+  ds = grain.MapDataset.source(source).map(PrepareAudio(key, sample_rate, target_dbfs,
+                                                        source_rate))
+  if in_memory:  # resampled once, kept
+    ds = grain.MapDataset.source([ds[i] for i in range(len(ds))])
+  return _crops(ds, RandomAudioCrop(length), batch_size=batch_size, seed=seed,
+                shuffle=shuffle, num_epochs=num_epochs, keys=("audio",),
+                process_index=process_index, process_count=process_count,
+                drop_remainder=drop_remainder)
 
 
 def iterate(ds: grain.MapDataset, threads: int = 2, prefetch: int = 64) -> grain.DatasetIterator:

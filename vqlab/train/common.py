@@ -63,6 +63,20 @@ def labeled_grid(rows: Sequence[tuple[str, np.ndarray]], min_side: int = 64) -> 
   return canvas
 
 
+def spectrogram_grid(rows: Sequence[tuple[str, np.ndarray]], sample_rate: int,
+                     n_fft: int = 512, n_mels: int = 80) -> Image.Image:
+  """Log-mel spectrograms (time left to right, low frequencies at the bottom) of
+  waveforms (N, T), one row per (label, waveforms), colour-mapped with one dB range."""
+  from matplotlib import colormaps
+  from vqlab.losses.spectral import mel_spectrogram
+  specs = [20 * np.log10(np.maximum(np.asarray(mel_spectrogram(
+      jnp.asarray(w), sample_rate, n_fft, n_fft // 4, n_mels)), 1e-5)) for _, w in rows]
+  top = max(float(s.max()) for s in specs)
+  pixels = [(colormaps["magma"](np.clip((s - top + 80.0) / 80.0, 0, 1)[..., ::-1]
+                                .swapaxes(1, 2))[..., :3] * 255).astype(np.uint8) for s in specs]
+  return labeled_grid([(label, p) for (label, _), p in zip(rows, pixels)], min_side=n_mels)
+
+
 class MetricWriter:
   """Scalars to `metrics.jsonl` (one JSON object per logged step) and TensorBoard event
   files (tensorboardX: no TensorFlow needed). Only process 0 writes; the others no-op."""

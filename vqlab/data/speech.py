@@ -1,0 +1,155 @@
+"""The built-in speech: synthesized with espeak-ng for training, real recordings for
+evaluation. Both come from Debian packages (`apt-get install espeak-ng
+pocketsphinx-testdata alsa-utils`; tests/run.sh and the launch scripts install them).
+
+- train: `TRAIN_UTTERANCES` sentences spoken by espeak-ng with a voice (English accent
+  x voice variant), speed and pitch drawn per utterance from a fixed seed. The sentences
+  are the first sentences of the Python standard library's docstrings plus the Zen of
+  Python: real English prose that every machine with Python has.
+- synth_test: `TEST_UTTERANCES` more, from sentences and voice settings the training
+  split does not use (the same distribution, never trained on).
+- test: real recorded speech: pocketsphinx-testdata (LibriVox read speech and spoken
+  card names, 16 kHz) and alsa-utils' channel announcements (48 kHz).
+Examples are int16 waveforms at their native rate (`sample_rate`); resampling to the
+model's rate and loudness normalisation are the input pipeline's job.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import glob
+import importlib
+import inspect
+import io
+import os
+import re
+import shutil
+import subprocess
+import wave
+
+import numpy as np
+
+TRAIN_UTTERANCES = 600
+TEST_UTTERANCES = 48
+ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd")
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt",
+            "klatt2", "klatt3", "croak", "grandma", "grandpa", "steph", "robert", "linda",
+            "michael")
+RECORDINGS = ("/usr/share/pocketsphinx/test/data/librivox/*.wav",
+              "/usr/share/pocketsphinx/test/data/cards/*.wav",
+              "/usr/share/sounds/alsa/[FRS]*_*.wav")  # the spoken channel names, not Noise.wav
+CORPUS_MODULES = ("argparse", "asyncio", "base64", "bisect", "calendar", "collections",
+                  "contextlib", "copy", "csv", "datetime", "decimal", "difflib", "email",
+                  "enum", "fractions", "functools", "glob", "gzip", "hashlib", "heapq",
+                  "inspect", "io", "itertools", "json", "logging", "math", "operator",
+                  "os", "pathlib", "pickle", "pprint", "queue", "random", "re", "sched",
+                  "secrets", "shlex", "shutil", "socket", "sqlite3", "statistics",
+                  "string", "struct", "tarfile", "tempfile", "textwrap", "threading",
+                  "timeit", "typing", "unittest", "urllib.parse", "uuid", "wave",
+                  "zipfile", "zlib")
+_SENTENCE = re.compile(r"^[A-Z][A-Za-z ,;'-]+\.$")
+
+
+def corpus() -> list[str]:
+  """Distinct English sentences (4-24 words, letters and punctuation only), sorted."""
+  with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints the Zen
+    import this
+  found = set()
+  lines = codecs.decode(this.s, "rot13").splitlines()
+  texts = [line for line in lines[2:] if line]
+  for name in CORPUS_MODULES:
+    module = importlib.import_module(name)
+    for _, obj in sorted(vars(module).items()):
+      doc = inspect.getdoc(obj) if callable(obj) else None
+      if doc:
+        texts.append(doc.split("\n\n")[0].replace("\n", " "))
+  for text in texts:
+    first = text.split(". ")[0].strip()
+    first = first if first.endswith(".") else first + "."
+    if _SENTENCE.match(first) and 4 <= len(first.split()) <= 24:
+      found.add(first)
+  return sorted(found)
+
+
+def _espeak() -> str:
+  path = shutil.which("espeak-ng")
+  if path is None:
+    raise FileNotFoundError("espeak-ng: the built-in speech needs it; install the Debian "
+                            "package (apt-get install espeak-ng)")
+  return path
+
+
+def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50
+               ) -> tuple[np.ndarray, int]:
+  """(int16 waveform, sample rate) of `text` spoken by espeak-ng."""
+  out = subprocess.run([_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch),
+                        "--stdout", text], capture_output=True, check=True).stdout
+  # espeak-ng writes to a pipe with placeholder sizes in the header: read the format from
+  # the header and take every byte after it as samples.
+  with wave.open(io.BytesIO(out)) as w:
+    rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+  if width != 2 or channels != 1:
+    raise ValueError(f"espeak-ng: expected 16-bit mono, got {8 * width}-bit x {channels}")
+  start = out.index(b"data") + 8
+  samples = np.frombuffer(out[start:start + (len(out) - start) // 2 * 2], "<i2")
+  return samples.copy(), rate
+
+
+def voice_settings(count: int, seed: int) -> list[tuple[str, int, int]]:
+  """(voice, words per minute, pitch) per utterance."""
+  rng = np.random.default_rng(seed)
+  return [(f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}",
+           int(rng.integers(120, 221)), int(rng.integers(20, 81))) for _ in range(count)]
+
+
+def synthetic_split(split: str):
+  """(key, example) of the train or synth_test split; disjoint sentences per split."""
+  sentences = corpus()
+  order = np.random.default_rng(0).permutation(len(sentences))
+  held_out = [sentences[i] for i in order[:TEST_UTTERANCES]]
+  rest = [sentences[i] for i in order[TEST_UTTERANCES:]]
+  count, texts, seed = ((TRAIN_UTTERANCES, rest, 1) if split == "train"
+                        else (TEST_UTTERANCES, held_out, 2))
+  for i, (voice, speed, pitch) in enumerate(voice_settings(count, seed)):
+    text = texts[i % len(texts)]
+    audio, rate = synthesize(text, voice, speed, pitch)
+    yield f"{split}-{i:05d}", {"audio": audio, "sample_rate": rate, "text": text,
+                               "speaker": f"espeak-ng {voice} s{speed} p{pitch}"}
+
+
+def recordings() -> list[str]:
+  paths = sorted(p for pattern in RECORDINGS for p in glob.glob(pattern))
+  if not paths:
+    raise FileNotFoundError("recordings: no real speech found; install the Debian packages "
+                            "pocketsphinx-testdata and alsa-utils")
+  return paths
+
+
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+  """(int16 mono waveform, rate) of a 16-bit PCM wav file (channels averaged)."""
+  with wave.open(path) as w:
+    if w.getsampwidth() != 2:
+      raise ValueError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
+    data = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    rate, channels = w.getframerate(), w.getnchannels()
+  if channels > 1:
+    data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+  return data.copy(), rate
+
+
+def write_wav(path: str, wave_t: np.ndarray, sample_rate: int) -> None:
+  """A float waveform (T,) in [-1, 1] as a 16-bit PCM mono wav file (clipped)."""
+  pcm = np.clip(np.round(np.asarray(wave_t, np.float32) * 32767.0), -32768, 32767)
+  with wave.open(path, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(int(sample_rate))
+    w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def recorded_split():
+  for path in recordings():
+    audio, rate = read_wav(path)
+    name = os.path.relpath(path, "/usr/share")
+    yield name, {"audio": audio, "sample_rate": rate, "text": "", "speaker": name}

@@ -1,0 +1,162 @@
+"""A neural audio codec: SEANet encoder -> residual quantizer -> SEANet decoder
+(SoundStream, https://arxiv.org/abs/2107.03312; EnCodec, https://arxiv.org/abs/2210.13438;
+DAC's factorized codes, https://arxiv.org/abs/2306.06546, are `code_dim` + cosine VQ).
+
+Waveforms are (B, T) or (B, T, C) floats in [-1, 1]. A signal of any length T is
+zero-padded at the end to F = ceil(T / hop) frames; decoding gives F hop samples, which
+`decode(..., length=T)` trims back. Indices are (B, F, levels) int32.
+`stream_encode` / `stream_decode` run a causal codec chunk by chunk, carrying each
+layer's state, and give the same result as whole-signal processing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vqlab.models.seanet import SEANetDecoder, SEANetEncoder, SEANetShape
+from vqlab.quantizers import factory
+from vqlab.quantizers.core import QuantizerOutput
+
+Array = jax.Array
+
+
+def num_frames(length: int, hop: int) -> int:
+  return math.ceil(length / hop)
+
+
+class AudioCodec(nnx.Module):
+
+  def __init__(self, shape: SEANetShape, quantizer: nnx.Module, sample_rate: int,
+               rngs: nnx.Rngs):
+    shape.check()
+    if quantizer.dim != shape.latent_dim:
+      raise ValueError(f"quantizer: expected input dim {shape.latent_dim}, got {quantizer.dim}")
+    self.shape, self.sample_rate, self.hop = shape, int(sample_rate), shape.hop
+    self.encoder = SEANetEncoder(shape, rngs)
+    self.quantizer = quantizer
+    self.decoder = SEANetDecoder(shape, rngs)
+
+  # ------------------------------------------------------------------ arithmetic
+  @property
+  def frame_rate(self) -> float:
+    return self.sample_rate / self.hop
+
+  @property
+  def num_levels(self) -> int:
+    return getattr(self.quantizer, "num_levels", 1)
+
+  def bitrate(self, num_levels: int | None = None) -> float:
+    """Bits per second with the first `num_levels` residual levels (default all)."""
+    if hasattr(self.quantizer, "bits_per_vector"):
+      bits = self.quantizer.bits_per_vector(num_levels)
+    else:
+      bits = math.log2(self.quantizer.codebook_size)
+    return self.frame_rate * bits
+
+  def _as_btc(self, wav: Array) -> Array:
+    wav = wav[..., None] if wav.ndim == 2 else wav
+    c = self.shape.audio_channels
+    if wav.ndim != 3 or wav.shape[-1] != c:
+      raise ValueError(f"wav: expected (B, T) or (B, T, {c}), got shape {tuple(wav.shape)}")
+    return wav
+
+  def pad(self, wav: Array) -> Array:
+    """(B, T[, C]) -> (B, F hop, C), zeros at the end."""
+    wav = self._as_btc(wav)
+    extra = num_frames(wav.shape[1], self.hop) * self.hop - wav.shape[1]
+    return jnp.pad(wav, ((0, 0), (0, extra), (0, 0)))
+
+  # ------------------------------------------------------------------ whole signals
+  def encode(self, wav: Array, num_levels: int | Array | None = None) -> QuantizerOutput:
+    """Waveform -> quantizer output over F frames (indices (B, F, levels))."""
+    z = self.encoder(self.pad(wav))
+    return self._quantize(z, num_levels)
+
+  def _quantize(self, z: Array, num_levels) -> QuantizerOutput:
+    if num_levels is None:
+      return self.quantizer(z)
+    return self.quantizer(z, num_levels=num_levels)
+
+  def decode(self, indices: Array, length: int | None = None,
+             num_levels: int | None = None) -> Array:
+    """Indices (B, F, levels) -> waveform (B, length or F hop, C)."""
+    kw = {} if num_levels is None else {"num_levels": num_levels}
+    wav = self.decoder(self.quantizer.decode(indices, **kw))
+    return wav if length is None else wav[:, :length]
+
+  def __call__(self, wav: Array, num_levels: int | Array | None = None
+               ) -> tuple[Array, QuantizerOutput]:
+    """Reconstruction (B, T, C) trimmed to the input length, and the quantizer output."""
+    length = self._as_btc(wav).shape[1]
+    q = self.encode(wav, num_levels)
+    return self.decoder(q.quantized)[:, :length], q
+
+  # ------------------------------------------------------------------ streaming
+  def _check_streaming(self) -> None:
+    if not self.shape.causal:
+      raise ValueError("streaming: expected a causal codec (shape.causal=True), got causal=False")
+
+  def stream_encode(self, wav: Array, chunk_frames: int) -> Array:
+    """Indices of a waveform encoded `chunk_frames` frames at a time (eval mode)."""
+    self._check_streaming()
+    wav = self.pad(wav)
+    step = nnx.jit(_encode_chunk)
+    state = self.encoder.init_state(wav.shape[0])
+    chunks, n = [], chunk_frames * self.hop
+    for start in range(0, wav.shape[1], n):
+      indices, state = step(self, wav[:, start:start + n], state)
+      chunks.append(indices)
+    return jnp.concatenate(chunks, axis=1)
+
+  def stream_decode(self, indices: Array, chunk_frames: int, length: int | None = None,
+                    num_levels: int | None = None) -> Array:
+    """Waveform decoded `chunk_frames` frames at a time."""
+    self._check_streaming()
+    step = nnx.jit(_decode_chunk, static_argnums=3)
+    state = self.decoder.init_state(indices.shape[0])
+    chunks = []
+    for start in range(0, indices.shape[1], chunk_frames):
+      wav, state = step(self, indices[:, start:start + chunk_frames], state, num_levels)
+      chunks.append(wav)
+    wav = jnp.concatenate(chunks, axis=1)
+    return wav if length is None else wav[:, :length]
+
+
+def _encode_chunk(model: AudioCodec, x: Array, state):
+  z, state = model.encoder.apply(x, state)
+  return model.quantizer(z).indices, state
+
+
+def _decode_chunk(model: AudioCodec, indices: Array, state, num_levels):
+  kw = {} if num_levels is None else {"num_levels": num_levels}
+  return model.decoder.apply(model.quantizer.decode(indices, **kw), state)
+
+
+def make_shape(shape: Mapping[str, Any]) -> SEANetShape:
+  fields = {f.name for f in dataclasses.fields(SEANetShape)}
+  unknown = sorted(set(shape) - fields)
+  if unknown:
+    raise ValueError(f"shape: unknown fields {unknown}; expected some of {sorted(fields)}")
+  return SEANetShape(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                        for k, v in shape.items()})
+
+
+def build(shape: Mapping[str, Any], quantizer_kind: str, quantizer_args: Mapping[str, Any],
+          sample_rate: int, *, rngs: nnx.Rngs) -> AudioCodec:
+  shape = make_shape(shape)
+  shape.check()
+  quantizer = factory.build(quantizer_kind, shape.latent_dim, rngs=rngs, **dict(quantizer_args))
+  return AudioCodec(shape, quantizer, sample_rate, rngs)
+
+
+def bitrate_table(model: AudioCodec) -> list[tuple[int, float]]:
+  """(levels, bits per second) for every number of residual levels."""
+  return [(n, model.bitrate(n)) for n in range(1, model.num_levels + 1)]
+
