@@ -80,12 +80,17 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
                    positions="learned")
   if paradigm == "maskgit":
     c.model.update(norm="layer", mlp="gelu", positions="learned")
+  if paradigm == "delay":  # MusicGen-style: 1D RoPE over steps (`positions` is not read)
+    c.model.update(positions="rope1d")
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=256, lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_steps=0, schedule="constant", grad_clip=1.0, label_dropout=0.1, ema_decay=0.0,
       nonfinite="stop"))  # a non-finite loss: "stop" the run, or "skip" the update
   c.sample = ml_collections.ConfigDict(dict(
-      every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8))
+      every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8,
+      # "delay" (audio): continue the first prompt_frames of records of prompts_dir
+      # (default tokens_dir), e.g. tokens of a held-out split
+      prompts_dir="", prompt_frames=25))
   c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
   # gFID / Inception Score at the end, when converted Inception weights are given
   # (python -m vqlab.eval.inception); against the tokenizer dataset's eval split

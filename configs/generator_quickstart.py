@@ -7,13 +7,22 @@
 
 `:raster` (LlamaGen-style next token), `:maskgit` (masked), `:var` (next scale; needs a
 tokenizer trained with `configs/vqgan_quickstart.py:msvq`). The built-in photos have no
-labels: one class, so guidance contrasts the class with the null class. Add `,runlocal`
-for a 2-step smoke run.
+labels: one class, so guidance contrasts the class with the null class. `:delay` models
+an audio codec's speech tokens (MusicGen's delay pattern) and continues prompts:
+
+  vqlab codec --config configs/audio_codec.py --workdir runs/codec
+  vqlab tokens --workdir runs/codec --out runs/codec/tokens --split train --examples 2400
+  vqlab tokens --workdir runs/codec --out runs/codec/prompts --split synth_test
+  vqlab generate --config configs/generator_quickstart.py:delay --workdir runs/speech_gen \
+    --config.tokenizer_workdir=runs/codec --config.tokens_dir=runs/codec/tokens \
+    --config.sample.prompts_dir=runs/codec/prompts
+
+Add `,runlocal` for a 2-step smoke run.
 """
 
 from configs.common import generator_config, runlocal, shrink_generator_for_runlocal
 
-PARADIGMS = ("raster", "var", "maskgit")
+PARADIGMS = ("raster", "var", "maskgit", "delay")
 
 
 def get_config(arg: str | None = None):
@@ -26,6 +35,8 @@ def get_config(arg: str | None = None):
   c.train.update(steps=1500, batch_size=32, lr=1e-3, warmup_steps=100)
   c.sample.update(every=500, num=16, cfg_scale=1.5, top_k=100)
   c.log.update(every=50, checkpoint_every=500)
+  if chosen[0] == "delay":  # 2 s clips: 100 frames + 7 delay steps; no guidance (one class)
+    c.sample.update(num=4, cfg_scale=1.0, top_k=50, prompt_frames=25)
   if runlocal(arg):
     shrink_generator_for_runlocal(c)
   return c

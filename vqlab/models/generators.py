@@ -9,6 +9,10 @@
   (+ pos_start) predicts scale 1, and word_embed(teacher-forcing features of the
   multi-scale quantizer) the later scales; block-causal by scale, learned level and
   position embeddings, AdaLN on the class embedding.
+- `DelayPatternGenerator`: multi-codebook tokens (frames, K levels) of an audio codec
+  with MusicGen's delay interleaving (Copet et al. 2023, https://arxiv.org/abs/2306.05284):
+  level k is delayed by k steps, one step predicts all K levels with K heads, and the
+  step's input is the sum of the K embeddings of the previous step; 1D RoPE over steps.
 
 Labels equal to `num_classes` are the null class of classifier-free guidance.
 """
@@ -23,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from vqlab.nn.transformer import (KVCache, Transformer, TransformerShape, embedding, linear,
-                                  param, rope_2d)
+                                  param, rope_1d, rope_2d)
 
 Array = jax.Array
 POSITIONS = ("rope2d", "learned")
@@ -178,3 +182,69 @@ class NextScaleGenerator(nnx.Module):
       raise ValueError(f"features: expected (B, {want}, latent_dim), got shape {features.shape}")
     logits, _ = self.step(self.embed(labels, features, 0), labels, 0)
     return logits
+
+
+def delay_pattern(codes: Array, pad: int) -> Array:
+  """codes (B, F, K) -> the delayed sequence (B, F + K - 1, K): entry [t, k] is
+  codes[t - k, k], or `pad` where t - k falls outside the frames."""
+  b, f, k = codes.shape
+  t = jnp.arange(f + k - 1)[:, None] - jnp.arange(k)[None, :]  # source frame of [t, k]
+  gathered = jnp.take_along_axis(codes, jnp.clip(t, 0, f - 1)[None].repeat(b, 0), axis=1)
+  return jnp.where(((t >= 0) & (t < f))[None], gathered, pad)
+
+
+def undelay_pattern(sequence: Array, frames: int) -> Array:
+  """Inverse of `delay_pattern`: (B, F + K - 1, K) -> codes (B, F, K)."""
+  k = sequence.shape[-1]
+  t = jnp.arange(frames)[:, None] + jnp.arange(k)[None, :]
+  return jnp.take_along_axis(sequence, t[None].repeat(sequence.shape[0], 0), axis=1)
+
+
+class DelayPatternGenerator(nnx.Module):
+  """Step t's input: the class embedding (t = 0) or the sum over levels of the delayed
+  tokens of step t - 1; its K heads predict step t of the delay pattern. `pad_id` =
+  vocab_size marks the pattern's empty corners (never a target)."""
+
+  def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int,
+               frames: int, levels: int, *, rngs: nnx.Rngs):
+    if frames < 1 or levels < 1:
+      raise ValueError(f"frames, levels: expected >= 1, got {frames}, {levels}")
+    self.shape, self.vocab_size, self.num_classes = shape, vocab_size, num_classes
+    self.frames, self.levels = frames, levels
+    self.pad_id = vocab_size
+    self.seq_len = frames + levels - 1
+    self.tok_embed = nnx.List([embedding(vocab_size + 1, shape.width, ("vocab", "embed"), rngs)
+                               for _ in range(levels)])
+    self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
+    self.transformer = Transformer(shape, rngs)
+    self.heads = nnx.List([linear(shape.width, vocab_size, ("embed", "vocab"), rngs)
+                           for _ in range(levels)])
+
+  def embed_step(self, pattern: Array) -> Array:
+    """Delayed tokens (B, L, K) -> summed embeddings (B, L, D)."""
+    return sum(self.tok_embed[k](pattern[..., k]) for k in range(self.levels))
+
+  def embed(self, pattern: Array, labels: Array) -> Array:
+    """Teacher-forcing inputs (B, S, D): the class, then steps 0 .. S - 2."""
+    return jnp.concatenate([self.cls_embed(labels)[:, None], self.embed_step(pattern[:, :-1])], 1)
+
+  def step(self, x: Array, offset: Array | int, cache: KVCache | None = None):
+    """Logits (B, L, K, V) for input embeddings x (B, L, D) at steps offset .. offset+L-1."""
+    b, l, _ = x.shape
+    positions = offset + jnp.arange(l)
+    angles = rope_1d(positions, self.shape.width // self.shape.heads)[None]
+    h, cache = self.transformer(x, jnp.broadcast_to(positions, (b, l)), angles=angles,
+                                cache=cache, offset=offset)
+    logits = jnp.stack([head(h) for head in self.heads], axis=2)
+    return logits.astype(jnp.float32), cache
+
+  def __call__(self, codes: Array, labels: Array) -> tuple[Array, Array]:
+    """Teacher forcing on codes (B, F, K): (logits (B, S, K, V), targets (B, S, K) with
+    `pad_id` where the pattern is empty)."""
+    _check_labels(labels, self.num_classes)
+    if codes.ndim != 3 or codes.shape[1:] != (self.frames, self.levels):
+      raise ValueError(f"codes: expected (B, {self.frames}, {self.levels}), got shape "
+                       f"{codes.shape}")
+    pattern = delay_pattern(codes, self.pad_id)
+    logits, _ = self.step(self.embed(pattern, labels), 0)
+    return logits, pattern

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqlab.models.generators import MaskedGenerator, NextScaleGenerator, NextTokenGenerator
+from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator, NextScaleGenerator,
+                                     NextTokenGenerator, delay_pattern, undelay_pattern)
 from vqlab.nn.transformer import KVCache
 
 Array = jax.Array
@@ -168,3 +169,41 @@ def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: i
     rank = jnp.argsort(jnp.argsort(confidence, -1), -1)  # 0 = least confident
     tokens = jnp.where(rank < n_mask, model.mask_id, sampled)
   return tokens
+
+
+def sample_delay(model: DelayPatternGenerator, labels: Array, key: Array, prompt: Array, *,
+                 cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0) -> Array:
+  """Continue prompts (B, P, K) to codes (B, F, K) with the delay pattern and the KV
+  cache: each step samples its K delayed tokens, except those of prompt frames (kept)
+  and of the pattern's empty corners (pad)."""
+  model = _eval_copy(model)
+  b, guided = labels.shape[0], cfg_scale != 1.0
+  if prompt.ndim != 3 or prompt.shape[0] != b or prompt.shape[2] != model.levels \
+      or prompt.shape[1] > model.frames:
+    raise ValueError(f"prompt: expected (B={b}, P <= {model.frames}, {model.levels}), got "
+                     f"shape {prompt.shape}")
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  lab = _with_null(labels, model.num_classes, guided)
+  known = jnp.zeros((b, model.frames, model.levels), jnp.int32).at[:, :prompt.shape[1]].set(prompt)
+  known = delay_pattern(known, model.pad_id)  # (B, S, K) the prompt's part of the pattern
+  t = jnp.arange(model.seq_len)[:, None] - jnp.arange(model.levels)[None, :]
+  keep = (t < prompt.shape[1]) | (t >= model.frames)  # prompt frames and empty corners
+  cache = KVCache.empty(model.shape, lab.shape[0], model.seq_len)
+  graphdef, state = nnx.split(model)
+
+  def body(i, carry):
+    pattern, cache, key = carry
+    m = nnx.merge(graphdef, state)
+    prev = jax.lax.dynamic_slice_in_dim(pattern, jnp.maximum(i - 1, 0), 1, axis=1)
+    x = jnp.where(i == 0, m.cls_embed(lab)[:, None],
+                  m.embed_step(jnp.concatenate([prev, prev]) if guided else prev))
+    logits, cache = m.step(x, i, cache)
+    key, sub = jax.random.split(key)
+    tok = _pick(logits[:, -1], sub, b, guided, cfg_scale, **kw)  # (B, K)
+    row = jax.lax.dynamic_index_in_dim(known, i, axis=1, keepdims=False)
+    tok = jnp.where(jax.lax.dynamic_index_in_dim(keep, i, axis=0, keepdims=False), row, tok)
+    return jax.lax.dynamic_update_slice_in_dim(pattern, tok[:, None], i, axis=1), cache, key
+
+  pattern, _, _ = jax.lax.fori_loop(0, model.seq_len, body, (known, cache, key))
+  return undelay_pattern(pattern, model.frames)

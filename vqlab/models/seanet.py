@@ -107,8 +107,8 @@ class Conv1d(nnx.Module):
 
   def _conv(self, x: Array) -> Array:
     w = self.weight().astype(x.dtype)
-    if self.transpose:
-      return jax.lax.conv_transpose(x, w, (self.stride,), "VALID",
+    if self.transpose:  # flipped: output s i + j gets x_i w[j] (torch's ConvTranspose1d)
+      return jax.lax.conv_transpose(x, w[::-1], (self.stride,), "VALID",
                                     dimension_numbers=("NWC", "WIO", "NWC"))
     return jax.lax.conv_general_dilated(x, w, (self.stride,), "VALID",
                                         rhs_dilation=(self.dilation,),

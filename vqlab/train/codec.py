@@ -77,6 +77,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"loss.{name}: expected >= 0, got {value}")
 
 
+def is_codec_config(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run's config is this trainer's (the image tokenizer's has no sample rate)."""
+  return "sample_rate" in config.data
+
+
 def crop_length(config: ml_collections.ConfigDict, seconds: float) -> int:
   return int(round(seconds * config.data.sample_rate))
 
@@ -266,16 +271,15 @@ def describe(r: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- outputs
 
 
-def save_audio(workdir: str, step: int, originals: np.ndarray, recon: np.ndarray,
-               sample_rate: int, writer: MetricWriter | None = None) -> str:
-  """audio/step_N/{i}_original.wav, {i}_reconstruction.wav and audio/step_N.png (mel
-  spectrograms, originals above reconstructions); returns the directory."""
-  directory = os.path.join(workdir, "audio", f"step_{step:07d}")
+def save_audio(directory: str, rows: list[tuple[str, np.ndarray]], sample_rate: int,
+               writer: MetricWriter | None = None, step: int = 0) -> str:
+  """Waveforms (N, T) of each (label, waveforms) row as DIRECTORY/{i}_{label}.wav, and their
+  mel spectrograms (one row per label) as DIRECTORY.png; returns the directory."""
   os.makedirs(directory, exist_ok=True)
-  for i, (a, b) in enumerate(zip(originals, recon)):
-    speech.write_wav(os.path.join(directory, f"{i}_original.wav"), a, sample_rate)
-    speech.write_wav(os.path.join(directory, f"{i}_reconstruction.wav"), b, sample_rate)
-  image = spectrogram_grid([("original", originals), (f"step {step}", recon)], sample_rate)
+  for label, waves in rows:
+    for i, w in enumerate(waves):
+      speech.write_wav(os.path.join(directory, f"{i}_{label}.wav"), w, sample_rate)
+  image = spectrogram_grid(rows, sample_rate)
   image.save(directory + ".png")
   if writer is not None:
     writer.write_image(step, "spectrograms", image)
@@ -322,8 +326,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     recon, _ = reconstruct(state, parallel.put(fixed, NamedSharding(mesh, P())),
                            graphdef=graphdef)
     if main_process:
-      save_audio(workdir, done, fixed, parallel.to_host(recon)[..., 0],
-                 config.data.sample_rate, writer)
+      save_audio(os.path.join(workdir, "audio", f"step_{done:07d}"),
+                 [("original", fixed), ("reconstruction", parallel.to_host(recon)[..., 0])],
+                 config.data.sample_rate, writer, done)
 
   ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
   it = iterate(train_ds, config.data.threads, config.data.prefetch)

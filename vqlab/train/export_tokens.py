@@ -1,10 +1,14 @@
-"""Export a dataset's tokens with a trained image tokenizer, for the generators.
+"""Export a dataset's tokens with a trained image tokenizer or audio codec, for the
+generators.
 
   vqlab tokens --workdir runs/quickstart --out runs/quickstart/tokens_train --split train
+  vqlab tokens --workdir runs/codec --out runs/codec/tokens --split train --seconds 2
 
 One pass over the split (no shuffling; for datasets cropped at random, the evaluation
 seed fixes the crops and --examples how many), indices written as array_record shards
-by `vqlab.data.tokens.write_tokens`.
+by `vqlab.data.tokens.write_tokens`. Audio records are (frames, levels) codes of crops
+of `seconds` (default the codec's eval_seconds), resampled and loudness-normalised as in
+training.
 """
 
 from __future__ import annotations
@@ -18,48 +22,70 @@ import numpy as np
 from vqlab import parallel
 from vqlab.data import tokens
 from vqlab.data.pipeline import iterate
-from vqlab.train import tokenizer
+from vqlab.models import audio_codec
+from vqlab.train import codec, loop, tokenizer
 from vqlab.train.common import run_app, to_unit
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode(state, images, *, graphdef):
+def _encode_images(state, images, *, graphdef):
   return tokenizer.eval_model(graphdef, state).encode(to_unit(images)).indices
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode_audio(state, audio, *, graphdef):
+  return codec.eval_model(graphdef, state).encode(audio).indices
+
+
+def _records(ds, key: str, encode, batch_size: int, total: float, sharding):
+  """{"indices", "label"?} per example, encoding one padded batch shape throughout."""
+  done = 0
+  for batch in iterate(ds, threads=0):
+    x = batch[key]
+    n = len(x)  # the last batch is padded so one compiled shape serves all
+    x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
+    indices = np.asarray(encode(jax.device_put(x, sharding)))[:n]
+    for i in range(n):
+      if done == total:
+        return
+      yield {"indices": indices[i], **({"label": batch["label"][i]} if "label" in batch
+                                       else {})}
+      done += 1
+
+
 def export(workdir: str, out: str, split: str = "train", examples: int | None = None,
-           batch_size: int = 64, data_dir: str | None = None) -> int:
-  """Tokens of `split` (all of it, or `examples` images) into `out`; returns the count."""
+           batch_size: int = 64, data_dir: str | None = None,
+           seconds: float | None = None) -> int:
+  """Tokens of `split` (all of it, or `examples` images / clips) into `out`; returns the
+  count."""
   mesh = parallel.make_mesh({"data": -1})
-  config, graphdef, state, step = tokenizer.restore(workdir, mesh=mesh)
+  audio = codec.is_codec_config(loop.load_config(workdir))
+  trainer = codec if audio else tokenizer
+  config, graphdef, state, step = trainer.restore(workdir, mesh=mesh)
   if data_dir:
     config.data.data_dir = data_dir
-  ds = tokenizer.datasets(config, split, train=False, batch_size=batch_size,
-                          num_examples=examples, labels=True, drop_remainder=False)
-  total = examples or math.inf  # default: the whole split, one pass
-  sharding = parallel.batch_sharding(mesh)
-
-  def examples_iter():
-    done = 0
-    for batch in iterate(ds, threads=0):
-      images = batch["image"]
-      n = len(images)  # the last batch is padded so one compiled shape serves all
-      images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
-      indices = np.asarray(_encode(state, jax.device_put(images, sharding),
-                                   graphdef=graphdef))[:n]
-      for i in range(n):
-        if done == total:
-          return
-        yield {"indices": indices[i], **({"label": batch["label"][i]} if "label" in batch
-                                         else {})}
-        done += 1
-
-  model = tokenizer.eval_model(graphdef, state)
+  model = trainer.eval_model(graphdef, state)
   meta = {"tokenizer_workdir": workdir, "step": step, "split": split,
-          "dataset": config.data.name,
-          "codebook_size": int(model.quantizer.codebook_size),
-          "latent_size": int(model.latent_size), "image_size": int(config.data.image_size)}
-  return tokens.write_tokens(out, examples_iter(), meta)
+          "dataset": config.data.name, "codebook_size": int(model.quantizer.codebook_size)}
+  if audio:
+    if seconds:
+      config.data.eval_seconds = seconds
+    ds = codec.datasets(config, split, train=False, batch_size=batch_size,
+                        num_examples=examples, drop_remainder=False)
+    key, encode = "audio", functools.partial(_encode_audio, state, graphdef=graphdef)
+    length = codec.crop_length(config, config.data.eval_seconds)
+    meta.update(modality="audio", frames=audio_codec.num_frames(length, model.hop),
+                levels=model.num_levels, sample_rate=model.sample_rate,
+                frame_rate=model.frame_rate, seconds=config.data.eval_seconds)
+  else:
+    ds = tokenizer.datasets(config, split, train=False, batch_size=batch_size,
+                            num_examples=examples, labels=True, drop_remainder=False)
+    key, encode = "image", functools.partial(_encode_images, state, graphdef=graphdef)
+    meta.update(modality="image", latent_size=int(model.latent_size),
+                image_size=int(config.data.image_size))
+  total = examples or math.inf  # default: the whole split, one pass
+  records = _records(ds, key, encode, batch_size, total, parallel.batch_sharding(mesh))
+  return tokens.write_tokens(out, records, meta)
 
 
 def main(argv: list[str]) -> None:
@@ -67,13 +93,15 @@ def main(argv: list[str]) -> None:
   flags.DEFINE_string("workdir", None, "A tokenizer run's workdir.")
   flags.DEFINE_string("out", None, "Directory for the token shards.")
   flags.DEFINE_string("split", "train", "Split to tokenize.")
-  flags.DEFINE_integer("examples", None, "Images to tokenize (default: the whole split).")
-  flags.DEFINE_integer("batch_size", 64, "Images per encode call.")
+  flags.DEFINE_integer("examples", None, "Images / audio clips to tokenize (default: the "
+                       "whole split, one crop each).")
+  flags.DEFINE_integer("batch_size", 64, "Examples per encode call.")
+  flags.DEFINE_float("seconds", None, "Audio: clip length (default the codec's eval_seconds).")
   flags.DEFINE_string("data_dir", None, "Override the config's tfds data dir.")
   flags.mark_flags_as_required(["workdir", "out"])
 
   def body(f):
-    n = export(f.workdir, f.out, f.split, f.examples, f.batch_size, f.data_dir)
+    n = export(f.workdir, f.out, f.split, f.examples, f.batch_size, f.data_dir, f.seconds)
     print(f"wrote {n} token records to {f.out}")
 
   run_app(argv, body)

@@ -1,5 +1,6 @@
 """The token-generator trainer: next-token (raster), next-scale (VAR) or masked (MaskGIT)
-prediction on tokens exported by a trained image tokenizer.
+prediction on tokens exported by a trained image tokenizer, or delay-pattern prediction
+(MusicGen) of the multi-level tokens of an audio codec.
 
   vqlab generate --config configs/generator_quickstart.py:raster --workdir runs/gen \\
     --config.tokenizer_workdir=runs/quickstart --config.tokens_dir=runs/quickstart/tokens
@@ -8,7 +9,8 @@ Same machinery as the tokenizer trainer (vqlab.train.loop): grain batches of tok
 one sharded `jax.jit` step (batch over data x fsdp, FSDP parameters) -> orbax
 checkpoints with auto-resume (model, optimizer, EMA, RNG, iterator) -> metrics.jsonl +
 TensorBoard (loss, bits per token, accuracy, gradient norm, steps/s, sampling tokens/s)
--> sample grids decoded by the tokenizer (images/samples_*.png) -> summary.json.
+-> sample grids decoded by the tokenizer (images/samples_*.png), or for audio, prompts
+continued and decoded to wav with their spectrograms (audio/samples_*) -> summary.json.
 Labels are dropped to the null class at `train.label_dropout` for classifier-free
 guidance.
 """
@@ -36,13 +38,13 @@ from vqlab.data.tokens import TokenSource
 from vqlab.eval import inception
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, inception_score
 from vqlab.models import sampling
-from vqlab.models.generators import (MaskedGenerator, NextScaleGenerator, NextTokenGenerator,
-                                     drop_labels)
+from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator,
+                                     NextScaleGenerator, NextTokenGenerator, drop_labels)
 from vqlab.nn.transformer import TransformerShape
-from vqlab.train import loop, tokenizer
+from vqlab.train import codec, loop, tokenizer
 from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
 
-PARADIGMS = ("raster", "var", "maskgit")
+PARADIGMS = ("raster", "var", "maskgit", "delay")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
 
 
@@ -62,7 +64,7 @@ class SampleSpec:
   top_k: int
   top_p: float
   steps: int
-  latent_size: int
+  latent_size: int  # images: tokens per side
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -74,15 +76,35 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
   loop.check_nonfinite_mode(config.train.nonfinite)
+  if config.paradigm == "delay" and config.eval.inception:
+    raise ValueError("eval.inception: gFID / IS are image metrics; expected '' for the "
+                     "'delay' paradigm (audio tokens)")
   TransformerShape(**{k: config.model[k] for k in SHAPE_FIELDS}).check()
 
 
-def build_model(config: ml_collections.ConfigDict, tok, latent_size: int):
-  """The generator for `config.paradigm` over the tokenizer's codes."""
+def load_token_model(workdir: str):
+  """The tokenizer of a run, in eval mode: an image tokenizer or an audio codec."""
+  if codec.is_codec_config(loop.load_config(workdir)):
+    return codec.load_codec(workdir)
+  return tokenizer.load_tokenizer(workdir)
+
+
+def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
+  """The generator for `config.paradigm` over the tokenizer's codes; `meta` describes the
+  exported tokens (tokens.json)."""
   m = config.model
   shape = TransformerShape(**{k: m[k] for k in SHAPE_FIELDS})
   rngs = nnx.Rngs(config.seed)
   vocab = int(tok.quantizer.codebook_size)
+  audio = meta.get("modality") == "audio"
+  if (config.paradigm == "delay") != audio:
+    raise ValueError(f"paradigm: audio-codec tokens are modelled by 'delay' and image tokens "
+                     f"by {PARADIGMS[:3]}; got {config.paradigm!r} for "
+                     f"{'audio' if audio else 'image'} tokens")
+  if audio:
+    return DelayPatternGenerator(shape, vocab, m.num_classes, int(meta["frames"]),
+                                 int(meta["levels"]), rngs=rngs)
+  latent_size = int(meta["latent_size"])
   if config.paradigm == "var":
     if not hasattr(tok.quantizer, "patch_nums"):
       raise ValueError("paradigm: 'var' needs a tokenizer with the multi-scale quantizer "
@@ -99,8 +121,8 @@ def build_model(config: ml_collections.ConfigDict, tok, latent_size: int):
   return MaskedGenerator(shape, vocab, m.num_classes, latent_size, rngs=rngs)
 
 
-def init_state(config: ml_collections.ConfigDict, tok, latent_size: int):
-  model = build_model(config, tok, latent_size)
+def init_state(config: ml_collections.ConfigDict, tok, meta: dict):
+  model = build_model(config, tok, meta)
   optimizer = nnx.Optimizer(model, tokenizer.make_optimizer(config, config.train.lr),
                             wrt=nnx.Param)
   graphdef, nnx_state = nnx.split((model, optimizer))
@@ -135,6 +157,9 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
       return _cross_entropy(model(tokens, labels), tokens)
     if spec.paradigm == "var":
       return _cross_entropy(model(labels, features), tokens)
+    if spec.paradigm == "delay":  # targets where the delay pattern holds a code
+      logits, pattern = model(tokens.reshape(tokens.shape[0], model.frames, model.levels), labels)
+      return _cross_entropy(logits, pattern, (pattern != model.pad_id).astype(jnp.float32))
     mask = sampling.random_mask(k_mask, *tokens.shape)
     logits = model(jnp.where(mask, model.mask_id, tokens), labels)
     return _cross_entropy(logits, tokens, mask.astype(jnp.float32))
@@ -151,10 +176,11 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
 
 
 def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
-  """jit: (state, tokenizer state, labels, key) -> (tokens, images in [-1, 1])."""
+  """jit: (state, tokenizer state, labels, key, prompt) -> (tokens, images in [-1, 1] or
+  waveforms (B, T, 1)); `prompt` (B, P, levels) codes for "delay", else None."""
 
   @jax.jit
-  def run(state, tok_state, labels, key):
+  def run(state, tok_state, labels, key, prompt=None):
     model = nnx.merge(graphdef, state["nnx"])[0]
     if state["ema"]:
       nnx.update(model, state["ema"])
@@ -165,6 +191,9 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
       tokens = sampling.sample_next_token(model, labels, key, **kw)
     elif spec.paradigm == "var":
       tokens = sampling.sample_next_scale(model, tok.quantizer, labels, key, **kw)
+    elif spec.paradigm == "delay":
+      tokens = sampling.sample_delay(model, labels, key, prompt, **kw)
+      return tokens, tok.decode(tokens)
     else:
       tokens = sampling.sample_masked(model, labels, key, steps=spec.steps, **kw)
     grid = tokens if spec.paradigm == "var" else tokens.reshape(
@@ -213,11 +242,11 @@ def compile_step(config: ml_collections.ConfigDict, graphdef, quantizer_graphdef
                  out_shardings=(shardings, None), donate_argnums=0)
 
 
-def dry_run(config: ml_collections.ConfigDict, tok, latent_size: int, source, mesh) -> dict:
+def dry_run(config: ml_collections.ConfigDict, tok, source, mesh) -> dict:
   """Compile the train step for the config's mesh and global batch without allocating
   the state; prints and returns memory per device and FLOPs per step."""
   graphdef, abstract, shardings = loop.abstract_state(
-      lambda: init_state(config, tok, latent_size), mesh, config.mesh)
+      lambda: init_state(config, tok, source.meta), mesh, config.mesh)
   q_graphdef, q_state = nnx.split(tok.quantizer)
   step = compile_step(config, graphdef, q_graphdef, shardings, mesh)
   data = parallel.batch_sharding(mesh)
@@ -236,8 +265,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not config.dry_run:
     loop.prepare_workdir(workdir, config, ("model",))
   source = TokenSource(config.tokens_dir)
-  latent_size = int(source.meta["latent_size"])
-  tok = tokenizer.load_tokenizer(config.tokenizer_workdir)
+  tok = load_token_model(config.tokenizer_workdir)
   if int(source.meta["codebook_size"]) != int(tok.quantizer.codebook_size):
     raise ValueError(f"tokens_dir: tokens of a {source.meta['codebook_size']}-code tokenizer, "
                      f"but tokenizer_workdir's has {tok.quantizer.codebook_size} codes")
@@ -248,9 +276,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
   batch = tokenizer.local_batch_size(config.train.batch_size, mesh)
   if config.dry_run:
-    return dry_run(config, tok, latent_size, source, mesh)
+    return dry_run(config, tok, source, mesh)
   loop.write_config(workdir, config)
-  graphdef, state = init_state(config, tok, latent_size)
+  graphdef, state = init_state(config, tok, source.meta)
   state, shardings = loop.place_state(workdir, state, mesh, config.mesh)
   data_sharding = parallel.batch_sharding(mesh)
   tok_graphdef, tok_state = nnx.split(tok)
@@ -263,21 +291,40 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   s = config.sample
   sampler = make_sampler(graphdef, tok_graphdef, SampleSpec(
-      config.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps, latent_size))
+      config.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps,
+      int(source.meta.get("latent_size", 0))))
   labels = jnp.arange(s.num, dtype=jnp.int32) % config.model.num_classes
+  prompt = originals = None
+  if config.paradigm == "delay":  # continue the first frames of held-out utterances
+    prompts = TokenSource(s.prompts_dir or config.tokens_dir)
+    if len(prompts) < s.num:
+      raise ValueError(f"sample.num: expected at most the {len(prompts)} prompt records, got "
+                       f"{s.num}")
+    originals = np.stack([prompts[i]["indices"] for i in range(s.num)]).astype(np.int32)
+    frames = int(source.meta["frames"])
+    if originals.shape[1:] != (frames, int(source.meta["levels"])) or not 0 < s.prompt_frames <= frames:
+      raise ValueError(f"sample.prompts_dir / prompt_frames: expected records of {frames} "
+                       f"frames and 0 < prompt_frames <= {frames}, got records "
+                       f"{originals.shape[1:]} and {s.prompt_frames}")
+    prompt = jnp.asarray(originals[:, :s.prompt_frames])
   writer = MetricWriter(workdir, enabled=main_process)
   throughput = {}
 
   def samples(state, done):
     start = time.perf_counter()
-    tokens, images = sampler(state, tok_state, labels, jax.random.key(config.seed + done))
+    tokens, images = sampler(state, tok_state, labels, jax.random.key(config.seed + done), prompt)
     jax.block_until_ready(images)
     seconds = time.perf_counter() - start
     if "compiled" in throughput:  # the first call compiles: not a throughput
       throughput["tokens_per_second"] = tokens.size / seconds
       writer.write(done, {"sample/tokens_per_second": throughput["tokens_per_second"]})
     throughput["compiled"] = True
-    if main_process:
+    if main_process and prompt is not None:
+      rate = tok.sample_rate
+      codec.save_audio(os.path.join(workdir, "audio", f"samples_{done:07d}"),
+                       [("original", np.asarray(tok.decode(jnp.asarray(originals)))[..., 0]),
+                        ("continued", np.asarray(images)[..., 0])], rate, writer, done)
+    elif main_process:
       path = os.path.join(workdir, "images", f"samples_{done:07d}.png")
       os.makedirs(os.path.dirname(path), exist_ok=True)
       grid = labeled_grid([(f"step {done}", to_pixels(images))])
@@ -326,9 +373,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def load_generator(workdir: str, step: int | None = None):
   """(generator in eval mode with EMA weights when kept, its tokenizer) of a run."""
   config = loop.load_config(workdir)
-  tok = tokenizer.load_tokenizer(config.tokenizer_workdir)
-  latent_size = int(TokenSource(config.tokens_dir).meta["latent_size"])
-  graphdef, state = init_state(config, tok, latent_size)
+  tok = load_token_model(config.tokenizer_workdir)
+  graphdef, state = init_state(config, tok, TokenSource(config.tokens_dir).meta)
   _, state = loop.restore_run(workdir, state, step)
   model = nnx.merge(graphdef, state["nnx"])[0]
   if state["ema"]:
