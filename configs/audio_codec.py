@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
       normalize=True, target_dbfs=-20.0,  # RMS loudness normalisation per utterance
       in_memory=True, threads=2, prefetch=64))
   c.train = ml_collections.ConfigDict(dict(
-      steps=1500, batch_size=16, lr=1e-3, disc_lr=1e-4, b1=0.8, b2=0.99, weight_decay=0.0,
+      steps=1500, batch_size=16, lr=2e-3, disc_lr=1e-4, b1=0.8, b2=0.99, weight_decay=0.0,
       warmup_steps=50, schedule="cosine", grad_clip=10.0, nonfinite="stop"))
   # DAC's weights (mel 15, adversarial 1, feature matching 2); wave L1 as EnCodec's 0.1
   c.loss = ml_collections.ConfigDict(dict(
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None):
       disc_start=1000))
   c.disc = ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11), stft_resolutions=((1024, 256), (2048, 512), (512, 128)),
-      width=16))
+      width=16, max_width=128))  # HiFi-GAN's period discriminators widen to 1024
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None):
     c.train.update(steps=300_000, batch_size=64, lr=3e-4, disc_lr=3e-4, b1=0.5, b2=0.9,
                    schedule="constant", warmup_steps=0)
     c.loss.update(wave_l1=0.1, mel=1.0, stft=0.0, adversarial=3.0, feature=3.0, disc_start=0)
-    c.disc.update(width=32)
+    c.disc.update(width=32, max_width=1024)
   if "dac" in args:
     c.model.shape.update(activation="snake")
     c.model.quantizer.args.update(code_dim=8, metric="cosine", codebook="learned",

@@ -51,3 +51,12 @@ def build_once(tmp_path_factory):
     return path
 
   return run
+
+
+@pytest.fixture(scope="session")
+def speech_data_dir(build_once):
+  """A tfds data dir with the built-in speech prepared (espeak-ng + recordings), shared
+  by the session's workers."""
+  from vqlab.data import builtin
+  root = build_once("speech_tfds", lambda d: builtin.load("vqlab_speech", str(d), "test"))
+  return str(root)

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from vqlab.models import sampling
-from vqlab.models.generators import MaskedGenerator, NextScaleGenerator, NextTokenGenerator
+from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator, NextScaleGenerator,
+                                     NextTokenGenerator, delay_pattern, undelay_pattern)
 from vqlab.nn.transformer import KVCache, TransformerShape, attention_mask
 from vqlab.quantizers import MultiScaleVQ
 
@@ -166,3 +167,57 @@ def test_masked_model_memorises_and_decodes_back():
   got = sampling.sample_masked(model, labels, jax.random.key(0), steps=4, top_k=1,
                                choice_temperature=0.0)
   np.testing.assert_array_equal(got, data)
+
+
+def test_delay_pattern_shifts_level_k_by_k_and_inverts():
+  codes = jnp.arange(2 * 4 * 3).reshape(2, 4, 3)
+  pattern = delay_pattern(codes, -1)
+  assert pattern.shape == (2, 6, 3)
+  for t in range(6):
+    for k in range(3):
+      want = codes[0, t - k, k] if 0 <= t - k < 4 else -1
+      assert int(pattern[0, t, k]) == int(want)
+  np.testing.assert_array_equal(undelay_pattern(pattern, 4), codes)
+
+
+def test_delay_model_is_causal_in_steps_and_the_cache_gives_the_uncached_logits():
+  model = DelayPatternGenerator(SHAPE, 16, 1, 5, 3, rngs=nnx.Rngs(3))
+  model.eval()
+  labels = jnp.zeros((2,), jnp.int32)
+  codes = jax.random.randint(jax.random.key(0), (2, 5, 3), 0, 16)
+  logits, pattern = model(codes, labels)
+  # changing frame 3 changes pattern steps >= 3: logits of steps <= 3 stay
+  other, _ = model(codes.at[:, 3].set((codes[:, 3] + 1) % 16), labels)
+  np.testing.assert_allclose(logits[:, :4], other[:, :4], atol=1e-5)
+  assert not np.allclose(logits[:, 4:], other[:, 4:])
+  cache = KVCache.empty(model.shape, 2, model.seq_len)
+  x = model.embed(pattern, labels)
+  stepped = []
+  for t in range(model.seq_len):
+    out, cache = model.step(x[:, t:t + 1], t, cache)
+    stepped.append(out)
+  np.testing.assert_allclose(jnp.concatenate(stepped, 1), logits, atol=1e-4)
+
+
+def test_delay_model_memorises_and_continues_prompts():
+  codes = jax.random.randint(jax.random.key(9), (3, 6, 3), 0, 16)
+  labels = jnp.arange(3)
+  model = DelayPatternGenerator(SHAPE, 16, 3, 6, 3, rngs=nnx.Rngs(4))
+
+  def loss(m, _):
+    logits, pattern = m(codes, labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.minimum(pattern, 15))
+    valid = pattern != m.pad_id
+    return jnp.sum(ce * valid) / jnp.sum(valid)
+
+  assert _fit(model, loss, 200) < 0.05
+  for prompt_frames in (1, 3, 6):
+    got = jax.jit(lambda l, k, p: sampling.sample_delay(model, l, k, p, top_k=1))(
+        labels, jax.random.key(0), codes[:, :prompt_frames])
+    np.testing.assert_array_equal(got, codes)
+  # a wrong prompt is kept as given, and the rest is still sampled
+  wrong = (codes[:, :2] + 1) % 16
+  got = sampling.sample_delay(model, labels, jax.random.key(1), wrong, top_k=1)
+  np.testing.assert_array_equal(got[:, :2], wrong)
+  with pytest.raises(ValueError, match="prompt"):
+    sampling.sample_delay(model, labels, jax.random.key(1), codes[:, :, :2])

@@ -27,3 +27,25 @@ def chain(build_once):
   100 exported training tokens of each, with labels; built once per session."""
   root = build_once("generator_chain", _build_chain)
   return {name: (str(root / name), str(root / f"{name}_tokens")) for name in ("vq", "msvq")}
+
+
+def _build_speech_chain(root, data_dir):
+  from configs import audio_codec
+  from vqlab.train import codec
+  c = audio_codec.get_config("runlocal")
+  c.data.update(data_dir=data_dir, crop_seconds=0.5, eval_seconds=0.5)
+  c.model.shape.update(strides=(2, 4, 5, 8))  # 50 frames/s: 25 frames per 0.5 s record
+  c.loss.disc_start = 10_000  # codes only
+  workdir = str(root / "codec")
+  codec.train(c, workdir)
+  export_tokens.export(workdir, str(root / "tokens"), split="train", examples=24, batch_size=8)
+  export_tokens.export(workdir, str(root / "prompts"), split="synth_test", examples=8,
+                       batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def speech_chain(build_once, speech_data_dir):
+  """A 2-step speech codec (3 levels of 64 codes, 50 frames/s), 24 exported training
+  clips of 0.5 s and 8 held-out prompt clips; built once per session."""
+  root = build_once("speech_chain", lambda d: _build_speech_chain(d, speech_data_dir))
+  return str(root / "codec"), str(root / "tokens"), str(root / "prompts")

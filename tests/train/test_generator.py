@@ -80,3 +80,26 @@ def test_bad_generator_configs_fail_early(chain, tmp_path):
     generator.train(c, str(tmp_path / "c"))
   with pytest.raises(ValueError, match="config arg"):
     generator_quickstart.get_config("runlocal")
+
+
+def test_delay_paradigm_continues_speech_prompts(speech_chain, tmp_path):
+  codec_dir, tokens_dir, prompts_dir = speech_chain
+  meta = json.load(open(os.path.join(tokens_dir, "tokens.json")))
+  assert (meta["modality"], meta["frames"], meta["levels"]) == ("audio", 25, 3)
+  c = generator_quickstart.get_config("delay,runlocal")
+  c.update(tokenizer_workdir=codec_dir, tokens_dir=tokens_dir)
+  c.sample.update(prompts_dir=prompts_dir, prompt_frames=10, num=4)
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert abs(rows[0]["loss"] - np.log(64)) < 1.0  # about uniform over 64 codes at first
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  samples = tmp_path / "audio" / "samples_0000002"
+  names = sorted(os.listdir(samples))
+  assert names == sorted([f"{i}_{k}.wav" for i in range(4) for k in ("original", "continued")])
+  assert (tmp_path / "audio" / "samples_0000002.png").exists()
+  model, tok = generator.load_generator(str(tmp_path))
+  assert (model.frames, model.levels) == (25, 3) and tok.sample_rate == 16000
+  c.paradigm = "raster"  # image paradigms refuse audio tokens
+  with pytest.raises(ValueError, match="delay"):
+    generator.train(c, str(tmp_path / "raster"))

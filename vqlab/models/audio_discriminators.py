@@ -84,11 +84,11 @@ class AudioDiscriminator(nnx.Module):
   def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11),
                stft_resolutions: Sequence[tuple[int, int]] = ((1024, 256), (2048, 512),
                                                               (512, 128)),
-               width: int = 32, rngs: nnx.Rngs | None = None):
+               width: int = 32, max_width: int = 1024, rngs: nnx.Rngs | None = None):
     if not periods and not stft_resolutions:
       raise ValueError("periods, stft_resolutions: expected at least one discriminator")
     self.members = nnx.List(
-        [PeriodDiscriminator(p, width, rngs=rngs) for p in periods]
+        [PeriodDiscriminator(p, width, max_width, rngs=rngs) for p in periods]
         + [STFTDiscriminator(n, h, width, rngs=rngs) for n, h in stft_resolutions])
 
   def __call__(self, wav: Array) -> list[tuple[Array, list[Array]]]:

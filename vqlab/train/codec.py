@@ -98,7 +98,7 @@ def build_model(config: ml_collections.ConfigDict, seed: int) -> audio_codec.Aud
 def build_discriminator(config: ml_collections.ConfigDict) -> discs.AudioDiscriminator:
   d = config.disc
   return discs.AudioDiscriminator(tuple(d.periods), tuple(map(tuple, d.stft_resolutions)),
-                                  d.width, rngs=nnx.Rngs(config.seed + 1))
+                                  d.width, d.max_width, rngs=nnx.Rngs(config.seed + 1))
 
 
 def init_state(config: ml_collections.ConfigDict):
