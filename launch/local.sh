@@ -8,4 +8,7 @@ if [ ! -x .venv/bin/vqlab ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e .
 fi
+if [ "${1:-}" = codec ]; then
+  bash launch/install_speech.sh  # the built-in speech needs espeak-ng and the recordings
+fi
 exec .venv/bin/vqlab "$@"

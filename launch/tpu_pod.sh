@@ -10,7 +10,7 @@ name=$1 zone=$2
 shift 2
 repo=${VQLAB_REPO:-https://github.com/vqlab/vqlab}
 if [ "${1:-}" = setup ]; then
-  remote="git clone -q $repo ~/vqlab 2>/dev/null || git -C ~/vqlab pull -q; cd ~/vqlab && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+  remote="git clone -q $repo ~/vqlab 2>/dev/null || git -C ~/vqlab pull -q; cd ~/vqlab && python3 -m venv .venv && .venv/bin/pip install -q -e '.[audio]' 'jax[tpu]' && bash launch/install_speech.sh"
 else
   remote="cd ~/vqlab && VQLAB_DISTRIBUTED=1 .venv/bin/vqlab $(printf '%q ' "$@")"
 fi

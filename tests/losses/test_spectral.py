@@ -94,3 +94,18 @@ def test_discriminators_shapes_and_period_folding():
   x = jnp.tile(jnp.array([0.3, -0.2, 0.9]), 60)[None, :, None]
   feats = p(x)[1][0]  # (1, T / 3 / 3, 3, C)
   np.testing.assert_allclose(feats[0, 2], feats[0, 10], atol=1e-6)
+
+
+def test_pesq_and_stoi_when_installed():
+  pytest.importorskip("pesq")
+  pytest.importorskip("pystoi")
+  from vqlab.data import speech
+  wave, rate = speech.read_wav(speech.recordings()[0])
+  x = (wave[:32000] / 32768.0).astype(np.float32)[None]
+  same = audio_metrics.pesq_stoi(x, x, rate)
+  assert same["pesq"] == pytest.approx(4.64, abs=0.01) and same["stoi"] == pytest.approx(1.0)
+  noisy = x + 0.05 * np.random.default_rng(0).normal(size=x.shape).astype(np.float32)
+  worse = audio_metrics.pesq_stoi(noisy, x, rate)
+  assert worse["pesq"] < 2.0 and worse["stoi"] < 0.95
+  assert "pesq" not in audio_metrics.pesq_stoi(np.zeros((1, 800), np.float32),
+                                               np.zeros((1, 800), np.float32), rate)

@@ -4,7 +4,8 @@
   https://arxiv.org/abs/1811.02508), means removed, per example.
 - `mel_distance`: DAC's multi-scale log-mel L1 (vqlab.losses.spectral), per example.
 - `pesq_stoi`: wide-band PESQ and STOI when the `pesq` / `pystoi` packages are installed
-  (`pip install vqlab[audio]`); absent packages give no entry, never a made-up number.
+  (`pip install vqlab[audio]`); absent packages give no entry, never a made-up number,
+  and clips PESQ cannot score (too short, no speech detected) are left out of its mean.
 - `level_usage`: code usage and perplexity per residual level from index counts.
 """
 
@@ -41,14 +42,20 @@ def pesq_stoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> 
   out = {}
   est, ref = np.asarray(as_signals(estimate)), np.asarray(as_signals(reference))
   try:
-    from pesq import pesq
+    from pesq import PesqError, pesq
   except ImportError:
     pesq = None
   if pesq is not None:
     from vqlab.data.pipeline import resample
-    scores = [pesq(16000, resample(r, sample_rate, 16000), resample(e, sample_rate, 16000), "wb")
-              for e, r in zip(est, ref)]
-    out["pesq"] = float(np.mean(scores))
+    scores = []
+    for e, r in zip(est, ref):
+      try:
+        scores.append(pesq(16000, resample(r, sample_rate, 16000),
+                           resample(e, sample_rate, 16000), "wb"))
+      except PesqError:  # too short, or no speech found: PESQ is undefined for the clip
+        pass
+    if scores:
+      out["pesq"] = float(np.mean(scores))
   try:
     from pystoi import stoi
   except ImportError:
