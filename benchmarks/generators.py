@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from timing import median_time
+from timing import matmul_flops_per_second, median_time
 from vqlab.models import sampling
 from vqlab.models.generators import NextScaleGenerator, NextTokenGenerator
 from vqlab.nn.transformer import TransformerShape
@@ -45,11 +45,6 @@ def sample_without_cache(model: NextTokenGenerator, labels, key):
 
   return jax.lax.fori_loop(0, n, body, (jnp.zeros((b, n), jnp.int32), key))[0]
 
-
-def matmul_flops_per_second(repeats: int, n: int = 2048) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n))
-  f = jax.jit(lambda a: a @ a)
-  return 2 * n**3 / median_time(lambda: f(a).block_until_ready(), repeats)
 
 
 def main():

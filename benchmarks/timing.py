@@ -3,6 +3,8 @@
 import statistics
 import time
 
+import jax
+
 
 def median_time(fn, repeats: int) -> float:
   """Median wall time of fn(); fast cases get more repeats (>= 0.5 s of timing in all)."""
@@ -16,3 +18,10 @@ def median_time(fn, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def matmul_flops_per_second(repeats: int, n: int = 2048) -> float:
+  """float32 (n, n) @ (n, n) FLOP/s: the yardstick utilisation is quoted against."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  f = jax.jit(lambda a: a @ a)
+  return 2 * n**3 / median_time(lambda: f(a).block_until_ready(), repeats)

@@ -25,6 +25,15 @@ def test_splits_hold_synthesized_and_recorded_speech(speech_data_dir):
   assert rates == {16000, 48000}  # pocketsphinx-testdata, alsa-utils
 
 
+def test_every_voice_variant_exists():
+  # espeak-ng silently falls back to its default voice for an unknown variant name
+  default = speech.synthesize("Hello there.", "en-us")[0]
+  sounds = {v: speech.synthesize("Hello there.", f"en-us+{v}")[0].tobytes()
+            for v in speech.VARIANTS}
+  assert default.tobytes() not in sounds.values()
+  assert len(set(sounds.values())) == len(speech.VARIANTS)
+
+
 def test_synthesize_and_wav_round_trip(tmp_path):
   audio, rate = speech.synthesize("Hello world.", "en-us+f3", 170, 60)
   assert rate == 22050 and 0.4 < len(audio) / rate < 3

@@ -35,7 +35,7 @@ TEST_UTTERANCES = 48
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt",
             "klatt2", "klatt3", "croak", "grandma", "grandpa", "steph", "robert", "linda",
-            "michael")
+            "Michael")  # variant names are case-sensitive; unknown ones fall back silently
 RECORDINGS = ("/usr/share/pocketsphinx/test/data/librivox/*.wav",
               "/usr/share/pocketsphinx/test/data/cards/*.wav",
               "/usr/share/sounds/alsa/[FRS]*_*.wav")  # the spoken channel names, not Noise.wav
