@@ -166,9 +166,10 @@ def eval_model(graphdef, state) -> audio_codec.AudioCodec:
   return model
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_levels"))
-def reconstruct(state, audio, *, graphdef, num_levels: int | None = None):
-  """(reconstruction (B, T, C), indices (B, F, levels)) with the first `num_levels` levels."""
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def reconstruct(state, audio, num_levels=None, *, graphdef):
+  """(reconstruction (B, T, C), indices (B, F, levels)) with the first `num_levels` levels
+  (an int or an int32 array: one compiled function serves every bitrate)."""
   recon, q = eval_model(graphdef, state)(audio, num_levels)
   return recon, q.indices
 
@@ -233,7 +234,7 @@ def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split:
       break
     audio = jax.make_array_from_process_local_data(sharding, b["audio"])
     for n in range(1, levels + 1):
-      recon, indices = reconstruct(state, audio, graphdef=graphdef, num_levels=n)
+      recon, indices = reconstruct(state, audio, jnp.int32(n), graphdef=graphdef)
       x, r = parallel.to_host(audio), parallel.to_host(recon)
       scores = {"si_sdr": audio_metrics.si_sdr(r, x),
                 "mel_distance": audio_metrics.mel_distance(r, x, config.data.sample_rate)}
