@@ -130,3 +130,25 @@ def test_sharded_step_matches_one_device(speech_data_dir):
   for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
                   jax.tree.leaves(nnx.state(ref_state["nnx"], nnx.Param))):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
+  def config(steps):
+    c = codec_config.get_config("runlocal")
+    c.data.data_dir = speech_data_dir
+    c.train.steps = steps
+    c.log.update(eval_examples=8, audio_every=100)
+    return c
+
+  codec.train(config(2), str(tmp_path / "resumed"))
+  codec.train(config(3), str(tmp_path / "resumed"))  # picks up at step 2
+  codec.train(config(3), str(tmp_path / "straight"))
+  rows = {name: read_jsonl(str(tmp_path / name / "metrics.jsonl")) for name in ("resumed", "straight")}
+  assert [r["step"] for r in rows["resumed"]] == [1, 2, 3]
+  for a, b in zip(rows["resumed"], rows["straight"]):
+    assert {k: v for k, v in a.items() if k != "steps_per_second"} == \
+        {k: v for k, v in b.items() if k != "steps_per_second"}
+  states = [codec.restore(str(tmp_path / name))[2] for name in ("resumed", "straight")]
+  raw = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(np.asarray(raw(a)), np.asarray(raw(b)))
