@@ -12,6 +12,7 @@ layer's state, and give the same result as whole-signal processing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -107,11 +108,11 @@ class AudioCodec(nnx.Module):
     """Indices of a waveform encoded `chunk_frames` frames at a time (eval mode)."""
     self._check_streaming()
     wav = self.pad(wav)
-    step = nnx.jit(_encode_chunk)
+    graphdef, params = nnx.split(self)
     state = self.encoder.init_state(wav.shape[0])
     chunks, n = [], chunk_frames * self.hop
     for start in range(0, wav.shape[1], n):
-      indices, state = step(self, wav[:, start:start + n], state)
+      indices, state = _encode_chunk(graphdef, params, wav[:, start:start + n], state)
       chunks.append(indices)
     return jnp.concatenate(chunks, axis=1)
 
@@ -119,22 +120,29 @@ class AudioCodec(nnx.Module):
                     num_levels: int | None = None) -> Array:
     """Waveform decoded `chunk_frames` frames at a time."""
     self._check_streaming()
-    step = nnx.jit(_decode_chunk, static_argnums=3)
+    graphdef, params = nnx.split(self)
     state = self.decoder.init_state(indices.shape[0])
     chunks = []
     for start in range(0, indices.shape[1], chunk_frames):
-      wav, state = step(self, indices[:, start:start + chunk_frames], state, num_levels)
+      wav, state = _decode_chunk(graphdef, params, indices[:, start:start + chunk_frames],
+                                 state, num_levels)
       chunks.append(wav)
     wav = jnp.concatenate(chunks, axis=1)
     return wav if length is None else wav[:, :length]
 
 
-def _encode_chunk(model: AudioCodec, x: Array, state):
+# One compiled function per chunk shape, called with the split model: a real-time coder
+# pays a plain jit dispatch per chunk, not a module traversal.
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_chunk(graphdef, params, x: Array, state):
+  model = nnx.merge(graphdef, params)
   z, state = model.encoder.apply(x, state)
   return model.quantizer(z).indices, state
 
 
-def _decode_chunk(model: AudioCodec, indices: Array, state, num_levels):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _decode_chunk(graphdef, params, indices: Array, state, num_levels):
+  model = nnx.merge(graphdef, params)
   kw = {} if num_levels is None else {"num_levels": num_levels}
   return model.decoder.apply(model.quantizer.decode(indices, **kw), state)
 
