@@ -88,7 +88,7 @@ def main():
   peak = matmul_flops_per_second(args.repeats)
   print(f"\n**Train step (quickstart, batch {config.train.batch_size} x "
         f"{config.data.crop_seconds:g} s, no discriminators)**\n")
-  print("| step s | GFLOP per step (XLA) | achieved GFLOP/s | f32 matmul GFLOP/s (same run) "
+  print("| train step s | GFLOP per step (XLA) | achieved GFLOP/s | f32 matmul GFLOP/s (same run) "
         "| utilisation |\n|---:|---:|---:|---:|---:|")
   print(f"| {t_step:.3g} | {flops / 1e9:.1f} | {flops / t_step / 1e9:.1f} | {peak / 1e9:.1f} | "
         f"{flops / t_step / peak:.1%} |")

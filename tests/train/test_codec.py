@@ -21,7 +21,10 @@ from vqlab.train import codec
 from vqlab.train.common import read_jsonl
 
 
-@pytest.mark.parametrize("arg", ["runlocal", "encodec,runlocal", "dac,runlocal"])
+# the variants and the learning / resume runs are CI's slow step (.ci/run): minutes each
+@pytest.mark.parametrize("arg", ["runlocal",
+                                 pytest.param("encodec,runlocal", marks=pytest.mark.slow),
+                                 pytest.param("dac,runlocal", marks=pytest.mark.slow)])
 def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   config = importlib.import_module("configs.audio_codec").get_config(arg)
   config.data.data_dir = speech_data_dir
@@ -56,6 +59,7 @@ def _stationary_reference(x: np.ndarray) -> np.ndarray:
   return np.fft.irfft(spectrum * phase, n=x.shape[1], axis=1).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_short_run_on_speech_learns(speech_data_dir, tmp_path):
   # 200 steps of a small codec (50 frames/s, 4 levels of 256 codes, quantizer dropout) on
   # the synthesized speech, evaluated on held-out sentences and voices. The bar is noise
@@ -124,7 +128,8 @@ def test_sharded_step_matches_one_device(speech_data_dir):
     ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(audio))
     got_state, got_metrics = sharded(got_state, jax.device_put(audio, batch))
     for k in ("loss", "mel_loss", "disc_loss", "feature_loss", "quantizer_loss"):
-      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=1e-3, atol=1e-5, err_msg=k)
+      # 5e-3: after a step, rounding can flip a nearest-code tie for a frame or two
+      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-3, atol=1e-5, err_msg=k)
   # parameters after 3 Adam steps of lr 3e-4: Adam turns rounding of a near-zero gradient
   # into a ~sign(g) lr update, so a few elements may differ by up to the 3 steps' 9e-4
   for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
@@ -132,6 +137,7 @@ def test_sharded_step_matches_one_device(speech_data_dir):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
   def config(steps):
     c = codec_config.get_config("runlocal")
