@@ -352,12 +352,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def restore(workdir: str, step: int | None = None, mesh=None):
   """(config, graphdef, state, step) of a codec run's checkpoint (default the latest)."""
-  config = loop.load_config(workdir)
-  mesh = mesh or parallel.make_mesh({"data": -1})
-  graphdef, state = init_state(config)
-  state = parallel.put(state, parallel.state_shardings(state, mesh))
-  step, state = loop.restore_run(workdir, state, step)
-  return config, graphdef, state, step
+  return loop.restore_placed(workdir, init_state, step, mesh)
 
 
 def load_codec(workdir: str, step: int | None = None) -> audio_codec.AudioCodec:

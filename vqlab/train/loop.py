@@ -92,6 +92,18 @@ def restore_run(workdir: str, state: dict, step: int | None = None) -> tuple[int
   return step, from_checkpoint(state, restored)
 
 
+def restore_placed(workdir: str, init_state: Callable, step: int | None = None, mesh=None):
+  """(config, graphdef, state, step) of a run's checkpoint (default the latest), its state
+  template from `init_state(config)`, placed on `mesh` (default: every device,
+  parameters replicated)."""
+  config = load_config(workdir)
+  mesh = mesh or parallel.make_mesh({"data": -1})
+  graphdef, state = init_state(config)
+  state = parallel.put(state, parallel.state_shardings(state, mesh))
+  step, state = restore_run(workdir, state, step)
+  return config, graphdef, state, step
+
+
 def resume(ckpt: Checkpointer, state: dict, it) -> tuple[int, dict]:
   """(start step, state): the latest checkpoint's, iterator included, or (0, state)."""
   if ckpt.latest_step() is None:

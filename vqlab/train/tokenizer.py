@@ -455,12 +455,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def restore(workdir: str, step: int | None = None, mesh=None):
   """(config, graphdef, state, step) of a run's checkpoint (default the latest), placed
   on `mesh` (default: every device, parameters replicated)."""
-  config = loop.load_config(workdir)
-  mesh = mesh or parallel.make_mesh({"data": -1})
-  graphdef, state = init_state(config)
-  state = parallel.put(state, parallel.state_shardings(state, mesh))
-  step, state = loop.restore_run(workdir, state, step)
-  return config, graphdef, state, step
+  return loop.restore_placed(workdir, init_state, step, mesh)
 
 
 def load_tokenizer(workdir: str, step: int | None = None) -> image_tokenizer.ImageTokenizer:
