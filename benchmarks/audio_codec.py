@@ -22,6 +22,7 @@ from flax import nnx
 from configs import audio_codec as codec_config
 from timing import matmul_flops_per_second, median_time
 from vqlab import parallel
+from vqlab.data import splits
 from vqlab.models import audio_codec
 from vqlab.train import codec
 
@@ -71,9 +72,12 @@ def main():
   graphdef, state = codec.init_state(config)
   shardings = parallel.state_shardings(state, mesh)
   state = parallel.put(state, shardings)
-  step = codec.compile_steps(config, graphdef, shardings, mesh)[False]
-  length = codec.crop_length(config, config.data.crop_seconds)
-  audio = 0.1 * jax.random.normal(jax.random.key(1), (config.train.batch_size, length))
+  job = codec.CodecJob(config, "")
+  job.mesh = mesh
+  step = job.compile(graphdef, shardings)[False]
+  length = splits.crop_length(config, config.data.crop_seconds)
+  audio = {"audio": 0.1 * jax.random.normal(jax.random.key(1),
+                                            (config.train.batch_size, length))}
   compiled = step.lower(state, audio).compile()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}

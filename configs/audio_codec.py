@@ -15,7 +15,7 @@ Add `,runlocal` for a 2-step smoke run with every loss term on.
 
 import ml_collections
 
-from configs.common import quantizer_spec, runlocal
+from configs.common import parse_arg, quantizer_spec
 from vqlab import parallel
 
 SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9),
@@ -24,7 +24,7 @@ SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9
 
 
 def get_config(arg: str | None = None):
-  args = arg.split(",") if arg else []
+  args = parse_arg(arg, known=("encodec", "dac"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None):
     c.model.shape.update(activation="snake")
     c.model.quantizer.args.update(code_dim=8, metric="cosine", codebook="learned",
                                   kmeans_init=False, dead_code_threshold=0.0, beta=0.25)
-  if runlocal(arg):
+  if "runlocal" in args:
     c.model.shape.update(channels=4, latent_dim=16, strides=(2, 4), dilations=(1, 3),
                          lstm_layers=min(c.model.shape.lstm_layers, 1))
     c.model.quantizer.args.update(codebook_size=64, num_levels=3)

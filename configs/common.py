@@ -1,5 +1,7 @@
 """Pieces the config files share: quantizer specs and the tokenizer trainer's fields."""
 
+from collections.abc import Sequence
+
 import ml_collections
 
 from vqlab import parallel
@@ -12,8 +14,22 @@ def quantizer_spec(kind: str, **args) -> ml_collections.ConfigDict:
       dict(kind=kind, args={**factory.default_args(kind), **args}), type_safe=False)
 
 
-def runlocal(arg: str | None) -> bool:
-  return bool(arg) and "runlocal" in arg.split(",")
+def parse_arg(arg: str | None, known: Sequence[str] = (), *,
+              one_of: Sequence[str] = ()) -> set[str]:
+  """The variants of `configs/x.py:variant,runlocal` (comma-separated), checked: each must be
+  `runlocal`, one of `known`, or one of `one_of` (of which exactly one is then required).
+  An unknown or misspelled variant is an error naming it and listing the known ones (a
+  typo must not silently train the default)."""
+  names = [a.strip() for a in (arg or "").split(",") if a.strip()]
+  allowed = ["runlocal", *known, *one_of]
+  unknown = [n for n in names if n not in allowed]
+  if unknown:
+    raise ValueError(f"config arg: unknown variant {unknown[0]!r} in {arg!r}; expected some "
+                     f"of {allowed}")
+  if one_of and len([n for n in names if n in one_of]) != 1:
+    raise ValueError(f"config arg: expected exactly one of {list(one_of)} (e.g. "
+                     f":{one_of[0]} or :{one_of[0]},runlocal), got {arg!r}")
+  return set(names)
 
 
 def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDict

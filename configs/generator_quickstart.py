@@ -20,16 +20,14 @@ an audio codec's speech tokens (MusicGen's delay pattern) and continues prompts:
 Add `,runlocal` for a 2-step smoke run.
 """
 
-from configs.common import generator_config, runlocal, shrink_generator_for_runlocal
+from configs.common import generator_config, parse_arg, shrink_generator_for_runlocal
 
 PARADIGMS = ("raster", "var", "maskgit", "delay")
 
 
 def get_config(arg: str | None = None):
-  chosen = [p for p in PARADIGMS if arg and p in arg.split(",")]
-  if len(chosen) != 1:
-    raise ValueError(f"config arg: expected one of {PARADIGMS} (e.g. :raster or "
-                     f":var,runlocal), got {arg!r}")
+  variants = parse_arg(arg, one_of=PARADIGMS)
+  chosen = [p for p in PARADIGMS if p in variants]
   c = generator_config(chosen[0])
   c.model.update(width=192, depth=4, heads=6, num_classes=1)
   c.train.update(steps=1500, batch_size=32, lr=1e-3, warmup_steps=100)
@@ -37,6 +35,6 @@ def get_config(arg: str | None = None):
   c.log.update(every=50, checkpoint_every=500)
   if chosen[0] == "delay":  # 2 s clips: 100 frames + 7 delay steps; no guidance (one class)
     c.sample.update(num=4, cfg_scale=1.0, top_k=50, prompt_frames=25)
-  if runlocal(arg):
+  if "runlocal" in variants:
     shrink_generator_for_runlocal(c)
   return c

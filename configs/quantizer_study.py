@@ -3,12 +3,13 @@ quantizer, at a matched codebook size of 2^10 codes, each trained the same way.
 
   vqlab study --config configs/quantizer_study.py --workdir runs/study
   vqlab study --config configs/quantizer_study.py:runlocal --workdir /tmp/s   # seconds
-  --config.steps=1000 --config.quantizers=fsq,lfq --config.q.lfq.args.entropy_weight=0.2
+  --config.train.steps=1000 --config.quantizers=fsq,lfq --config.q.lfq.args.entropy_weight=0.2
 """
 
 import ml_collections
 
-from configs.common import quantizer_spec as spec, runlocal
+from configs.common import parse_arg, quantizer_spec as spec
+from vqlab import parallel
 
 
 def quantizer_specs() -> ml_collections.ConfigDict:
@@ -27,21 +28,27 @@ def quantizer_specs() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.steps = 300
-  config.batch_size = 32
-  config.lr = 2e-3
-  config.latent_dim = 16
-  config.width = 32
-  config.eval_size = 500
-  config.log_every = 50
-  config.quantizers = "vq_ste,vq_rotation,vq_ema_restart,simvq,fsq,lfq,bsq,rvq"
-  config.q = quantizer_specs()
-  if runlocal(arg):
-    config.steps = 3
-    config.batch_size = 8
-    config.eval_size = 32
-    config.width = 16
-    config.log_every = 1
-  return config
+  variants = parse_arg(arg)
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init, the train/eval split and the order of the training digits
+  c.dry_run = False  # compile each quantizer's step, print memory and FLOPs, train nothing
+  c.quantizers = "vq_ste,vq_rotation,vq_ema_restart,simvq,fsq,lfq,bsq,rvq"  # names in q
+  c.q = quantizer_specs()  # name -> quantizer spec (kind + every argument of its class)
+  c.model = ml_collections.ConfigDict(dict(
+      latent_dim=16,  # channels of the 8x8 latent grid the quantizer sees
+      width=32))  # conv channels of the autoencoder
+  c.train = ml_collections.ConfigDict(dict(
+      steps=300, batch_size=32, lr=2e-3,  # plain Adam
+      nonfinite="stop"))  # a non-finite loss: "stop" the run, or "skip" the update
+  c.data = ml_collections.ConfigDict(dict(
+      eval_size=500,  # held-out digits (of the 5,000)
+      threads=0, prefetch=0))  # in memory: no reader threads needed
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
+  c.log = ml_collections.ConfigDict(dict(every=50, checkpoint_every=100, keep_checkpoints=2))
+  if "runlocal" in variants:
+    c.train.update(steps=3, batch_size=8)
+    c.data.eval_size = 32
+    c.model.width = 16
+    c.log.update(every=1, checkpoint_every=2)
+  return c

@@ -8,11 +8,12 @@ linear warmup and cosine decay, batch 256, 500k steps.
     --config.data.data_dir=gs://your-bucket/tfds --config.loss.lpips_weights=lpips_vgg16.npz
 """
 
-from configs.common import quantizer_spec, runlocal, shrink_for_runlocal, tokenizer_config
+from configs.common import parse_arg, quantizer_spec, shrink_for_runlocal, tokenizer_config
 from vqlab.models.vit_vqgan import BASE
 
 
 def get_config(arg: str | None = None):
+  variants = parse_arg(arg)
   shape = {k: getattr(BASE, k) for k in BASE.__dataclass_fields__}
   quantizer = quantizer_spec("vq", codebook_size=8192, code_dim=32, metric="cosine",
                              beta=0.25)
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
                 disc_start=0)
   c.mesh.update(data=-1, fsdp=8)  # 8-way FSDP inside each group of data replicas
   c.log.update(every=100, image_every=5000, checkpoint_every=5000, eval_examples=50_000)
-  if runlocal(arg):
+  if "runlocal" in variants:
     shrink_for_runlocal(c, dict(shape, image_size=32, patch_size=4, width=64, depth=2,
                                 heads=4, latent_dim=32))
     c.model.quantizer.args.update(codebook_size=256, code_dim=8)

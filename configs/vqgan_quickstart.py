@@ -11,7 +11,7 @@ photographs. No LPIPS (its weights are not bundled): add
 the next-scale generator.
 """
 
-from configs.common import quantizer_spec, runlocal, shrink_for_runlocal, tokenizer_config
+from configs.common import parse_arg, quantizer_spec, shrink_for_runlocal, tokenizer_config
 
 SHAPE = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
              z_channels=32, embed_dim=32, resolution=32, in_channels=3, norm_groups=8,
@@ -19,9 +19,10 @@ SHAPE = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolut
 
 
 def get_config(arg: str | None = None):
+  variants = parse_arg(arg, known=("msvq",))
   quantizer = quantizer_spec("vq", codebook_size=1024, codebook="ema", kmeans_init=True,
                              dead_code_threshold=0.5)
-  if arg and "msvq" in arg.split(","):  # VAR's multi-scale quantizer: the next-scale chain
+  if "msvq" in variants:  # VAR's multi-scale quantizer: the next-scale chain
     quantizer = quantizer_spec("msvq", codebook_size=1024, patch_nums=(1, 2, 3, 4, 6, 8))
   c = tokenizer_config("vqgan", SHAPE, quantizer)
   c.data.update(name="vqlab_photos", image_size=32, min_crop=32, max_crop=128, in_memory=True,
@@ -30,7 +31,7 @@ def get_config(arg: str | None = None):
   c.loss.update(perceptual_weight=0.0, disc_start=1500, disc_weight=0.1)
   c.disc.update(width=32, n_layers=2)
   c.log.update(every=25, image_every=250, checkpoint_every=500, eval_examples=512)
-  if runlocal(arg):
+  if "runlocal" in variants:
     shrink_for_runlocal(c, dict(SHAPE, channels=8, channel_mult=(1, 2), z_channels=16,
                                 embed_dim=16))
   return c

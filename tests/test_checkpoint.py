@@ -14,6 +14,8 @@ from vqlab.data.digits import load_mnist_digits
 from vqlab.data.pipeline import image_dataset
 from vqlab.train import quantizer_study
 
+_train_step = nnx.jit(quantizer_study.train_step_fn)
+
 
 def _setup(seed):
   config = study_config.get_config("runlocal")
@@ -28,7 +30,7 @@ def _setup(seed):
 
 
 def _steps(model, optimizer, it, n):
-  return [float(quantizer_study.train_step(model, optimizer, jnp.asarray(next(it)["image"]))["loss"])
+  return [float(_train_step(model, optimizer, jnp.asarray(next(it)["image"]))["loss"])
           for _ in range(n)]
 
 

@@ -1,29 +1,30 @@
-"""The `vqlab` command: `vqlab <job> --config configs/<job>.py --workdir DIR [--config.x=...]`."""
+"""The `vqlab` command: `vqlab <verb> --config configs/<job>.py --workdir DIR [--config.x=...]`."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
+# verb -> (module, the kind of run it trains or None, help)
 JOBS = {
-    "train": ("vqlab.train.tokenizer", "train an image tokenizer (VQGAN / ViT-VQGAN) from a "
-              "config; resumes from its workdir"),
-    "eval": ("vqlab.train.tokenizer_eval", "reconstruct a split with a trained tokenizer: "
-             "PSNR, SSIM, code usage, perplexity"),
-    "tokens": ("vqlab.train.export_tokens", "export a dataset's tokens to array_record files"),
-    "generate": ("vqlab.train.generator", "train a token generator (next-token, next-scale "
-                 "or masked) on exported tokens; samples decoded by the tokenizer"),
-    "codec": ("vqlab.train.codec", "train a SoundStream / EnCodec-style audio codec "
-              "(SEANet + residual VQ) on speech; resumes from its workdir"),
-    "study": ("vqlab.train.quantizer_study", "train a conv autoencoder per quantizer on "
-              "the built-in digits and compare them"),
+    "train": ("vqlab.train.runs", None, "train the job a config is for (image tokenizer, audio "
+              "codec, token generator, quantizer study); resumes from its workdir"),
+    "eval": ("vqlab.train.tokenizer_eval", None, "reconstruct a split with a trained tokenizer "
+             "or codec and report its metrics"),
+    "tokens": ("vqlab.train.export_tokens", None, "export a dataset's tokens to array_record "
+               "files"),
+    "convert": ("vqlab.convert", None, "convert published weights (var, lpips, inception) to "
+                "vqlab's .npz files"),
+    "codec": ("vqlab.train.runs", "codec", "= train, for an audio codec config"),
+    "generate": ("vqlab.train.runs", "generator", "= train, for a token generator config"),
+    "study": ("vqlab.train.runs", "study", "= train, for a quantizer study config"),
 }
 
 
 def usage() -> str:
-  lines = ["usage: vqlab <job> --config CONFIG [--workdir DIR] [--config.field=value ...]", "",
-           "jobs:"]
-  lines += [f"  {name:8s} {help_}" for name, (_, help_) in JOBS.items()]
+  lines = ["usage: vqlab <verb> --config CONFIG [--workdir DIR] [--config.field=value ...]", "",
+           "verbs:"]
+  lines += [f"  {name:8s} {help_}" for name, (_, _, help_) in JOBS.items()]
   return "\n".join(lines)
 
 
@@ -32,14 +33,18 @@ def main(argv: list[str] | None = None) -> None:
   if len(argv) < 2 or argv[1] in ("-h", "--help"):
     print(usage())
     sys.exit(0 if len(argv) >= 2 else 2)
-  job = argv[1]
-  if job not in JOBS:
-    print(f"vqlab: unknown job {job!r}; expected one of {sorted(JOBS)}\n\n{usage()}",
+  verb = argv[1]
+  if verb not in JOBS:
+    print(f"vqlab: unknown verb {verb!r}; expected one of {sorted(JOBS)}\n\n{usage()}",
           file=sys.stderr)
     sys.exit(2)
-  from vqlab import distributed
-  distributed.initialize()  # multi-process jobs join here, before any computation
-  importlib.import_module(JOBS[job][0]).main([f"vqlab {job}"] + argv[2:])
+  module, expect, _ = JOBS[verb]
+  if verb != "convert":
+    from vqlab import distributed
+    distributed.initialize()  # multi-process jobs join here, before any computation
+  main_fn = importlib.import_module(module).main
+  args = [f"vqlab {verb}"] + argv[2:]
+  main_fn(args, expect) if expect else main_fn(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ F = torch.nn.functional
 
 import jax.numpy as jnp  # noqa: E402
 
+from vqlab.convert import inception as convert_inception  # noqa: E402
 from vqlab.eval import inception  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def _torch_features(state, images01):
 def test_converted_network_matches_pytorch(side, tmp_path):
   state = _random_state_dict()
   path = tmp_path / "inception.npz"
-  np.savez(path, **inception.convert({k: v.numpy() for k, v in state.items()}))
+  np.savez(path, **convert_inception.convert({k: v.numpy() for k, v in state.items()}))
   params = inception.load_npz(str(path))
   rng = np.random.default_rng(side)
   images = rng.uniform(-1, 1, (2, side, side, 3)).astype(np.float32)
@@ -81,7 +82,7 @@ def test_converted_network_matches_pytorch(side, tmp_path):
 def test_bad_weight_files_are_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match="Inception"):
     inception.load_npz(str(tmp_path / "missing.npz"))
-  arrays = inception.convert({k: v.numpy() for k, v in _random_state_dict().items()})
+  arrays = convert_inception.convert({k: v.numpy() for k, v in _random_state_dict().items()})
   arrays.pop("Mixed_7c.branch_pool/kernel")
   np.savez(tmp_path / "partial.npz", **arrays)
   with pytest.raises(ValueError, match="Mixed_7c.branch_pool/kernel"):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vqlab.convert import lpips as convert_lpips
 from vqlab.losses import perceptual
 from vqlab.losses.perceptual import LPIPS
 
@@ -48,7 +49,7 @@ def test_converted_published_files_match_pytorch(tmp_path):
          for k, e in enumerate(perceptual.STAGE_ENDS)}
   torch.save(vgg, tmp_path / "vgg16.pth")
   torch.save(lin, tmp_path / "vgg.pth")
-  perceptual.main(["--vgg", str(tmp_path / "vgg16.pth"), "--lin", str(tmp_path / "vgg.pth"),
+  convert_lpips.main(["--vgg", str(tmp_path / "vgg16.pth"), "--lin", str(tmp_path / "vgg.pth"),
                    "--out", str(tmp_path / "lpips.npz")])
   lpips = LPIPS(nnx.Rngs(1)).load_npz(str(tmp_path / "lpips.npz"))
   x, y = _images(2), _images(3)

@@ -17,7 +17,7 @@ from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data.pipeline import iterate
 from vqlab.eval import audio_metrics
-from vqlab.train import codec
+from vqlab.train import codec, runs
 from vqlab.train.common import read_jsonl
 
 
@@ -48,7 +48,7 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   assert sorted(os.listdir(audio))[:2] == ["0_original.wav", "0_reconstruction.wav"]
   assert (tmp_path / "audio" / "step_0000002.png").exists()
   assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
-  model = codec.load_codec(str(tmp_path))
+  model = runs.load_codec(str(tmp_path))
   assert model.sample_rate == config.data.sample_rate and model.num_levels == levels
 
 
@@ -76,7 +76,7 @@ def test_short_run_on_speech_learns(speech_data_dir, tmp_path):
   config.loss.update(disc_start=10_000, stft=0.0)  # reconstruction only: the GAN has its test
   config.log.update(every=50, audio_every=1000, checkpoint_every=1000, eval_examples=32)
   summary = codec.train(config, str(tmp_path))
-  clips = np.concatenate([b["audio"] for b in iterate(codec.datasets(
+  clips = np.concatenate([b["audio"] for b in iterate(runs.datasets(
       config, "synth_test", train=False, batch_size=8, num_examples=32), threads=0)])[:32]
   bar = float(np.mean(audio_metrics.mel_distance(_stationary_reference(clips), clips, 16000)))
   got = summary["mel_distance"]
@@ -112,7 +112,7 @@ def test_sharded_step_matches_one_device(speech_data_dir):
   config.model.quantizer.args.update(kmeans_init=False, dead_code_threshold=0.0)
   config.loss.stft = 0.0  # log |X| of near-silent bins amplifies summation-order rounding
   graphdef, state = codec.init_state(config)
-  it = iterate(codec.datasets(config, "train", train=True, batch_size=8), threads=0)
+  it = iterate(runs.datasets(config, "train", train=True, batch_size=8), threads=0)
   batches = [next(it)["audio"] for _ in range(3)]
   c = config.loss
   loss = codec.LossSpec(config.data.sample_rate, c.wave_l1, c.mel, c.stft, c.quantizer,
@@ -158,7 +158,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
   for a, b in zip(rows["resumed"], rows["straight"]):
     assert {k: v for k, v in a.items() if k != "steps_per_second"} == \
         {k: v for k, v in b.items() if k != "steps_per_second"}
-  states = [codec.restore(str(tmp_path / name))[2] for name in ("resumed", "straight")]
+  states = [runs.restore(str(tmp_path / name))[2] for name in ("resumed", "straight")]
   raw = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_array_equal(np.asarray(raw(a)), np.asarray(raw(b)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import generator_quickstart
-from vqlab.train import generator
+from vqlab.train import generator, runs
 from vqlab.train.common import read_jsonl
 
 
@@ -98,7 +98,7 @@ def test_delay_paradigm_continues_speech_prompts(speech_chain, tmp_path):
   names = sorted(os.listdir(samples))
   assert names == sorted([f"{i}_{k}.wav" for i in range(4) for k in ("original", "continued")])
   assert (tmp_path / "audio" / "samples_0000002.png").exists()
-  model, tok = generator.load_generator(str(tmp_path))
+  model, tok = runs.load_generator(str(tmp_path))
   assert (model.frames, model.levels) == (25, 3) and tok.sample_rate == 16000
   c.paradigm = "raster"  # image paradigms refuse audio tokens
   with pytest.raises(ValueError, match="delay"):

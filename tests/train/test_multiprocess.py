@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vqlab.train import generator
+from vqlab.train import runs
 from vqlab.train.common import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -43,6 +43,6 @@ def test_two_processes_equal_one(chain, tmp_path):
                       if "loss" in r]
   np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
   assert len(losses(two)) == 6
-  params = lambda w: jax.tree.leaves(nnx.state(generator.load_generator(w)[0], nnx.Param))
+  params = lambda w: jax.tree.leaves(nnx.state(runs.load_generator(w)[0], nnx.Param))
   for a, b in zip(params(two), params(one)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

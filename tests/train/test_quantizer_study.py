@@ -21,7 +21,7 @@ def test_runlocal_trains_every_quantizer_and_writes_results(tmp_path):
   saved = json.loads((tmp_path / "results.json").read_text())
   assert [r["quantizer"] for r in saved] == [r["quantizer"] for r in results]
   assert (tmp_path / "reconstructions.png").stat().st_size > 1000
-  assert json.loads((tmp_path / "config.json").read_text())["steps"] == config.steps
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == config.train.steps
 
 
 @pytest.mark.parametrize("name", ["vq_ema_restart", "fsq"])
@@ -29,9 +29,9 @@ def test_a_short_run_learns_the_real_digits(name, tmp_path):
   """150 steps must halve the error of the best constant guess (the mean training image):
   a model that ignores its input cannot do that, one that reconstructs digits does."""
   config = study_config.get_config()
-  config.steps, config.quantizers, config.eval_size = 150, name, 256
+  config.train.steps, config.quantizers, config.data.eval_size = 150, name, 256
   images, _ = load_mnist_digits()
-  train, test = train_eval_split(images, config.eval_size)
+  train, test = train_eval_split(images, config.data.eval_size)
   x_train, x_test = (i.astype(np.float32) / 127.5 - 1 for i in (train, test))
   baseline = float(np.mean((x_test - x_train.mean(0)) ** 2))
   result = quantizer_study.run(config, str(tmp_path))[0]

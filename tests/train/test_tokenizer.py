@@ -20,7 +20,7 @@ from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin, tokens
 from vqlab.data.pipeline import iterate
-from vqlab.train import export_tokens, tokenizer, tokenizer_eval
+from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval
 from vqlab.train.common import read_jsonl, to_unit
 
 CONFIGS = ("vqgan_quickstart", "vqgan_imagenet_f16", "vit_vqgan_imagenet")
@@ -60,7 +60,7 @@ def test_every_config_trains_in_runlocal(name, data_dir, tmp_path):
 
 def _best_constant_psnr(config, n):
   """PSNR of the best constant image (each image's mean colour) on the eval crops."""
-  ds = tokenizer.datasets(config, config.data.eval_split, train=False,
+  ds = runs.datasets(config, config.data.eval_split, train=False,
                           batch_size=config.train.batch_size, num_examples=n)
   x = np.concatenate([np.asarray(to_unit(b["image"])) for b in iterate(ds, threads=0)])[:n]
   mse = ((x - x.mean(axis=(1, 2), keepdims=True)) ** 2).mean(axis=(1, 2, 3))
@@ -83,7 +83,7 @@ def test_short_run_on_real_photos_learns(data_dir, tmp_path):
 
 
 def _final_params(workdir):
-  _, _, state, step = tokenizer.restore(workdir)
+  _, _, state, step = runs.restore(workdir)
   return step, jax.tree.leaves(state)
 
 
@@ -120,7 +120,7 @@ def test_sharded_step_matches_one_device(mesh_shape, data_dir):
   config.loss.update(lecam_weight=0.1)
   config.train.ema_decay = 0.5
   graphdef, state = tokenizer.init_state(config)
-  it = iterate(tokenizer.datasets(config, "train", train=True, batch_size=16), threads=0)
+  it = iterate(runs.datasets(config, "train", train=True, batch_size=16), threads=0)
   batches = [next(it)["image"] for _ in range(3)]
   loss = tokenizer.LossSpec.from_config(config)
   step = functools.partial(tokenizer.train_step, graphdef=graphdef, loss=loss, gan=True,
@@ -191,7 +191,7 @@ def test_eval_command_and_token_export(data_dir, tmp_path):
   n = export_tokens.export(workdir, out, split="test", examples=37, batch_size=16)
   source = tokens.TokenSource(out)
   assert n == len(source) == 37 and source.meta["codebook_size"] == 1024
-  model = tokenizer.load_tokenizer(workdir)
+  model = runs.load_tokenizer(workdir)
   digits = builtin.load("vqlab_digits", data_dir, "test")
   images = np.stack([digits[i]["image"] for i in range(37)])
   want = np.asarray(model.encode(to_unit(jnp.asarray(images))).indices)

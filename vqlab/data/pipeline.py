@@ -12,12 +12,13 @@ single-process global batch, row for row.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import grain
 import numpy as np
 from PIL import Image
+
+from vqlab.dsp import resample
 
 
 class SelectKeys(grain.transforms.Map):
@@ -121,15 +122,6 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
   return _crops(ds, crop, batch_size=batch_size, seed=seed, shuffle=shuffle,
                 num_epochs=num_epochs, keys=keys, process_index=process_index,
                 process_count=process_count, drop_remainder=drop_remainder)
-
-
-def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-  """Polyphase resampling (scipy's Kaiser-windowed FIR) from `rate` to `target` Hz."""
-  if rate == target:
-    return wave
-  from scipy.signal import resample_poly
-  g = math.gcd(int(rate), int(target))
-  return resample_poly(wave, target // g, rate // g).astype(np.float32)
 
 
 def normalize_loudness(wave: np.ndarray, target_dbfs: float, peak: float = 0.99) -> np.ndarray:

@@ -46,7 +46,7 @@ def pesq_stoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> 
   except ImportError:
     pesq = None
   if pesq is not None:
-    from vqlab.data.pipeline import resample
+    from vqlab.dsp import resample
     scores = []
     for e, r in zip(est, ref):
       try:

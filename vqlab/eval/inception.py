@@ -7,16 +7,16 @@ the Inception Score (`logits`).
 
 The network is written once against a small `ops` interface (conv + batch norm + ReLU,
 pools, concat), so the same topology runs in JAX (`JaxOps`, NHWC) and, in the tests,
-in PyTorch ops on the original state dict. Weights are converted once:
+in PyTorch ops on the original state dict. Weights are converted once
+(vqlab/convert/inception.py):
 
-  python -m vqlab.eval.inception --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
+  vqlab convert inception --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
-Each conv's batch norm (eps 1e-3) is folded into a per-channel scale and bias.
+The converter folds each conv's batch norm (eps 1e-3) into a per-channel scale and bias.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 
@@ -212,24 +212,6 @@ def random_params(seed: int = 0) -> dict:
 # ----------------------------------------------------------------------------- weights
 
 
-def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """pytorch-fid's state dict -> .npz arrays: OIHW -> HWIO, batch norm folded."""
-  out = {}
-  for key in state:
-    if not key.endswith(".conv.weight"):
-      continue
-    name = key[:-len(".conv.weight")]
-    g = lambda s: np.asarray(state[f"{name}.bn.{s}"], np.float64)
-    scale = g("weight") / np.sqrt(g("running_var") + BN_EPS)
-    out[f"{name}/kernel"] = np.asarray(state[key], np.float32).transpose(2, 3, 1, 0)
-    out[f"{name}/scale"] = scale.astype(np.float32)
-    out[f"{name}/bias"] = (g("bias") - g("running_mean") * scale).astype(np.float32)
-  if "fc.weight" in state:
-    out["fc/kernel"] = np.asarray(state["fc.weight"], np.float32).T
-    out["fc/bias"] = np.asarray(state["fc.bias"], np.float32)
-  return out
-
-
 def load(weights: str) -> dict:
   """A converted .npz, or "random" (smoke tests: numbers, but not FIDs)."""
   return random_params() if weights == "random" else load_npz(weights)
@@ -259,20 +241,3 @@ def load_npz(path: str) -> dict:
       if got != shape:
         raise ValueError(f"{name}/{field}: expected shape {shape}, got {got}")
   return params
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Convert pytorch-fid's Inception weights.")
-  parser.add_argument("--pth", required=True, help="pt_inception-2015-12-05-6726825d.pth")
-  parser.add_argument("--out", required=True, help="output .npz")
-  args = parser.parse_args(argv)
-  if not os.path.exists(args.pth):
-    raise FileNotFoundError(f"--pth: no such file {args.pth!r}")
-  import torch  # only the conversion reads PyTorch files
-  state = {k: v.numpy() for k, v in torch.load(args.pth, map_location="cpu").items()}
-  np.savez(args.out, **convert(state))
-  print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-  main()

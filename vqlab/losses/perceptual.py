@@ -7,7 +7,7 @@ VGG16 features, as richzhang/PerceptualSimilarity `lpips` v0.1:
 
 Weights come from the published files the user points to, converted once:
 
-  python -m vqlab.losses.perceptual --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg16.npz
+  vqlab convert lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg16.npz
 
 (`--vgg`: torchvision's VGG16 state dict, keys `features.N.weight/bias`; `--lin`: the
 LPIPS linear layers, keys `linK.model.1.weight`.) Loading the .npz needs no PyTorch.
@@ -15,7 +15,6 @@ LPIPS linear layers, keys `linK.model.1.weight`.) Loading the .npz needs no PyTo
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import flax.linen
@@ -88,34 +87,3 @@ def _assign(var: nnx.Variable, arrays: dict, key: str) -> None:
   if arrays[key].shape != var[...].shape:
     raise ValueError(f"{key}: expected shape {var[...].shape}, got {arrays[key].shape}")
   var[...] = jnp.asarray(arrays[key], jnp.float32)
-
-
-def convert(vgg_state: dict, lin_state: dict) -> dict[str, np.ndarray]:
-  """PyTorch state dicts (arrays) -> the .npz names: OIHW kernels become HWIO."""
-  out = {}
-  for i, t in enumerate(TORCHVISION_INDEX):
-    w, b = (np.asarray(vgg_state[f"features.{t}.{n}"], np.float32) for n in ("weight", "bias"))
-    out[f"conv{i}_kernel"] = w.transpose(2, 3, 1, 0)
-    out[f"conv{i}_bias"] = b
-  for k in range(len(STAGE_ENDS)):
-    out[f"lin{k}"] = np.asarray(lin_state[f"lin{k}.model.1.weight"], np.float32).reshape(-1)
-  return out
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Convert LPIPS-VGG16 weights to .npz.")
-  parser.add_argument("--vgg", required=True, help="torchvision VGG16 state dict (.pth)")
-  parser.add_argument("--lin", required=True, help="LPIPS linear layers, e.g. vgg.pth")
-  parser.add_argument("--out", required=True, help="output .npz")
-  args = parser.parse_args(argv)
-  import torch  # only the conversion reads PyTorch files
-  load = lambda p: {k: v.numpy() for k, v in torch.load(p, map_location="cpu").items()}
-  for name in ("vgg", "lin"):
-    if not os.path.exists(getattr(args, name)):
-      raise FileNotFoundError(f"--{name}: no such file {getattr(args, name)!r}")
-  np.savez(args.out, **convert(load(args.vgg), load(args.lin)))
-  print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-  main()

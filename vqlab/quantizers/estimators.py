@@ -3,6 +3,12 @@
 Every estimator returns the hard code vectors in the forward pass; they differ only in
 the gradient they send back. All work in float32 on flattened (N, D) rows.
 
+The quantizers call them through one registry (`ESTIMATORS`, bottom of this file): an
+estimator there takes (rows z, codebook, `EstimatorContext`) and returns an `Estimate`
+(indices, hard codes with its gradient, its own loss and metrics), so one that samples
+(Gumbel) draws its own noise. Adding an estimator = one custom VJP + one registered
+function here.
+
 - straight_through: d/dz = identity (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937).
 - rotation_trick: the gradient is rotated and scaled by the map that takes z to q
   (Fifty et al. 2024, https://arxiv.org/abs/2410.06424).
@@ -14,22 +20,18 @@ the gradient they send back. All work in float32 on flattened (N, D) rows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from vqlab.quantizers.core import EXACT
-from vqlab.quantizers.search import squared_distances
+from vqlab.quantizers.search import nearest_code, squared_distances
 
 Array = jax.Array
-
-ESTIMATORS = ("ste", "rotation", "ibq", "gumbel")
-
-
-def check_estimator(name: str) -> None:
-  if name not in ESTIMATORS:
-    raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {name!r}")
 
 
 # --- straight-through -------------------------------------------------------------
@@ -177,3 +179,69 @@ def _gumbel_bwd(temperature, block_size, res, g):
 
 
 gumbel_softmax.defvjp(_gumbel_fwd, _gumbel_bwd)
+
+
+# --- the registry the quantizers use -----------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorContext:
+  """What an estimator may use besides the rows and the codebook."""
+  training: bool  # False: deterministic (no noise), as at evaluation
+  next_key: Callable[[], Array]  # draws a fresh key; called only by estimators that sample
+  block_size: int  # most (rows, K) distances / logits held at once
+  temperature: float = 1.0  # Gumbel
+  kl_weight: float = 0.0  # Gumbel: weight of the KL to the uniform prior
+
+
+class Estimate(NamedTuple):
+  indices: Array  # (N,) int32
+  quantized: Array  # (N, D) the hard codes C[indices], with the estimator's gradient
+  loss: Array | float  # the estimator's own loss term (0 for most)
+  metrics: dict
+
+
+def _nearest(z, codebook, ctx) -> Array:
+  return nearest_code(z, codebook, "l2", ctx.block_size)[0]
+
+
+def _ste(z, codebook, ctx) -> Estimate:
+  idx = _nearest(z, codebook, ctx)
+  return Estimate(idx, straight_through(z, jnp.take(codebook, idx, axis=0)), 0.0, {})
+
+
+def _rotation(z, codebook, ctx) -> Estimate:
+  idx = _nearest(z, codebook, ctx)
+  return Estimate(idx, rotation_trick(z, jnp.take(codebook, idx, axis=0)), 0.0, {})
+
+
+def _ibq(z, codebook, ctx) -> Estimate:
+  idx = _nearest(z, codebook, ctx)
+  return Estimate(idx, index_backprop(z, codebook, idx, ctx.block_size), 0.0, {})
+
+
+def _gumbel(z, codebook, ctx) -> Estimate:
+  """Hard Gumbel sample while training (taming's GumbelQuantize, with its optional KL to
+  the uniform prior); the nearest code with straight-through at evaluation."""
+  if not ctx.training:
+    return _ste(z, codebook, ctx)
+  k = codebook.shape[0]
+  noise = jax.random.gumbel(ctx.next_key(), (z.shape[0], k))
+  logits = gumbel_logits(z, codebook)
+  idx = jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
+  q = gumbel_softmax(z, codebook, noise, idx, ctx.temperature, ctx.block_size)
+  if ctx.kl_weight <= 0:
+    return Estimate(idx, q, 0.0, {})
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  kl = jnp.mean(jnp.sum(jnp.exp(log_probs) * (log_probs + jnp.log(k)), -1))
+  return Estimate(idx, q, ctx.kl_weight * kl, {"gumbel_kl": kl})
+
+
+# name -> estimator(z (N, D), codebook (K, D), EstimatorContext) -> Estimate
+ESTIMATORS: dict[str, Callable[[Array, Array, EstimatorContext], Estimate]] = {
+    "ste": _ste, "rotation": _rotation, "ibq": _ibq, "gumbel": _gumbel,
+}
+
+
+def check_estimator(name: str) -> None:
+  if name not in ESTIMATORS:
+    raise ValueError(f"estimator: expected one of {tuple(ESTIMATORS)}, got {name!r}")

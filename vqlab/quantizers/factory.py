@@ -45,10 +45,7 @@ def build(kind: str, dim: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
   if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
     raise ValueError(f"{kind}: unknown arguments {unknown}; expected some of "
                      f"{sorted(k for k in accepted if k not in ('self', 'rngs'))}")
-  if kind == "rfsq":  # residual FSQ works in len(levels) channels
-    quantizer = cls(rngs=rngs, **kwargs)
-  else:
-    quantizer = cls(dim=dim, rngs=rngs, **kwargs)
+  quantizer = cls(dim=dim, rngs=rngs, **kwargs)
   if quantizer.dim != dim:
     raise ValueError(f"{kind}: built for dim={quantizer.dim}, expected {dim}")
   return quantizer

@@ -223,9 +223,13 @@ class GroupedResidualVQ(GroupedQuantizer):
 class ResidualFSQ(ResidualQuantizer):
   """Residual FSQ: symmetric hard-clamped FSQ at every level, level l at scale levels^-l."""
 
-  def __init__(self, levels: Sequence[int], num_levels: int, *,
+  def __init__(self, levels: Sequence[int], num_levels: int, *, dim: int | None = None,
                quantizer_dropout: bool = False, rngs: nnx.Rngs | None = None):
+    """`dim`, when given, must be len(levels): residual FSQ works in its code axes."""
     levels = check_levels(levels, symmetric=True)
+    if dim is not None and dim != len(levels):
+      raise ValueError(f"dim: residual FSQ quantizes len(levels)={len(levels)} channels "
+                       f"(no projections), got dim={dim}")
     if not isinstance(num_levels, int) or num_levels < 1:
       raise ValueError(f"num_levels: expected a positive int, got {num_levels!r}")
     scales = [np.asarray(levels, np.float32) ** -l for l in range(num_levels)]

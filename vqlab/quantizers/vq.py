@@ -2,7 +2,10 @@
 
 VQ-VAE (van den Oord et al. 2017, https://arxiv.org/abs/1711.00937): codebook loss
 |sg(z) - q|^2 plus beta * commitment |z - sg(q)|^2, as in VQGAN (taming-transformers).
-Variants, each a small function below composed by `VectorQuantizer`:
+Variants, each a small function or object below composed by `VectorQuantizer`: the
+codebook kind is an object of `CODEBOOKS` (how codes are stored, read, updated and reset),
+the estimator an entry of `estimators.ESTIMATORS`; adding either is one class or function
+plus one registry line.
 - metric "cosine" + `code_dim`: factorized, l2-normalised low-dimensional codes
   (ViT-VQGAN, Yu et al. 2021, https://arxiv.org/abs/2110.04627; LlamaGen).
 - codebook "ema": EMA cluster statistics with Laplace smoothing instead of a codebook
@@ -31,9 +34,6 @@ from vqlab.quantizers.core import (QuantizerOutput, QuantizerState, check_indice
 from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
 
 Array = jax.Array
-
-CODEBOOKS = ("learned", "ema", "projected")
-
 
 class FrozenCodebook(nnx.Variable):
   """A codebook that no optimizer touches (SimVQ / VQGAN-LC)."""
@@ -139,20 +139,95 @@ def restart_dead_codes(codebook: Array, usage: Array, z_nd: Array, threshold: fl
   return jnp.where(dead[:, None], sampled, codebook), dead
 
 
-def apply_estimator(name: str, z: Array, codebook: Array, indices: Array, *,
-                    noise: Array | None = None, temperature: float = 1.0,
-                    block_size: int = DEFAULT_BLOCK_SIZE) -> Array:
-  """Hard code vectors C[indices] with the gradient of the named estimator."""
-  if name == "ste":
-    return estimators.straight_through(z, jnp.take(codebook, indices, axis=0))
-  if name == "rotation":
-    return estimators.rotation_trick(z, jnp.take(codebook, indices, axis=0))
-  if name == "ibq":
-    return estimators.index_backprop(z, codebook, indices, block_size)
-  if name == "gumbel":
-    return estimators.gumbel_softmax(z, codebook, noise, indices, temperature, block_size)
-  estimators.check_estimator(name)
-  raise AssertionError(name)
+# --- codebook kinds ------------------------------------------------------------------
+
+class Codebook:
+  """How a `VectorQuantizer`'s codes are stored, read and learned. The variables live on
+  the quantizer module itself (`vq.codebook`, ...), so a checkpoint's layout is the
+  module's; this object only says what to do with them."""
+  learns_by_loss = True  # the codebook term |sg(z) - q|^2 of the loss trains it
+  stored = True  # codes are stored rows: k-means init and dead-code restarts may write them
+
+  def create(self, vq: "VectorQuantizer", key: Array, frozen_codebook: Array | None) -> None:
+    raise NotImplementedError
+
+  def codes(self, vq: "VectorQuantizer") -> Array:
+    """The raw codes (K, code_dim)."""
+    return vq.codebook[...]
+
+  def update(self, vq: "VectorQuantizer", h: Array, indices: Array, mask: Array | None
+             ) -> None:
+    """Statistics after a training step's assignment (EMA); nothing for most kinds."""
+
+  def reset(self, vq: "VectorQuantizer", rows: Array, codes: Array, counts: Array) -> None:
+    """Overwrite the codes of `rows` (K,) bool with `codes` (K, D), as if each had been
+    assigned `counts` (K,) vectors (k-means init, dead-code restarts)."""
+    vq.codebook[...] = jnp.where(rows[:, None], codes.astype(vq.codebook.dtype),
+                                 vq.codebook[...])
+
+
+class LearnedCodebook(Codebook):
+  """Codes as parameters trained by the codebook loss; taming-transformers' init
+  uniform(-1/K, 1/K)."""
+
+  def create(self, vq, key, frozen_codebook):
+    k = vq.codebook_size
+    vq.codebook = nnx.Param(jax.random.uniform(key, (k, vq.code_dim), minval=-1.0 / k,
+                                               maxval=1.0 / k))
+
+
+class EMACodebook(Codebook):
+  """EMA cluster sizes and sums with Laplace smoothing (VQ-VAE appendix; SoundStream /
+  EnCodec): codes = sums / smoothed sizes, no codebook loss."""
+  learns_by_loss = False
+
+  def create(self, vq, key, frozen_codebook):
+    # Unit cluster sizes make the initial codebook embed_sum / 1 = the random codes.
+    init = jax.random.normal(key, (vq.codebook_size, vq.code_dim))
+    vq.codebook = QuantizerState(init)
+    vq.cluster_size = QuantizerState(jnp.ones((vq.codebook_size,)))
+    vq.embed_sum = QuantizerState(init)
+
+  def update(self, vq, h, indices, mask):
+    size, sums, codebook = ema_codebook_update(vq.cluster_size[...], vq.embed_sum[...], h,
+                                               indices, vq.ema_decay, vq.ema_eps, mask)
+    vq.cluster_size[...], vq.embed_sum[...] = size, sums
+    vq.codebook[...] = codebook
+
+  def reset(self, vq, rows, codes, counts):
+    super().reset(vq, rows, codes, counts)
+    vq.cluster_size[...] = jnp.where(rows, counts, vq.cluster_size[...])
+    vq.embed_sum[...] = jnp.where(rows[:, None], vq.codebook[...] * counts[:, None],
+                                  vq.embed_sum[...])
+
+
+class ProjectedCodebook(Codebook):
+  """A frozen basis times a learned linear map: SimVQ with the default random basis,
+  VQGAN-LC with `frozen_codebook=` features. Nothing stored to reset."""
+  stored = False
+
+  def create(self, vq, key, frozen_codebook):
+    k, d = vq.codebook_size, vq.code_dim
+    if frozen_codebook is None:
+      frozen_codebook = jax.random.normal(key, (k, d)) * d**-0.5
+    frozen_codebook = jnp.asarray(frozen_codebook, jnp.float32)
+    if frozen_codebook.ndim != 2 or frozen_codebook.shape[0] != k:
+      raise ValueError(f"frozen_codebook: expected shape ({k}, F), got "
+                       f"{tuple(frozen_codebook.shape)}")
+    vq.frozen = FrozenCodebook(frozen_codebook)
+    vq.projector = nnx.Linear(frozen_codebook.shape[1], d, use_bias=False, rngs=vq.rngs)
+
+  def codes(self, vq):
+    return vq.projector(vq.frozen[...])
+
+  def reset(self, vq, rows, codes, counts):
+    raise AssertionError("a projected codebook stores no codes")  # refused in __init__
+
+
+# name (config field `codebook`) -> the kind
+CODEBOOKS: dict[str, Codebook] = {
+    "learned": LearnedCodebook(), "ema": EMACodebook(), "projected": ProjectedCodebook(),
+}
 
 
 # --- module --------------------------------------------------------------------------
@@ -192,15 +267,16 @@ class VectorQuantizer(nnx.Module):
     check_metric(metric)
     estimators.check_estimator(estimator)
     if codebook not in CODEBOOKS:
-      raise ValueError(f"codebook: expected one of {CODEBOOKS}, got {codebook!r}")
+      raise ValueError(f"codebook: expected one of {tuple(CODEBOOKS)}, got {codebook!r}")
     for name, value in (("dim", dim), ("codebook_size", codebook_size)):
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
     if code_dim is not None and (not isinstance(code_dim, int) or code_dim < 1):
       raise ValueError(f"code_dim: expected None or a positive int, got {code_dim!r}")
-    if codebook == "projected" and (kmeans_init or dead_code_threshold > 0):
-      raise ValueError("codebook: 'projected' codes are a fixed basis times a learned map; "
-                       "kmeans_init and dead_code_threshold need a directly stored codebook")
+    if not CODEBOOKS[codebook].stored and (kmeans_init or dead_code_threshold > 0):
+      raise ValueError(f"codebook: {codebook!r} codes are not stored rows (a fixed basis "
+                       "times a learned map); kmeans_init and dead_code_threshold need a "
+                       "directly stored codebook")
     if frozen_codebook is not None and codebook != "projected":
       raise ValueError(f"frozen_codebook: only used with codebook='projected', got "
                        f"codebook={codebook!r}")
@@ -213,7 +289,8 @@ class VectorQuantizer(nnx.Module):
     self.dim, self.codebook_size = dim, codebook_size
     self.code_dim = code_dim or dim
     self.metric, self.estimator, self.beta = metric, estimator, beta
-    self.codebook_kind = codebook
+    self.codebook_kind = codebook  # the config's name; `codebook_ops` does the work
+    self.codebook_ops = CODEBOOKS[codebook]
     self.ema_decay, self.ema_eps = ema_decay, ema_eps
     self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
     self.dead_code_threshold = dead_code_threshold
@@ -228,36 +305,14 @@ class VectorQuantizer(nnx.Module):
     self.project_in = nnx.data(nnx.Linear(dim, code_dim, rngs=rngs) if project else None)
     self.project_out = nnx.data(nnx.Linear(code_dim, dim, rngs=rngs) if project else None)
 
-    k, d = codebook_size, self.code_dim
-    key = rngs.params()
-    if codebook == "projected":
-      if frozen_codebook is None:
-        frozen_codebook = jax.random.normal(key, (k, d)) * d**-0.5
-      frozen_codebook = jnp.asarray(frozen_codebook, jnp.float32)
-      if frozen_codebook.ndim != 2 or frozen_codebook.shape[0] != k:
-        raise ValueError(f"frozen_codebook: expected shape ({k}, F), got "
-                         f"{tuple(frozen_codebook.shape)}")
-      self.frozen = FrozenCodebook(frozen_codebook)
-      self.projector = nnx.Linear(frozen_codebook.shape[1], d, use_bias=False, rngs=rngs)
-    elif codebook == "ema":
-      # Unit cluster sizes make the initial codebook embed_sum / 1 = the random codes.
-      init = jax.random.normal(key, (k, d))
-      self.codebook = QuantizerState(init)
-      self.cluster_size = QuantizerState(jnp.ones((k,)))
-      self.embed_sum = QuantizerState(init)
-    else:  # taming-transformers' uniform(-1/K, 1/K)
-      self.codebook = nnx.Param(jax.random.uniform(key, (k, d), minval=-1.0 / k, maxval=1.0 / k))
-    self.usage = QuantizerState(jnp.zeros((k,)))
+    self.codebook_ops.create(self, rngs.params(), frozen_codebook)
+    self.usage = QuantizerState(jnp.zeros((codebook_size,)))
     self.initialized = QuantizerState(jnp.asarray(not kmeans_init))
 
   # codes --------------------------------------------------------------------------
   def codes(self) -> Array:
     """The effective codebook (K, code_dim) in float32, normalised for cosine."""
-    if self.codebook_kind == "projected":
-      c = self.projector(self.frozen[...])
-    else:
-      c = self.codebook[...]
-    c = c.astype(jnp.float32)
+    c = self.codebook_ops.codes(self).astype(jnp.float32)
     return l2_normalize(c) if self.metric == "cosine" else c
 
   def decode(self, indices: Array) -> Array:
@@ -285,24 +340,14 @@ class VectorQuantizer(nnx.Module):
       self._maybe_kmeans_init(h)
     codebook = self.codes()
 
-    noise = None
-    if training and self.estimator == "gumbel":
-      noise = jax.random.gumbel(self.rngs.quantizer(), (h.shape[0], self.codebook_size))
-      logits = estimators.gumbel_logits(h, codebook)
-      indices = jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
-    else:
-      indices, _ = nearest_code(h, codebook, "l2", self.block_size)
-
-    q_hard = jnp.take(codebook, indices, axis=0)
-    loss, metrics = vq_loss(h, q_hard, self.beta, self.codebook_kind != "ema", flat_mask)
-    if noise is not None and self.gumbel_kl_weight > 0:
-      log_probs = jax.nn.log_softmax(logits, axis=-1)
-      kl = jnp.mean(jnp.sum(jnp.exp(log_probs) * (log_probs + jnp.log(self.codebook_size)), -1))
-      loss = loss + self.gumbel_kl_weight * kl
-      metrics["gumbel_kl"] = kl
-    estimator = self.estimator if training or self.estimator != "gumbel" else "ste"
-    q = apply_estimator(estimator, h, codebook, indices, noise=noise,
-                        temperature=self.gumbel_temperature, block_size=self.block_size)
+    ctx = estimators.EstimatorContext(training, self.rngs.quantizer, self.block_size,
+                                      self.gumbel_temperature, self.gumbel_kl_weight)
+    indices, q, estimator_loss, estimator_metrics = estimators.ESTIMATORS[self.estimator](
+        h, codebook, ctx)
+    loss, metrics = vq_loss(h, jnp.take(codebook, indices, axis=0), self.beta,
+                            self.codebook_ops.learns_by_loss, flat_mask)
+    loss = loss + estimator_loss
+    metrics.update(estimator_metrics)
 
     metrics.update(track_usage(self, indices, flat_mask))
     if training:
@@ -323,33 +368,22 @@ class VectorQuantizer(nnx.Module):
     def run_kmeans(_):
       return kmeans(h, self.codebook_size, key, self.kmeans_iters, self.metric, self.block_size)
 
-    def keep(_):
+    def keep(_):  # k-means is skipped, not just discarded, once it has run
       return (self.codebook[...].astype(jnp.float32),
               jnp.zeros((self.codebook_size,), jnp.float32))
 
     done = self.initialized[...]
     centres, counts = jax.lax.cond(done, keep, run_kmeans, None)
-    self.codebook[...] = centres.astype(self.codebook[...].dtype)
-    if self.codebook_kind == "ema":
-      size = jnp.where(done, self.cluster_size[...], counts)
-      self.cluster_size[...] = size
-      self.embed_sum[...] = jnp.where(done, self.embed_sum[...], centres * size[:, None])
+    rows = jnp.broadcast_to(jnp.logical_not(done), (self.codebook_size,))
+    self.codebook_ops.reset(self, rows, centres, counts)
     self.initialized[...] = jnp.asarray(True)
 
   def _update_codebook(self, h: Array, indices: Array, mask: Array | None) -> None:
-    if self.codebook_kind == "ema":
-      size, sums, codebook = ema_codebook_update(
-          self.cluster_size[...], self.embed_sum[...], h, indices, self.ema_decay,
-          self.ema_eps, mask)
-      self.cluster_size[...], self.embed_sum[...] = size, sums
-      self.codebook[...] = codebook
+    self.codebook_ops.update(self, h, indices, mask)
     if self.dead_code_threshold > 0:
       codebook, dead = restart_dead_codes(self.codebook[...], self.usage[...], h,
                                           self.dead_code_threshold, self.rngs.quantizer())
-      self.codebook[...] = codebook
       # A restarted code starts at the threshold: it must be used to stay alive.
+      self.codebook_ops.reset(self, dead, codebook,
+                      jnp.full((self.codebook_size,), self.dead_code_threshold))
       self.usage[...] = jnp.where(dead, self.dead_code_threshold, self.usage[...])
-      if self.codebook_kind == "ema":
-        self.cluster_size[...] = jnp.where(dead, self.dead_code_threshold, self.cluster_size[...])
-        self.embed_sum[...] = jnp.where(dead[:, None], codebook * self.dead_code_threshold,
-                                        self.embed_sum[...])

@@ -1,4 +1,5 @@
-"""Small helpers every trainer shares: the workdir, metric writers, image grids, pixels."""
+"""Small helpers every trainer shares: the workdir, optimizers and schedules, the batch
+split, parameter EMAs, metric writers, image grids and audio files, pixels."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 from PIL import Image, ImageDraw
 
 
@@ -31,6 +34,44 @@ def check_free_space(workdir: str, need_bytes: int) -> None:
   if free < need_bytes:
     raise OSError(f"workdir: {workdir!r} has {free / 2**20:,.0f} MiB free, expected at least "
                   f"{need_bytes / 2**20:,.0f} MiB for two checkpoints of this state")
+
+
+def schedule(config: ml_collections.ConfigDict, lr: float) -> optax.Schedule:
+  """`train.schedule`: linear warmup to `lr`, then constant or cosine decay to lr / 10."""
+  t = config.train
+  if t.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(t.warmup_steps, 1)),
+                                 optax.constant_schedule(lr)], [max(t.warmup_steps, 1)])
+  if t.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(t.warmup_steps, 1), t.steps,
+                                              end_value=lr * 0.1)
+  raise ValueError(f"train.schedule: expected 'constant' or 'cosine', got {t.schedule!r}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
+  """AdamW on `schedule(config, lr)` with `train.b1, b2, weight_decay`, after global-norm
+  clipping at `train.grad_clip` (0: none)."""
+  t = config.train
+  adam = optax.adamw(schedule(config, lr), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay)
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip), adam) if t.grad_clip else adam
+
+
+def local_batch_size(global_batch: int, mesh) -> int:
+  """This process's rows of a global batch split over the data x fsdp devices."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch % shards or global_batch % jax.process_count():
+    raise ValueError(f"train.batch_size: expected a multiple of the data x fsdp devices "
+                     f"({shards}) and of the processes ({jax.process_count()}), got "
+                     f"{global_batch}")
+  return global_batch // jax.process_count()
+
+
+def ema_update(ema, params, decay: float):
+  """decay * ema + (1 - decay) * params, leaf by leaf (the generators' weight EMA);
+  `ema` is returned as it is when the EMA is off (decay 0)."""
+  if not decay:
+    return ema
+  return jax.tree.map(lambda e, w: decay * e + (1.0 - decay) * w, ema, params)
 
 
 def to_unit(images: jax.Array) -> jax.Array:
@@ -75,6 +116,34 @@ def spectrogram_grid(rows: Sequence[tuple[str, np.ndarray]], sample_rate: int,
   pixels = [(colormaps["magma"](np.clip((s - top + 80.0) / 80.0, 0, 1)[..., ::-1]
                                 .swapaxes(1, 2))[..., :3] * 255).astype(np.uint8) for s in specs]
   return labeled_grid([(label, p) for (label, _), p in zip(rows, pixels)], min_side=n_mels)
+
+
+def save_image_grid(writer: "MetricWriter", path: str, step: int, tag: str,
+                    rows: Sequence[tuple[str, np.ndarray]]) -> str:
+  """`labeled_grid(rows)` written to `path` and to TensorBoard as `tag` (process 0 only);
+  returns the path."""
+  if writer.enabled:
+    grid = labeled_grid(rows)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    grid.save(path)
+    writer.write_image(step, tag, grid)
+  return path
+
+
+def save_audio(directory: str, rows: list[tuple[str, np.ndarray]], sample_rate: int,
+               writer: "MetricWriter | None" = None, step: int = 0) -> str:
+  """Waveforms (N, T) of each (label, waveforms) row as DIRECTORY/{i}_{label}.wav, and their
+  mel spectrograms (one row per label) as DIRECTORY.png; returns the directory."""
+  from vqlab.data.speech import write_wav
+  os.makedirs(directory, exist_ok=True)
+  for label, waves in rows:
+    for i, w in enumerate(waves):
+      write_wav(os.path.join(directory, f"{i}_{label}.wav"), w, sample_rate)
+  image = spectrogram_grid(rows, sample_rate)
+  image.save(directory + ".png")
+  if writer is not None:
+    writer.write_image(step, "spectrograms", image)
+  return directory
 
 
 class MetricWriter:

@@ -20,21 +20,21 @@ import jax
 import numpy as np
 
 from vqlab import parallel
-from vqlab.data import tokens
+from vqlab.data import splits, tokens
 from vqlab.data.pipeline import iterate
 from vqlab.models import audio_codec
-from vqlab.train import codec, loop, tokenizer
+from vqlab.train import runs
 from vqlab.train.common import run_app, to_unit
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_images(state, images, *, graphdef):
-  return tokenizer.eval_model(graphdef, state).encode(to_unit(images)).indices
+  return runs.eval_model(graphdef, state).encode(to_unit(images)).indices
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_audio(state, audio, *, graphdef):
-  return codec.eval_model(graphdef, state).encode(audio).indices
+  return runs.eval_model(graphdef, state).encode(audio).indices
 
 
 def _records(ds, key: str, encode, batch_size: int, total: float, sharding):
@@ -59,26 +59,29 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
   """Tokens of `split` (all of it, or `examples` images / clips) into `out`; returns the
   count."""
   mesh = parallel.make_mesh({"data": -1})
-  audio = codec.is_codec_config(loop.load_config(workdir))
-  trainer = codec if audio else tokenizer
-  config, graphdef, state, step = trainer.restore(workdir, mesh=mesh)
+  kind = runs.kind(runs.load_config(workdir))
+  if kind not in ("tokenizer", "codec"):
+    raise ValueError(f"workdir: expected an image tokenizer or audio codec run, got a "
+                     f"{kind} run in {workdir!r}")
+  audio = kind == "codec"
+  config, graphdef, state, step = runs.restore(workdir, mesh=mesh)
   if data_dir:
     config.data.data_dir = data_dir
-  model = trainer.eval_model(graphdef, state)
+  model = runs.eval_model(graphdef, state)
   meta = {"tokenizer_workdir": workdir, "step": step, "split": split,
           "dataset": config.data.name, "codebook_size": int(model.quantizer.codebook_size)}
   if audio:
     if seconds:
       config.data.eval_seconds = seconds
-    ds = codec.datasets(config, split, train=False, batch_size=batch_size,
-                        num_examples=examples, drop_remainder=False)
+    ds = splits.audio_split(config, split, train=False, batch_size=batch_size,
+                            num_examples=examples, drop_remainder=False)
     key, encode = "audio", functools.partial(_encode_audio, state, graphdef=graphdef)
-    length = codec.crop_length(config, config.data.eval_seconds)
+    length = splits.crop_length(config, config.data.eval_seconds)
     meta.update(modality="audio", frames=audio_codec.num_frames(length, model.hop),
                 levels=model.num_levels, sample_rate=model.sample_rate,
                 frame_rate=model.frame_rate, seconds=config.data.eval_seconds)
   else:
-    ds = tokenizer.datasets(config, split, train=False, batch_size=batch_size,
+    ds = splits.image_split(config, split, train=False, batch_size=batch_size,
                             num_examples=examples, labels=True, drop_remainder=False)
     key, encode = "image", functools.partial(_encode_images, state, graphdef=graphdef)
     meta.update(modality="image", latent_size=int(model.latent_size),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -33,6 +32,7 @@ import optax
 from flax import nnx
 
 from vqlab import parallel
+from vqlab.data import splits
 from vqlab.data.pipeline import FlatTokens, iterate, token_dataset
 from vqlab.data.tokens import TokenSource
 from vqlab.eval import inception
@@ -41,8 +41,9 @@ from vqlab.models import sampling
 from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator,
                                      NextScaleGenerator, NextTokenGenerator, drop_labels)
 from vqlab.nn.transformer import TransformerShape
-from vqlab.train import codec, loop, tokenizer
-from vqlab.train.common import MetricWriter, config_main, labeled_grid, to_pixels, to_unit
+from vqlab.train import loop, runs
+from vqlab.train.common import (ema_update, make_optimizer, save_audio, save_image_grid,
+                                to_pixels, to_unit)
 
 PARADIGMS = ("raster", "var", "maskgit", "delay")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -75,18 +76,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name}: expected a path (see configs/generator_quickstart.py), got ''")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
-  loop.check_nonfinite_mode(config.train.nonfinite)
+  loop.check_train_config(config)
   if config.paradigm == "delay" and config.eval.inception:
     raise ValueError("eval.inception: gFID / IS are image metrics; expected '' for the "
                      "'delay' paradigm (audio tokens)")
   TransformerShape(**{k: config.model[k] for k in SHAPE_FIELDS}).check()
-
-
-def load_token_model(workdir: str):
-  """The tokenizer of a run, in eval mode: an image tokenizer or an audio codec."""
-  if codec.is_codec_config(loop.load_config(workdir)):
-    return codec.load_codec(workdir)
-  return tokenizer.load_tokenizer(workdir)
 
 
 def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
@@ -121,10 +115,13 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
   return MaskedGenerator(shape, vocab, m.num_classes, latent_size, rngs=rngs)
 
 
-def init_state(config: ml_collections.ConfigDict, tok, meta: dict):
+def init_state(config: ml_collections.ConfigDict, tok=None, meta: dict | None = None):
+  """(graphdef, state) for the tokenizer `tok` and tokens described by `meta` (default:
+  those of `config.tokenizer_workdir` and `config.tokens_dir`)."""
+  tok = runs.load_token_model(config.tokenizer_workdir) if tok is None else tok
+  meta = TokenSource(config.tokens_dir).meta if meta is None else meta
   model = build_model(config, tok, meta)
-  optimizer = nnx.Optimizer(model, tokenizer.make_optimizer(config, config.train.lr),
-                            wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=nnx.Param)
   graphdef, nnx_state = nnx.split((model, optimizer))
   ema = (jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if config.train.ema_decay
          else {})
@@ -166,10 +163,7 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
 
   (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
-  ema = state["ema"]
-  if spec.ema_decay:
-    ema = jax.tree.map(lambda e, w: spec.ema_decay * e + (1 - spec.ema_decay) * w, ema,
-                       nnx.state(model, nnx.Param))
+  ema = ema_update(state["ema"], nnx.state(model, nnx.Param), spec.ema_decay)
   metrics = {"loss": loss, "bits_per_token": loss / math.log(2), "accuracy": accuracy,
              "grad_norm": optax.global_norm(grads)}
   return {"nnx": nnx.state((model, optimizer)), "ema": ema, "rng": rng}, metrics
@@ -181,9 +175,7 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
 
   @jax.jit
   def run(state, tok_state, labels, key, prompt=None):
-    model = nnx.merge(graphdef, state["nnx"])[0]
-    if state["ema"]:
-      nnx.update(model, state["ema"])
+    model = runs.eval_model(graphdef, state)
     tok = nnx.merge(tok_graphdef, tok_state)
     kw = dict(cfg_scale=spec.cfg_scale, temperature=spec.temperature, top_k=spec.top_k,
               top_p=spec.top_p)
@@ -211,7 +203,7 @@ def sample_metrics(sampler, state, tok_state, tok_config, num_classes: int,
   """gFID of `examples` class-balanced samples against as many held-out images of the
   tokenizer's dataset (its eval split, fixed crops), and their Inception Score."""
   real = []
-  ds = tokenizer.datasets(tok_config, tok_config.data.eval_split, train=False,
+  ds = splits.image_split(tok_config, tok_config.data.eval_split, train=False,
                           batch_size=batch_size, num_examples=examples, drop_remainder=False)
   for b in iterate(ds, threads=0):
     real.append(np.asarray(_features(inception_params, to_unit(jnp.asarray(b["image"])))))
@@ -231,157 +223,122 @@ def sample_metrics(sampler, state, tok_state, tok_config, num_classes: int,
           "gfid_examples": int(min(len(real), len(fake)))}
 
 
-def compile_step(config: ml_collections.ConfigDict, graphdef, quantizer_graphdef, shardings,
-                 mesh):
-  spec = StepSpec(config.paradigm, config.model.num_classes, config.train.label_dropout,
-                  config.train.ema_decay)
-  return jax.jit(loop.guard_nonfinite(functools.partial(
-                     train_step, graphdef=graphdef, quantizer_graphdef=quantizer_graphdef,
-                     spec=spec), config.train.nonfinite),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh), None),
-                 out_shardings=(shardings, None), donate_argnums=0)
+class GeneratorJob(loop.Job):
+  postfix = ("loss", "accuracy")
 
+  def check(self):
+    check_config(self.config)
+    self.outputs = "audio/" if self.config.paradigm == "delay" else "images/"
 
-def dry_run(config: ml_collections.ConfigDict, tok, source, mesh) -> dict:
-  """Compile the train step for the config's mesh and global batch without allocating
-  the state; prints and returns memory per device and FLOPs per step."""
-  graphdef, abstract, shardings = loop.abstract_state(
-      lambda: init_state(config, tok, source.meta), mesh, config.mesh)
-  q_graphdef, q_state = nnx.split(tok.quantizer)
-  step = compile_step(config, graphdef, q_graphdef, shardings, mesh)
-  data = parallel.batch_sharding(mesh)
-  example = FlatTokens().map(source[0])  # one example as the input pipeline gives it
-  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, *np.shape(v)), np.asarray(v).dtype,
-                                   sharding=data) for k, v in example.items()}
-  return loop.dry_run(step, mesh, abstract, shardings, batch, q_state)
+  def load(self):
+    """Inception weights, the tokens and their tokenizer, checked against each other."""
+    c = self.config
+    self.inception_params = inception.load(c.eval.inception) if c.eval.inception else None
+    self.source = source = TokenSource(c.tokens_dir)
+    self.tok = tok = runs.load_token_model(c.tokenizer_workdir)
+    if int(source.meta["codebook_size"]) != int(tok.quantizer.codebook_size):
+      raise ValueError(f"tokens_dir: tokens of a {source.meta['codebook_size']}-code "
+                       f"tokenizer, but tokenizer_workdir's has {tok.quantizer.codebook_size} "
+                       "codes")
+    top_label = max(int(source[i].get("label", 0)) for i in range(min(len(source), 256)))
+    if top_label >= c.model.num_classes:
+      raise ValueError(f"model.num_classes: the tokens have label {top_label}, expected "
+                       f"num_classes > {top_label}, got {c.model.num_classes}")
+    self.q_graphdef, self.q_state = nnx.split(tok.quantizer)
+
+  def init_state(self):
+    return init_state(self.config, self.tok, self.source.meta)
+
+  def train_data(self, batch_size):
+    return token_dataset(self.source, batch_size=batch_size, seed=self.config.seed,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+
+  def compile(self, graphdef, shardings):
+    c = self.config
+    spec = StepSpec(c.paradigm, c.model.num_classes, c.train.label_dropout, c.train.ema_decay)
+    fn = functools.partial(train_step, graphdef=graphdef, quantizer_graphdef=self.q_graphdef,
+                           spec=spec)
+    return {None: loop.jit_step(fn, c, shardings, self.mesh, num_args=1)}
+
+  def step_args(self):
+    return (self.q_state,)
+
+  def abstract_batch(self):
+    example = FlatTokens().map(self.source[0])  # one example as the input pipeline gives it
+    data = parallel.batch_sharding(self.mesh)
+    return {k: jax.ShapeDtypeStruct((self.config.train.batch_size, *np.shape(v)),
+                                    np.asarray(v).dtype, sharding=data)
+            for k, v in example.items()}
+
+  def periodic(self, graphdef):
+    c, s, tok = self.config, self.config.sample, self.tok
+    self.tok_state = nnx.split(tok)[1]
+    self.sampler = make_sampler(graphdef, nnx.split(tok)[0], SampleSpec(
+        c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps,
+        int(self.source.meta.get("latent_size", 0))))
+    labels = jnp.arange(s.num, dtype=jnp.int32) % c.model.num_classes
+    prompt = originals = None
+    if c.paradigm == "delay":  # continue the first frames of held-out utterances
+      prompts = TokenSource(s.prompts_dir or c.tokens_dir)
+      if len(prompts) < s.num:
+        raise ValueError(f"sample.num: expected at most the {len(prompts)} prompt records, "
+                         f"got {s.num}")
+      originals = np.stack([prompts[i]["indices"] for i in range(s.num)]).astype(np.int32)
+      frames = int(self.source.meta["frames"])
+      if (originals.shape[1:] != (frames, int(self.source.meta["levels"]))
+          or not 0 < s.prompt_frames <= frames):
+        raise ValueError(f"sample.prompts_dir / prompt_frames: expected records of {frames} "
+                         f"frames and 0 < prompt_frames <= {frames}, got records "
+                         f"{originals.shape[1:]} and {s.prompt_frames}")
+      prompt = jnp.asarray(originals[:, :s.prompt_frames])
+    self.throughput = {}
+
+    def samples(state, step):
+      start = time.perf_counter()
+      tokens, images = self.sampler(state, self.tok_state, labels,
+                                    jax.random.key(c.seed + step), prompt)
+      jax.block_until_ready(images)
+      seconds = time.perf_counter() - start
+      if "compiled" in self.throughput:  # the first call compiles: not a throughput
+        self.throughput["tokens_per_second"] = tokens.size / seconds
+        self.writer.write(step, {"sample/tokens_per_second": tokens.size / seconds})
+      self.throughput["compiled"] = True
+      if self.main_process and prompt is not None:
+        save_audio(os.path.join(self.workdir, "audio", f"samples_{step:07d}"),
+                   [("original", np.asarray(tok.decode(jnp.asarray(originals)))[..., 0]),
+                    ("continued", np.asarray(images)[..., 0])], tok.sample_rate,
+                   self.writer, step)
+      elif prompt is None:
+        save_image_grid(self.writer, os.path.join(self.workdir, "images",
+                                                  f"samples_{step:07d}.png"),
+                        step, "samples", [(f"step {step}", to_pixels(images))])
+
+    self.samples = samples
+    return [(s.every, samples)]
+
+  def evaluate(self, graphdef, state):
+    c = self.config
+    if "tokens_per_second" not in self.throughput:  # only compiled so far: time a warm call
+      self.samples(state, c.train.steps)
+    summary = {"paradigm": c.paradigm, **{k: float(v) for k, v in self.last_metrics.items()},
+               "sample_tokens_per_second": self.throughput.get("tokens_per_second",
+                                                               float("nan"))}
+    if self.inception_params is not None:
+      summary.update(sample_metrics(
+          self.sampler, state, self.tok_state, runs.load_config(c.tokenizer_workdir),
+          c.model.num_classes, self.inception_params, c.eval.examples, c.eval.batch_size,
+          c.seed))
+      self.writer.write(c.train.steps, {k: summary[k] for k in ("gfid", "inception_score")})
+    return summary
+
+  def describe(self, summary):
+    fid = (f", gFID {summary['gfid']:.2f}, IS {summary['inception_score']:.2f}"
+           if "gfid" in summary else "")
+    return (f"{summary['paradigm']}: loss {summary.get('loss', float('nan')):.4f} "
+            f"({summary.get('bits_per_token', float('nan')):.3f} bits/token), sampling "
+            f"{summary['sample_tokens_per_second']:.0f} tokens/s{fid}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (or resume) in `workdir`; with `config.dry_run` only compile and report."""
-  check_config(config)
-  # loaded before any work: a bad path fails early
-  inception_params = inception.load(config.eval.inception) if config.eval.inception else None
-  main_process = jax.process_index() == 0
-  if not config.dry_run:
-    loop.prepare_workdir(workdir, config, ("model",))
-  source = TokenSource(config.tokens_dir)
-  tok = load_token_model(config.tokenizer_workdir)
-  if int(source.meta["codebook_size"]) != int(tok.quantizer.codebook_size):
-    raise ValueError(f"tokens_dir: tokens of a {source.meta['codebook_size']}-code tokenizer, "
-                     f"but tokenizer_workdir's has {tok.quantizer.codebook_size} codes")
-  top_label = max(int(source[i].get("label", 0)) for i in range(min(len(source), 256)))
-  if top_label >= config.model.num_classes:
-    raise ValueError(f"model.num_classes: the tokens have label {top_label}, expected "
-                     f"num_classes > {top_label}, got {config.model.num_classes}")
-  mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
-  batch = tokenizer.local_batch_size(config.train.batch_size, mesh)
-  if config.dry_run:
-    return dry_run(config, tok, source, mesh)
-  loop.write_config(workdir, config)
-  graphdef, state = init_state(config, tok, source.meta)
-  state, shardings = loop.place_state(workdir, state, mesh, config.mesh)
-  data_sharding = parallel.batch_sharding(mesh)
-  tok_graphdef, tok_state = nnx.split(tok)
-  q_graphdef, q_state = nnx.split(tok.quantizer)
-  step = compile_step(config, graphdef, q_graphdef, shardings, mesh)
-
-  def step_fn(state, b, _):
-    b = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in b.items()}
-    return step(state, b, q_state)
-
-  s = config.sample
-  sampler = make_sampler(graphdef, tok_graphdef, SampleSpec(
-      config.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps,
-      int(source.meta.get("latent_size", 0))))
-  labels = jnp.arange(s.num, dtype=jnp.int32) % config.model.num_classes
-  prompt = originals = None
-  if config.paradigm == "delay":  # continue the first frames of held-out utterances
-    prompts = TokenSource(s.prompts_dir or config.tokens_dir)
-    if len(prompts) < s.num:
-      raise ValueError(f"sample.num: expected at most the {len(prompts)} prompt records, got "
-                       f"{s.num}")
-    originals = np.stack([prompts[i]["indices"] for i in range(s.num)]).astype(np.int32)
-    frames = int(source.meta["frames"])
-    if originals.shape[1:] != (frames, int(source.meta["levels"])) or not 0 < s.prompt_frames <= frames:
-      raise ValueError(f"sample.prompts_dir / prompt_frames: expected records of {frames} "
-                       f"frames and 0 < prompt_frames <= {frames}, got records "
-                       f"{originals.shape[1:]} and {s.prompt_frames}")
-    prompt = jnp.asarray(originals[:, :s.prompt_frames])
-  writer = MetricWriter(workdir, enabled=main_process)
-  throughput = {}
-
-  def samples(state, done):
-    start = time.perf_counter()
-    tokens, images = sampler(state, tok_state, labels, jax.random.key(config.seed + done), prompt)
-    jax.block_until_ready(images)
-    seconds = time.perf_counter() - start
-    if "compiled" in throughput:  # the first call compiles: not a throughput
-      throughput["tokens_per_second"] = tokens.size / seconds
-      writer.write(done, {"sample/tokens_per_second": throughput["tokens_per_second"]})
-    throughput["compiled"] = True
-    if main_process and prompt is not None:
-      rate = tok.sample_rate
-      codec.save_audio(os.path.join(workdir, "audio", f"samples_{done:07d}"),
-                       [("original", np.asarray(tok.decode(jnp.asarray(originals)))[..., 0]),
-                        ("continued", np.asarray(images)[..., 0])], rate, writer, done)
-    elif main_process:
-      path = os.path.join(workdir, "images", f"samples_{done:07d}.png")
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      grid = labeled_grid([(f"step {done}", to_pixels(images))])
-      grid.save(path)
-      writer.write_image(done, "samples", grid)
-
-  ds = token_dataset(source, batch_size=batch, seed=config.seed,
-                     process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = loop.checkpointer(workdir, config.log.keep_checkpoints)
-  it = iterate(ds, config.data.threads, config.data.prefetch)
-  start, state = loop.resume(ckpt, state, it)
-  last = {}
-
-  def step_and_keep(state, b, i):
-    state, metrics = step_fn(state, b, i)
-    last.update(metrics)
-    return state, metrics
-
-  state = loop.run(state, it, step_and_keep, start=start, total=config.train.steps, ckpt=ckpt,
-                   writer=writer, log_every=config.log.every,
-                   checkpoint_every=config.log.checkpoint_every,
-                   periodic=[(s.every, samples)], postfix=("loss", "accuracy"))
-  if "tokens_per_second" not in throughput:  # only compiled so far: time a warm call
-    samples(state, config.train.steps)
-  summary = {"step": config.train.steps, "paradigm": config.paradigm,
-             **{k: float(v) for k, v in last.items()},
-             "sample_tokens_per_second": throughput.get("tokens_per_second", float("nan"))}
-  if inception_params is not None:
-    summary.update(sample_metrics(
-        sampler, state, tok_state, loop.load_config(config.tokenizer_workdir),
-        config.model.num_classes, inception_params, config.eval.examples,
-        config.eval.batch_size, config.seed))
-    writer.write(config.train.steps, {k: summary[k] for k in ("gfid", "inception_score")})
-  if main_process:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    fid = (f", gFID {summary['gfid']:.2f}, IS {summary['inception_score']:.2f}"
-           if "gfid" in summary else "")
-    print(f"\n{config.paradigm}: loss {summary.get('loss', float('nan')):.4f} "
-          f"({summary.get('bits_per_token', float('nan')):.3f} bits/token), sampling "
-          f"{summary['sample_tokens_per_second']:.0f} tokens/s{fid}")
-    print(f"wrote {workdir}/summary.json, metrics.jsonl, tensorboard/, images/, checkpoints/")
-  return summary
-
-
-def load_generator(workdir: str, step: int | None = None):
-  """(generator in eval mode with EMA weights when kept, its tokenizer) of a run."""
-  config = loop.load_config(workdir)
-  tok = load_token_model(config.tokenizer_workdir)
-  graphdef, state = init_state(config, tok, TokenSource(config.tokens_dir).meta)
-  _, state = loop.restore_run(workdir, state, step)
-  model = nnx.merge(graphdef, state["nnx"])[0]
-  if state["ema"]:
-    nnx.update(model, state["ema"])
-  model.eval()
-  return model, tok
-
-
-def main(argv: list[str]) -> None:
-  config_main(argv, train, "configs/generator_quickstart.py:<paradigm>[,runlocal]")
+  return loop.train_job(GeneratorJob(config, workdir))

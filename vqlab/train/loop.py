@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
-from vqlab.train.common import MetricWriter, check_free_space, check_workdir
+from vqlab.data.pipeline import iterate
+from vqlab.train.common import (MetricWriter, check_free_space, check_workdir,
+                                local_batch_size)
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
@@ -53,14 +55,6 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       f.write(config.to_json(indent=2))
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"workdir: expected a run (config.json) in {workdir!r}")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def to_checkpoint(state: dict) -> dict:
   """Pure nested dicts of arrays: what orbax stores."""
   return {k: nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v for k, v in state.items()}
@@ -80,28 +74,6 @@ def from_checkpoint(template: dict, restored: dict) -> dict:
 
 def checkpointer(workdir: str, keep: int) -> Checkpointer:
   return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep)
-
-
-def restore_run(workdir: str, state: dict, step: int | None = None) -> tuple[int, dict]:
-  """(step, state) of a finished or running run's checkpoint (default the latest)."""
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    step, restored, _ = ckpt.restore(to_checkpoint(state), step)
-  finally:
-    ckpt.close()
-  return step, from_checkpoint(state, restored)
-
-
-def restore_placed(workdir: str, init_state: Callable, step: int | None = None, mesh=None):
-  """(config, graphdef, state, step) of a run's checkpoint (default the latest), its state
-  template from `init_state(config)`, placed on `mesh` (default: every device,
-  parameters replicated)."""
-  config = load_config(workdir)
-  mesh = mesh or parallel.make_mesh({"data": -1})
-  graphdef, state = init_state(config)
-  state = parallel.put(state, parallel.state_shardings(state, mesh))
-  step, state = restore_run(workdir, state, step)
-  return config, graphdef, state, step
 
 
 def resume(ckpt: Checkpointer, state: dict, it) -> tuple[int, dict]:
@@ -283,3 +255,144 @@ def dry_run(jitted: Callable, mesh, abstract, shardings, *other_args) -> dict:
     print(parallel.placement_report(mesh, abstract, shardings))
     print("dry run (compiled, not run): " + ", ".join(f"{k} {v:,.4g}" for k, v in out.items()))
   return out
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def check_train_config(config: ml_collections.ConfigDict) -> None:
+  """The `train` fields every job reads."""
+  t = config.train
+  check_nonfinite_mode(t.nonfinite)
+  if t.steps < 1 or t.batch_size < 1:
+    raise ValueError(f"train.steps, train.batch_size: expected >= 1, got {t.steps}, "
+                     f"{t.batch_size}")
+  if t.get("schedule") == "cosine" and t.warmup_steps >= t.steps:
+    raise ValueError(f"train.warmup_steps: expected fewer than train.steps={t.steps} for "
+                     f"the cosine schedule, got {t.warmup_steps}")
+
+
+def jit_step(step_fn: Callable, config: ml_collections.ConfigDict, shardings, mesh,
+             num_args: int = 0) -> Callable:
+  """`step_fn(state, batch, *args) -> (state, metrics)` jitted as every trainer's step:
+  under the `train.nonfinite` guard, the state on `shardings` and donated, the batch (a
+  dict of arrays) split over data x fsdp, `num_args` further arguments as they come."""
+  return jax.jit(guard_nonfinite(step_fn, config.train.nonfinite),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh)) + (None,) * num_args,
+                 out_shardings=(shardings, None), donate_argnums=0)
+
+
+class Job:
+  """One training job: the hooks a trainer fills in. `train_job` runs the skeleton
+  around them, the same for every trainer:
+
+    check -> mesh, local batch -> load -> [dry run: compile for the abstract state, stop]
+    -> prepare workdir -> train_data -> config.json -> init_state -> place on the mesh
+    -> compile -> started -> metric writer, periodic -> resume -> `run` -> evaluate
+    -> summary.json
+
+  A trainer holds what is its own (its state, step, data, periodic work, evaluation);
+  every field it reads is in `config`. After `train_job` set them: `mesh`, `writer`
+  (when training) and `last_metrics` (the metrics of the last step).
+  """
+
+  fixed_sections: Sequence[str] = ("model",)  # config sections a resumed run may not change
+  postfix: Sequence[str] = ("loss",)  # metrics on the progress bar
+  outputs: str = "images/"  # what `periodic` writes, for the closing line
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.main_process = jax.process_index() == 0
+    self.mesh = self.writer = None
+    self.last_metrics: dict = {}
+
+  def check(self) -> None:
+    """Everything that can be checked before a file is read or an array allocated."""
+    check_train_config(self.config)
+
+  def load(self) -> None:
+    """Read what the job needs in every mode (a tokenizer, weights): fail early."""
+
+  def init_state(self) -> tuple[Any, dict]:
+    """(graphdef, state dict): `nnx.State`s and arrays, every leaf its own buffer."""
+    raise NotImplementedError
+
+  def train_data(self, batch_size: int):
+    """The endless grain dataset of this process's training batches (dicts of arrays)."""
+    raise NotImplementedError
+
+  def compile(self, graphdef, shardings) -> dict[Any, Callable]:
+    """{variant: `jit_step(...)`}; `variant(step)` picks the one for each step."""
+    raise NotImplementedError
+
+  def variant(self, step: int) -> Any:
+    return None
+
+  def step_args(self) -> tuple:
+    """What the compiled steps take after (state, batch): frozen networks' states."""
+    return ()
+
+  def abstract_batch(self) -> dict:
+    """One global batch as `jax.ShapeDtypeStruct`s on the batch sharding (dry runs)."""
+    raise NotImplementedError
+
+  def started(self, graphdef, state) -> None:
+    """Once the state is placed (before resuming): a report for the console."""
+
+  def periodic(self, graphdef) -> list[tuple[int, Callable[[dict, int], None]]]:
+    """(every, fn(state, step)) run during training: images, audio, samples."""
+    return []
+
+  def evaluate(self, graphdef, state) -> dict[str, Any]:
+    """The summary's numbers after the last step."""
+    return {}
+
+  def describe(self, summary: dict[str, Any]) -> str:
+    return ""
+
+
+def train_job(job: Job) -> dict[str, Any]:
+  """Train (or resume) `job` in its workdir; returns the summary also written to
+  summary.json. With `config.dry_run` it only compiles the last step's variant for the
+  config's mesh and global batch and reports memory and FLOPs (nothing is written)."""
+  config, workdir = job.config, job.workdir
+  job.check()
+  job.mesh = mesh = parallel.make_mesh({a: config.mesh[a] for a in parallel.AXES})
+  batch_size = local_batch_size(config.train.batch_size, mesh)
+  job.load()
+  if config.dry_run:
+    graphdef, abstract, shardings = abstract_state(job.init_state, mesh, config.mesh)
+    step = job.compile(graphdef, shardings)[job.variant(config.train.steps - 1)]
+    return dry_run(step, mesh, abstract, shardings, job.abstract_batch(), *job.step_args())
+  prepare_workdir(workdir, config, job.fixed_sections)
+  train_ds = job.train_data(batch_size)
+  write_config(workdir, config)
+  graphdef, state = job.init_state()
+  state, shardings = place_state(workdir, state, mesh, config.mesh)
+  steps, args = job.compile(graphdef, shardings), job.step_args()
+  job.started(graphdef, state)
+  data_sharding = parallel.batch_sharding(mesh)
+
+  def step_fn(state, batch, step):
+    batch = {k: jax.make_array_from_process_local_data(data_sharding, v)
+             for k, v in batch.items()}
+    state, job.last_metrics = steps[job.variant(step)](state, batch, *args)
+    return state, job.last_metrics
+
+  job.writer = MetricWriter(workdir, enabled=job.main_process)
+  periodic = job.periodic(graphdef)
+  ckpt = checkpointer(workdir, config.log.keep_checkpoints)
+  it = iterate(train_ds, config.data.threads, config.data.prefetch)
+  start, state = resume(ckpt, state, it)
+  state = run(state, it, step_fn, start=start, total=config.train.steps, ckpt=ckpt,
+              writer=job.writer, log_every=config.log.every,
+              checkpoint_every=config.log.checkpoint_every, periodic=periodic,
+              postfix=job.postfix)
+  summary = {"step": config.train.steps, **job.evaluate(graphdef, state)}
+  if job.main_process:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(f"\n{job.describe(summary)}")
+    print(f"wrote {workdir}/summary.json, metrics.jsonl, tensorboard/, {job.outputs}, "
+          "checkpoints/")
+  return summary

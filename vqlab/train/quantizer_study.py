@@ -1,20 +1,26 @@
 """The quantizer study: train the same small conv autoencoder on the built-in MNIST
-digits with each quantizer, then compare reconstruction, code usage and time.
+digits with each quantizer, then compare reconstruction, code usage and speed.
 
   vqlab study --config configs/quantizer_study.py --workdir runs/study
 
-Writes to the workdir: config.json (resolved config), results.json, results.md (the
-table also printed), reconstructions.png (originals on top, one row per quantizer).
+Each quantizer is a job of its own on the shared skeleton (vqlab.train.loop), in
+WORKDIR/<quantizer>/: checkpoints, metrics.jsonl, summary.json, and a config.json that is
+the study's config narrowed to that quantizer. A stopped or killed study resumes where it
+was, and a rerun skips the quantizers that finished. Then it writes to the workdir:
+config.json (resolved config), results.json, results.md (the table also printed),
+reconstructions.png (originals on top, one row per quantizer).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import os
-import time
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,13 +28,14 @@ import numpy as np
 import optax
 from flax import nnx
 from PIL import Image
-from tqdm import tqdm
 
+from vqlab import parallel
 from vqlab.data.digits import load_mnist_digits, train_eval_split
 from vqlab.models.conv_autoencoder import ConvAutoencoder, image_to_unit
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import usage_metrics
-from vqlab.train.common import check_workdir, labeled_grid, run_app, to_pixels
+from vqlab.train import loop, runs
+from vqlab.train.common import check_workdir, labeled_grid, read_jsonl, to_pixels
 
 
 def quantizer_spec(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -41,8 +48,9 @@ def quantizer_spec(config: ml_collections.ConfigDict, name: str) -> ml_collectio
 def build_model(config: ml_collections.ConfigDict, name: str, seed: int) -> ConvAutoencoder:
   spec = quantizer_spec(config, name)
   rngs = nnx.Rngs(seed)
-  quantizer = factory.build(spec.kind, config.latent_dim, rngs=rngs, **spec.args.to_dict())
-  return ConvAutoencoder(quantizer, latent_dim=config.latent_dim, width=config.width, rngs=rngs)
+  m = config.model
+  quantizer = factory.build(spec.kind, m.latent_dim, rngs=rngs, **spec.args.to_dict())
+  return ConvAutoencoder(quantizer, latent_dim=m.latent_dim, width=m.width, rngs=rngs)
 
 
 def joint_indices(model: ConvAutoencoder, indices: jax.Array) -> tuple[jax.Array, int]:
@@ -69,27 +77,37 @@ def train_step_fn(model: ConvAutoencoder, optimizer: nnx.Optimizer, images: jax.
   return {"loss": loss, "mse": mse, **metrics}
 
 
-train_step = nnx.jit(train_step_fn)
+def train_step(state, batch, *, graphdef):
+  """`train_step_fn` on the skeleton's (state, batch) -> (state, metrics)."""
+  model, optimizer = nnx.merge(graphdef, state["nnx"])
+  metrics = train_step_fn(model, optimizer, batch["image"])
+  return {"nnx": nnx.state((model, optimizer))}, metrics
 
 
-@nnx.jit
-def eval_step(model: ConvAutoencoder, images: jax.Array):
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_step(graphdef, state, images):
+  model = nnx.merge(graphdef, state)
   x = image_to_unit(images)
   recon, q = model(x)
   return jnp.sum((recon - x) ** 2, axis=(1, 2, 3)), q.indices, recon
 
 
+def eval_step(model: ConvAutoencoder, images) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(squared error per image, indices, reconstructions) of uint8 images."""
+  graphdef, state = nnx.split(model)
+  return _eval_step(graphdef, state, jnp.asarray(images))
+
+
 def evaluate(model: ConvAutoencoder, images: np.ndarray, batch_size: int) -> dict[str, Any]:
-  model.eval()
+  """Eval MSE, PSNR and code usage / perplexity over the whole (joint) codebook."""
   sq_err, counts, n_pixels = 0.0, None, 0
   for start in range(0, len(images), batch_size):
-    err, indices, _ = eval_step(model, jnp.asarray(images[start:start + batch_size]))
+    err, indices, _ = eval_step(model, images[start:start + batch_size])
     joint, size = joint_indices(model, indices)
     batch_counts = np.bincount(np.asarray(joint).ravel(), minlength=size)
     counts = batch_counts if counts is None else counts + batch_counts
     sq_err += float(err.sum())
     n_pixels += err.shape[0] * int(np.prod(images.shape[1:]))
-  model.train()
   mse = sq_err / n_pixels
   usage = usage_metrics(jnp.asarray(counts, jnp.float32))
   return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse),  # signal range [-1, 1]
@@ -97,33 +115,100 @@ def evaluate(model: ConvAutoencoder, images: np.ndarray, batch_size: int) -> dic
           "codebook_size": int(len(counts))}
 
 
-def train_one(config: ml_collections.ConfigDict, name: str, train: np.ndarray,
-              test: np.ndarray) -> tuple[dict[str, Any], ConvAutoencoder]:
-  model = build_model(config, name, config.seed)
-  optimizer = nnx.Optimizer(model, optax.adam(config.lr), wrt=nnx.Param)
-  rng = np.random.default_rng(config.seed)
-  train_step(model, optimizer, jnp.asarray(train[:config.batch_size]))  # compile
-  start, history = time.perf_counter(), []
-  for step in tqdm(range(1, config.steps + 1), desc=name, leave=False, mininterval=2):
-    batch = train[rng.integers(0, len(train), config.batch_size)]
-    metrics = train_step(model, optimizer, jnp.asarray(batch))
-    if step % config.log_every == 0 or step == config.steps:
-      history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
-  jax.block_until_ready(nnx.state(model))
-  seconds = time.perf_counter() - start
-  result = {"quantizer": name, "kind": config.q[name].kind, "train_seconds": seconds,
-            "steps_per_second": config.steps / seconds, "history": history,
-            **evaluate(model, test, config.batch_size)}
-  return result, model
+def digits(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """(train, eval) digits, 32x32 uint8, a fixed split by `config.seed`."""
+  images, _ = load_mnist_digits(pad_to=32)
+  return train_eval_split(images, config.data.eval_size, config.seed)
+
+
+def narrowed(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The study's config for one quantizer: what its job reads and writes."""
+  one = copy.deepcopy(config)
+  with one.unlocked():
+    one.quantizers = name
+    one.q = ml_collections.ConfigDict({name: quantizer_spec(config, name)})
+  return one
+
+
+class QuantizerJob(loop.Job):
+  """One quantizer of the study: a conv autoencoder trained on the digits."""
+  fixed_sections = ("model", "q")
+  postfix = ("loss", "mse", "usage")
+
+  def __init__(self, config, workdir):
+    super().__init__(config, workdir)
+    self.name = config.quantizers
+
+  def check(self):
+    super().check()
+    quantizer_spec(self.config, self.name)
+
+  def load(self):
+    self.train_images, self.eval_images = digits(self.config)
+
+  def init_state(self):
+    model = build_model(self.config, self.name, self.config.seed)
+    optimizer = nnx.Optimizer(model, optax.adam(self.config.train.lr), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    # unique buffers: the step donates its state
+    return graphdef, {"nnx": jax.tree.map(lambda x: jnp.array(x, copy=True), state)}
+
+  def train_data(self, batch_size):
+    source = [{"image": x} for x in self.train_images]
+    ds = grain.MapDataset.source(source).shuffle(seed=self.config.seed).repeat(None)
+    return ds.batch(batch_size, drop_remainder=True)
+
+  def compile(self, graphdef, shardings):
+    fn = functools.partial(train_step, graphdef=graphdef)
+    return {None: loop.jit_step(fn, self.config, shardings, self.mesh)}
+
+  def abstract_batch(self):
+    return {"image": jax.ShapeDtypeStruct((self.config.train.batch_size, 32, 32, 1), jnp.uint8,
+                                          sharding=parallel.batch_sharding(self.mesh))}
+
+  def evaluate(self, graphdef, state):
+    model = runs.eval_model(graphdef, state)
+    return {"quantizer": self.name, "kind": self.config.q[self.name].kind,
+            **evaluate(model, self.eval_images, self.config.train.batch_size)}
+
+  def describe(self, summary):
+    return (f"{self.name}: eval MSE {summary['mse']:.4f}, usage {summary['usage']:.1%} of "
+            f"{summary['codebook_size']}")
+
+
+def init_state(config: ml_collections.ConfigDict):
+  """The state template of a one-quantizer run (`runs.restore`)."""
+  return QuantizerJob(config, "").init_state()
+
+
+def train_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train (or resume, or read back when finished) one quantizer's run."""
+  path = os.path.join(workdir, "summary.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      summary = json.load(f)
+    if summary.get("step") == config.train.steps:
+      print(f"  {config.quantizers}: finished earlier, read from {path}")
+      return summary
+  return loop.train_job(QuantizerJob(config, workdir))
+
+
+def speed(workdir: str, steps: int) -> dict[str, Any]:
+  """Steps/s and training seconds from the run's logged windows, leaving out the first
+  (it holds the compilation); and the logged history."""
+  history = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  rates = [r["steps_per_second"] for r in history[1:]] or [history[0]["steps_per_second"]]
+  rate = float(np.mean(rates))
+  return {"train_seconds": steps / rate, "steps_per_second": rate,
+          "history": [{k: v for k, v in r.items() if k != "steps_per_second"}
+                      for r in history]}
 
 
 def reconstruction_grid(models: dict[str, ConvAutoencoder], images: np.ndarray) -> Image.Image:
   """Originals in the first row, then one row per quantizer, with labels."""
   rows = [("original", images)]
   for name, model in models.items():
-    model.eval()
-    _, _, recon = eval_step(model, jnp.asarray(images))
-    model.train()
+    _, _, recon = eval_step(model, images)
     rows.append((name, to_pixels(recon)))
   return labeled_grid(rows)
 
@@ -142,37 +227,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   names = [n for n in config.quantizers.split(",") if n]
   for name in names:  # fail before anything is written or trained
     quantizer_spec(config, name)
+  loop.check_train_config(config)
   check_workdir(workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-  images, _ = load_mnist_digits(pad_to=32)
-  train, test = train_eval_split(images, config.eval_size, config.seed)
+  loop.write_config(workdir, config)
+  train, test = digits(config)
   print(f"quantizer study: {len(train)} train / {len(test)} eval digits, "
-        f"{config.steps} steps x {config.batch_size}, quantizers: {', '.join(names)}")
+        f"{config.train.steps} steps x {config.train.batch_size}, quantizers: "
+        f"{', '.join(names)}")
   results, models = [], {}
   for name in names:
-    result, models[name] = train_one(config, name, train, test)
-    results.append(result)
-    print(f"  {name}: eval MSE {result['mse']:.4f}, usage {result['usage']:.1%}, "
-          f"{result['train_seconds']:.1f}s", flush=True)
+    sub = os.path.join(workdir, name)
+    summary = train_one(narrowed(config, name), sub)
+    results.append({**summary, **speed(sub, config.train.steps)})
+    _, graphdef, state, _ = runs.restore(sub)
+    models[name] = runs.eval_model(graphdef, state)
   table = results_table(results)
   print("\n" + table)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table + "\n")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  grid_path = os.path.join(workdir, "reconstructions.png")
-  reconstruction_grid(models, test[:16]).save(grid_path)
-  print(f"\nwrote {workdir}/results.md, results.json, config.json and {grid_path}")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(table + "\n")
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    grid_path = os.path.join(workdir, "reconstructions.png")
+    reconstruction_grid(models, test[:16]).save(grid_path)
+    print(f"\nwrote {workdir}/results.md, results.json, config.json and {grid_path}; one "
+          f"run per quantizer in {workdir}/<quantizer>/")
   return results
 
 
-def main(argv: list[str]) -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "configs/quantizer_study.py[:runlocal]",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", "runs/study", "Where results and images go.")
-
-  run_app(argv, lambda f: run(f.config, f.workdir))
+def train(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """`vqlab train` / `vqlab study` on a study config."""
+  return run(config, workdir)

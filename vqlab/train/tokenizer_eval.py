@@ -1,8 +1,11 @@
-"""Evaluate a trained image tokenizer: reconstruct a split and report PSNR, SSIM, code
-usage and perplexity, and rFID when Inception weights are given.
+"""Evaluate a trained tokenizer, image or audio: reconstruct a split and report its
+numbers (images: PSNR, SSIM, code usage, perplexity, and rFID when Inception weights are
+given; audio codecs: SI-SDR, mel distance, PESQ / STOI and code usage at every number of
+residual levels).
 
   vqlab eval --workdir runs/quickstart [--split test] [--examples 1000] [--step N]
              [--inception inception_fid.npz]
+  vqlab eval --workdir runs/codec
 
 Writes eval_<split>_<step>.json to the workdir and prints the numbers.
 """
@@ -14,7 +17,7 @@ import os
 
 from vqlab import parallel
 from vqlab.eval import inception
-from vqlab.train import tokenizer
+from vqlab.train import evaluators, runs
 from vqlab.train.common import run_app
 
 
@@ -22,17 +25,20 @@ def evaluate_workdir(workdir: str, split: str | None = None, examples: int | Non
                      step: int | None = None, data_dir: str | None = None,
                      inception_weights: str | None = None) -> dict:
   """Evaluate a run's checkpoint; `inception_weights` ("random" for tests) adds rFID."""
+  kind = runs.kind(runs.load_config(workdir))
+  if kind not in ("tokenizer", "codec"):
+    raise ValueError(f"workdir: expected an image tokenizer or audio codec run, got a "
+                     f"{kind} run in {workdir!r}")
   # loaded before any work: a bad path fails early
   inception_params = inception.load(inception_weights) if inception_weights else None
   mesh = parallel.make_mesh({"data": -1})
-  config, graphdef, state, step = tokenizer.restore(workdir, step, mesh)
+  config, graphdef, state, step = runs.restore(workdir, step, mesh)
   if data_dir:
     config.data.data_dir = data_dir
   split = split or config.data.eval_split
   result = {"step": step, "split": split,
-            **tokenizer.evaluate(config, graphdef, state, mesh, split=split,
-                                 num_examples=examples or config.log.eval_examples,
-                                 inception_params=inception_params)}
+            **evaluators.evaluate(config, graphdef, state, mesh, split=split,
+                                  num_examples=examples, inception_params=inception_params)}
   with open(os.path.join(workdir, f"eval_{split}_{step}.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
@@ -40,17 +46,18 @@ def evaluate_workdir(workdir: str, split: str | None = None, examples: int | Non
 
 def main(argv: list[str]) -> None:
   from absl import flags
-  flags.DEFINE_string("workdir", None, "A tokenizer run's workdir.")
+  flags.DEFINE_string("workdir", None, "A tokenizer or codec run's workdir.")
   flags.DEFINE_string("split", None, "Split to reconstruct (default: the config's eval split).")
-  flags.DEFINE_integer("examples", None, "Images to evaluate (default: log.eval_examples).")
+  flags.DEFINE_integer("examples", None, "Examples to evaluate (default: log.eval_examples).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("data_dir", None, "Override the config's tfds data dir.")
   flags.DEFINE_string("inception", None, "Converted pytorch-fid Inception weights (.npz, "
-                      "python -m vqlab.eval.inception --help): adds rFID.")
+                      "vqlab convert inception --help): adds rFID (image tokenizers).")
   flags.mark_flag_as_required("workdir")
 
   def body(f):
     r = evaluate_workdir(f.workdir, f.split, f.examples, f.step, f.data_dir, f.inception)
-    print(f"step {r['step']}, {r['split']}: {tokenizer.describe(r)}")
+    config = runs.load_config(f.workdir)
+    print(f"step {r['step']}, {evaluators.describe(config, r, r['split'])}")
 
   run_app(argv, body)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqlab.models import sampling, var_checkpoint
+from vqlab.convert import var as var_checkpoint
+from vqlab.models import sampling
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

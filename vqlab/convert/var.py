@@ -12,8 +12,8 @@ VAR models (Tian et al. 2024, https://arxiv.org/abs/2404.02905).
 Sizes are read from the state dict's shapes (channels, latent width, codebook, depth,
 width, heads, classes), the scale schedule is an argument (VAR: 1, 2, 3, 4, 5, 6, 8, 10,
 13, 16). A key the model does not have, or a parameter of the model no key fills, is an
-error naming it. Run as a script to sample a grid:
-  python -m vqlab.models.var_checkpoint --vae vae_ch160v4096z32.pth --var var_d16.pth \
+error naming it. `vqlab convert var` samples a grid from the released files:
+  vqlab convert var --vae vae_ch160v4096z32.pth --var var_d16.pth \
       --classes 207,360,387,974 --out var_samples.png
 """
 
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vqlab.convert.state_dict import read_state_dict
 from vqlab.models import image_tokenizer, sampling, vqgan
 from vqlab.models.generators import NextScaleGenerator
 from vqlab.nn.transformer import TransformerShape
@@ -250,20 +251,6 @@ def load_var(state_dict: Mapping[str, object],
   return model
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A `.pth` (needs torch) or `.npz` file of name -> array."""
-  if path.endswith(".npz"):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f"{path}: reading .pth files needs torch; or save the state dict as "
-                      ".npz") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.float().numpy() for k, v in state.items()}
-
-
 def sample(tokenizer: image_tokenizer.ImageTokenizer, generator: NextScaleGenerator,
            labels: Array, key: Array, *, cfg: float = 4.0, top_k: int = 900,
            top_p: float = 0.95, temperature: float = 1.0) -> Array:
@@ -277,7 +264,8 @@ def sample(tokenizer: image_tokenizer.ImageTokenizer, generator: NextScaleGenera
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="vqlab convert var",
+                                   description="Sample a grid from VAR's released weights.")
   parser.add_argument("--vae", required=True, help="vae_ch160v4096z32.pth (or .npz)")
   parser.add_argument("--var", required=True, help="var_d16.pth ... (or .npz)")
   parser.add_argument("--classes", default="207,360,387,974,88,979,417,279",
@@ -286,14 +274,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="var_samples.png")
   args = parser.parse_args(argv)
-  from vqlab.train.common import labeled_grid, to_pixels
-  tokenizer = load_vae(read_state_dict(args.vae))
-  generator = load_var(read_state_dict(args.var), tokenizer.quantizer.patch_nums)
+  from vqlab.train.common import labeled_grid, to_pixels  # the CLI writes a grid
+  tokenizer = load_vae(read_state_dict(args.vae, "--vae"))
+  generator = load_var(read_state_dict(args.var, "--var"), tokenizer.quantizer.patch_nums)
   labels = jnp.asarray([int(c) for c in args.classes.split(",")], jnp.int32)
   images = sample(tokenizer, generator, labels, jax.random.key(args.seed), cfg=args.cfg)
   labeled_grid([(f"cfg {args.cfg:g}", to_pixels(images))]).save(args.out)
   print(f"wrote {args.out}")
 
-
-if __name__ == "__main__":
-  main()

@@ -1,0 +1,177 @@
+"""Held-out reconstruction evaluators of tokenizer runs, shared by the trainers (after
+the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
+
+- images (`evaluate_images`): PSNR, SSIM, code usage and perplexity of fixed crops, and
+  rFID (Frechet distance of Inception features, originals vs reconstructions) when
+  Inception weights are given;
+- audio (`evaluate_audio`): held-out clips reconstructed with 1 .. L residual levels:
+  SI-SDR, mel distance, PESQ / STOI (when installed) and the bitrate of each; code usage
+  per level.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab import parallel
+from vqlab.data import splits
+from vqlab.data.pipeline import iterate
+from vqlab.eval import audio_metrics, inception
+from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
+from vqlab.models import audio_codec
+from vqlab.quantizers.core import usage_metrics
+from vqlab.train.common import local_batch_size, to_unit
+from vqlab.train.runs import eval_model, kind
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def reconstruct_images(state, images, *, graphdef):
+  """Reconstructions (in [-1, 1]) and indices of uint8 images, evaluation weights."""
+  recon, q = eval_model(graphdef, state)(to_unit(images))
+  return recon, q.indices
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def reconstruct_audio(state, audio, num_levels=None, *, graphdef):
+  """(reconstruction (B, T, C), indices (B, F, levels)) with the first `num_levels` levels
+  (an int or an int32 array: one compiled function serves every bitrate)."""
+  recon, q = eval_model(graphdef, state)(audio, num_levels)
+  return recon, q.indices
+
+
+@jax.jit
+def _inception_pair(params, x, recon):
+  return inception.inception_features(params, x), inception.inception_features(params, recon)
+
+
+def _batches(config, split: str, num_examples: int, mesh, key: str, split_fn):
+  """Global batches of `key` covering `num_examples` of the split (this process's part)."""
+  batch = config.train.batch_size
+  ds = split_fn(config, split, train=False, batch_size=local_batch_size(batch, mesh),
+                num_examples=num_examples)
+  sharding = parallel.batch_sharding(mesh)
+  for i, b in enumerate(iterate(ds, config.data.threads, config.data.prefetch)):
+    if i * batch >= num_examples:
+      return
+    yield jax.make_array_from_process_local_data(sharding, b[key])
+
+
+def _no_batch(config, split):
+  return ValueError(f"data: split {split!r} of {config.data.name!r} gave no full batch of "
+                    f"{config.train.batch_size}")
+
+
+def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
+                    num_examples: int, inception_params=None) -> dict[str, Any]:
+  """PSNR, SSIM, code usage and perplexity of held-out reconstructions (fixed crops);
+  rFID when `inception_params` are given."""
+  psnrs, ssims, counts, real_feats, fake_feats = [], [], None, [], []
+  codebook = eval_model(graphdef, state).quantizer.codebook_size
+  for images in _batches(config, split, num_examples, mesh, "image", splits.image_split):
+    recon, indices = reconstruct_images(state, images, graphdef=graphdef)
+    x = to_unit(images)
+    psnrs.append(parallel.to_host(psnr(recon, x)))
+    if min(x.shape[1:3]) >= 11:
+      ssims.append(parallel.to_host(ssim(recon, x)))
+    if inception_params is not None:
+      real, fake = _inception_pair(inception_params, x, recon)
+      real_feats.append(parallel.to_host(real))
+      fake_feats.append(parallel.to_host(fake))
+    flat = parallel.to_host(indices).ravel()
+    c = np.bincount(flat[flat >= 0], minlength=codebook)  # -1: a dropped residual level
+    counts = c if counts is None else counts + c
+  if counts is None:
+    raise _no_batch(config, split)
+  usage = usage_metrics(jnp.asarray(counts, jnp.float32))
+  extra = {}
+  if inception_params is not None:
+    extra["rfid"] = frechet_distance(*gaussian_stats(np.concatenate(real_feats)),
+                                     *gaussian_stats(np.concatenate(fake_feats)))
+  return {**extra, "psnr": float(np.mean(np.concatenate(psnrs))),
+          "ssim": float(np.mean(np.concatenate(ssims))) if ssims else float("nan"),
+          "usage": float(usage["usage"]), "perplexity": float(usage["perplexity"]),
+          "codebook_size": int(codebook), "examples": int(sum(len(p) for p in psnrs))}
+
+
+def describe_images(r: dict[str, Any]) -> str:
+  rfid = f"rFID {r['rfid']:.2f}, " if "rfid" in r else ""
+  return (f"{rfid}PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, code usage {r['usage']:.1%} "
+          f"of {r['codebook_size']}, perplexity {r['perplexity']:.0f} ({r['examples']} images)")
+
+
+def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
+                   num_examples: int) -> dict[str, Any]:
+  """Held-out clips reconstructed with 1 .. L residual levels: SI-SDR, mel distance,
+  PESQ / STOI (when installed) and the bitrate of each; code usage per level (all levels)."""
+  model = eval_model(graphdef, state)
+  levels, rate = model.num_levels, config.data.sample_rate
+  sums: dict[str, list] = {}
+  counts = np.zeros((levels, model.quantizer.codebook_size), np.int64)
+  seen = 0
+  for audio in _batches(config, split, num_examples, mesh, "audio", splits.audio_split):
+    x = parallel.to_host(audio)
+    for n in range(1, levels + 1):
+      recon, indices = reconstruct_audio(state, audio, jnp.int32(n), graphdef=graphdef)
+      r = parallel.to_host(recon)
+      scores = {"si_sdr": audio_metrics.si_sdr(r, x),
+                "mel_distance": audio_metrics.mel_distance(r, x, rate)}
+      for k, v in scores.items():
+        sums.setdefault(f"{k}@{n}", []).append(np.asarray(v))
+      for k, v in audio_metrics.pesq_stoi(r, x, rate).items():
+        sums.setdefault(f"{k}@{n}", []).append(np.full(len(x), v))
+    flat = parallel.to_host(indices).reshape(-1, levels)
+    for l in range(levels):
+      counts[l] += np.bincount(flat[:, l], minlength=counts.shape[1])
+    seen += len(x)
+  if not seen:
+    raise _no_batch(config, split)
+  out = {k: float(np.mean(np.concatenate(v))) for k, v in sums.items()}
+  out.update(audio_metrics.level_usage(counts))
+  out["si_sdr"], out["mel_distance"] = out[f"si_sdr@{levels}"], out[f"mel_distance@{levels}"]
+  out["bitrate@n"] = {n: b for n, b in audio_codec.bitrate_table(model)}
+  out.update(examples=seen, levels=levels, frame_rate=model.frame_rate,
+             codebook_size=int(model.quantizer.codebook_size))
+  return out
+
+
+def describe_audio(r: dict[str, Any]) -> str:
+  rows = [f"  {n} level{'s' if n > 1 else ' '} {r['bitrate@n'][n] / 1000:6.2f} kbps: SI-SDR "
+          f"{r[f'si_sdr@{n}']:6.2f} dB, mel distance {r[f'mel_distance@{n}']:.3f}"
+          + "".join(f", {m.upper()} {r[f'{m}@{n}']:.3f}" for m in ("pesq", "stoi")
+                    if f"{m}@{n}" in r)
+          for n in range(1, r["levels"] + 1)]
+  usage = ", ".join(f"{r[f'level{l}/usage']:.0%}" for l in range(r["levels"]))
+  return "\n".join(rows + [f"  code usage per level ({r['codebook_size']} codes): {usage} "
+                           f"({r['examples']} clips, {r['frame_rate']:g} frames/s)"])
+
+
+def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
+             split: str | None = None, num_examples: int | None = None,
+             inception_params=None) -> dict[str, Any]:
+  """The evaluator of the run's kind, images (tokenizer) or audio (codec), on `split`
+  (default the config's eval split) and `num_examples` (default `log.eval_examples`)."""
+  split = split or config.data.eval_split
+  num_examples = num_examples or config.log.eval_examples
+  if kind(config) == "codec":
+    if inception_params is not None:
+      raise ValueError("inception: rFID is an image metric; expected no Inception weights "
+                       "for an audio codec run")
+    return evaluate_audio(config, graphdef, state, mesh, split=split,
+                          num_examples=num_examples)
+  return evaluate_images(config, graphdef, state, mesh, split=split,
+                         num_examples=num_examples, inception_params=inception_params)
+
+
+def describe(config: ml_collections.ConfigDict, r: dict[str, Any],
+             split: str | None = None) -> str:
+  """What `evaluate` found, for the console (audio: one line per bitrate)."""
+  head = f"{config.data.name} {split or config.data.eval_split}:"
+  if kind(config) == "codec":
+    return f"{head}\n{describe_audio(r)}"
+  return f"{head} {describe_images(r)}"
