@@ -109,7 +109,7 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       prompts_dir="", prompt_frames=25))
   c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
   # gFID / Inception Score at the end, when converted Inception weights are given
-  # (python -m vqlab.eval.inception); against the tokenizer dataset's eval split
+  # (vqlab convert inception); against the tokenizer dataset's eval split
   c.eval = ml_collections.ConfigDict(dict(inception="", examples=10_000, batch_size=50))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12,

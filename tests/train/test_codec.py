@@ -162,3 +162,20 @@ def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
   raw = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_array_equal(np.asarray(raw(a)), np.asarray(raw(b)))
+
+
+def test_vqlab_eval_on_a_codec_run_gives_its_summary(speech_chain):
+  """`vqlab eval` evaluates any tokenizer run: on a codec, the restored checkpoint's
+  numbers at every bitrate are the ones the trainer wrote after its last step."""
+  from vqlab.train import tokenizer_eval
+  codec_dir = speech_chain[0]
+  summary = json.load(open(os.path.join(codec_dir, "summary.json")))
+  result = tokenizer_eval.evaluate_workdir(codec_dir)
+  assert result["step"] == summary["step"] == 2 and result["levels"] == summary["levels"] == 3
+  for n in range(1, 4):
+    for metric in ("mel_distance", "si_sdr"):
+      assert result[f"{metric}@{n}"] == pytest.approx(summary[f"{metric}@{n}"], rel=1e-5)
+  with pytest.raises(ValueError, match="rFID is an image metric"):
+    tokenizer_eval.evaluate_workdir(codec_dir, inception_weights="random")
+  with pytest.raises(ValueError, match="expected a run of tokenizer, got a codec run"):
+    runs.load_tokenizer(codec_dir)
