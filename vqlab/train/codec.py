@@ -152,8 +152,7 @@ def uses_gan(config: ml_collections.ConfigDict, step: int) -> bool:
 # ----------------------------------------------------------------------------- job
 
 
-class CodecJob(loop.Job):
-  fixed_sections = ("model", "disc")
+class CodecJob(evaluators.TokenizerJob):
   postfix = ("loss", "mel_loss", "si_sdr")
   outputs = "audio/"
 
@@ -210,12 +209,6 @@ class CodecJob(loop.Job):
                    c.data.sample_rate, self.writer, step)
 
     return [(c.log.audio_every, write_audio)]
-
-  def evaluate(self, graphdef, state):
-    return evaluators.evaluate(self.config, graphdef, state, self.mesh)
-
-  def describe(self, summary):
-    return evaluators.describe(self.config, summary)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from vqlab.eval import audio_metrics, inception
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import usage_metrics
+from vqlab.train import loop
 from vqlab.train.common import local_batch_size, to_unit
 from vqlab.train.runs import eval_model, kind
 
@@ -175,3 +176,15 @@ def describe(config: ml_collections.ConfigDict, r: dict[str, Any],
   if kind(config) == "codec":
     return f"{head}\n{describe_audio(r)}"
   return f"{head} {describe_images(r)}"
+
+
+class TokenizerJob(loop.Job):
+  """The base of the tokenizer trainers (image, audio): a model and a discriminator that
+  a resumed run may not change, evaluated by `evaluate` after the last step."""
+  fixed_sections = ("model", "disc")
+
+  def evaluate(self, graphdef, state):
+    return evaluate(self.config, graphdef, state, self.mesh)
+
+  def describe(self, summary):
+    return describe(self.config, summary)

@@ -226,8 +226,7 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
 # ----------------------------------------------------------------------------- job
 
 
-class TokenizerJob(loop.Job):
-  fixed_sections = ("model", "disc")
+class ImageTokenizerJob(evaluators.TokenizerJob):
   postfix = ("loss", "psnr", "q/usage")
 
   def check(self):
@@ -283,15 +282,9 @@ class TokenizerJob(loop.Job):
 
     return [(c.log.image_every, grid)]
 
-  def evaluate(self, graphdef, state):
-    return evaluators.evaluate(self.config, graphdef, state, self.mesh)
-
-  def describe(self, summary):
-    return evaluators.describe(self.config, summary)
-
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (or resume) in `workdir`; returns the summary also written to summary.json.
   With `config.dry_run` only compiles the step and reports memory and FLOPs."""
-  return loop.train_job(TokenizerJob(config, workdir))
+  return loop.train_job(ImageTokenizerJob(config, workdir))
 
