@@ -289,7 +289,6 @@ class VectorQuantizer(nnx.Module):
     self.dim, self.codebook_size = dim, codebook_size
     self.code_dim = code_dim or dim
     self.metric, self.estimator, self.beta = metric, estimator, beta
-    self.codebook_kind = codebook  # the config's name; `codebook_ops` does the work
     self.codebook_ops = CODEBOOKS[codebook]
     self.ema_decay, self.ema_eps = ema_decay, ema_eps
     self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters

@@ -59,11 +59,7 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
   """Tokens of `split` (all of it, or `examples` images / clips) into `out`; returns the
   count."""
   mesh = parallel.make_mesh({"data": -1})
-  kind = runs.kind(runs.load_config(workdir))
-  if kind not in ("tokenizer", "codec"):
-    raise ValueError(f"workdir: expected an image tokenizer or audio codec run, got a "
-                     f"{kind} run in {workdir!r}")
-  audio = kind == "codec"
+  audio = runs.kind(runs.load_config_of(workdir, ("tokenizer", "codec"))) == "codec"
   config, graphdef, state, step = runs.restore(workdir, mesh=mesh)
   if data_dir:
     config.data.data_dir = data_dir

@@ -272,8 +272,8 @@ class GeneratorJob(loop.Job):
 
   def periodic(self, graphdef):
     c, s, tok = self.config, self.config.sample, self.tok
-    self.tok_state = nnx.split(tok)[1]
-    self.sampler = make_sampler(graphdef, nnx.split(tok)[0], SampleSpec(
+    tok_graphdef, self.tok_state = nnx.split(tok)
+    self.sampler = make_sampler(graphdef, tok_graphdef, SampleSpec(
         c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps,
         int(self.source.meta.get("latent_size", 0))))
     labels = jnp.arange(s.num, dtype=jnp.int32) % c.model.num_classes

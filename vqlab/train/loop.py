@@ -292,8 +292,8 @@ class Job:
     -> summary.json
 
   A trainer holds what is its own (its state, step, data, periodic work, evaluation);
-  every field it reads is in `config`. After `train_job` set them: `mesh`, `writer`
-  (when training) and `last_metrics` (the metrics of the last step).
+  every field it reads is in `config`. `train_job` sets `mesh`, `writer` (when training)
+  and `last_metrics` (the metrics of the last step).
   """
 
   fixed_sections: Sequence[str] = ("model",)  # config sections a resumed run may not change

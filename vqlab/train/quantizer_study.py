@@ -196,7 +196,7 @@ def train_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 def speed(workdir: str, steps: int) -> dict[str, Any]:
   """Steps/s and training seconds from the run's logged windows, leaving out the first
   (it holds the compilation); and the logged history."""
-  history = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  history = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   rates = [r["steps_per_second"] for r in history[1:]] or [history[0]["steps_per_second"]]
   rate = float(np.mean(rates))
   return {"train_seconds": steps / rate, "steps_per_second": rate,

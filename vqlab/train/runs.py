@@ -100,11 +100,18 @@ def eval_model(graphdef, state) -> nnx.Module:
   return model
 
 
-def _load(workdir: str, kinds: tuple[str, ...], step: int | None):
-  found = kind(load_config(workdir))
+def load_config_of(workdir: str, kinds: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """A run's config, checked to be of one of `kinds`."""
+  config = load_config(workdir)
+  found = kind(config)
   if found not in kinds:
     raise ValueError(f"workdir: expected a run of {' or '.join(kinds)}, got a {found} run "
                      f"in {workdir!r}")
+  return config
+
+
+def _load(workdir: str, kinds: tuple[str, ...], step: int | None):
+  load_config_of(workdir, kinds)
   _, graphdef, state, _ = restore(workdir, step)
   return eval_model(graphdef, state)
 

@@ -25,10 +25,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, examples: int | Non
                      step: int | None = None, data_dir: str | None = None,
                      inception_weights: str | None = None) -> dict:
   """Evaluate a run's checkpoint; `inception_weights` ("random" for tests) adds rFID."""
-  kind = runs.kind(runs.load_config(workdir))
-  if kind not in ("tokenizer", "codec"):
-    raise ValueError(f"workdir: expected an image tokenizer or audio codec run, got a "
-                     f"{kind} run in {workdir!r}")
+  runs.load_config_of(workdir, ("tokenizer", "codec"))
   # loaded before any work: a bad path fails early
   inception_params = inception.load(inception_weights) if inception_weights else None
   mesh = parallel.make_mesh({"data": -1})
