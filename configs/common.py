@@ -51,7 +51,9 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
       steps=100_000, batch_size=32, lr=1e-4, disc_lr=1e-4, b1=0.5, b2=0.9,
       weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0,
       ema_decay=0.0,  # 0: no EMA of the generator
-      nonfinite="stop"))  # a non-finite loss: "stop" the run, or "skip" the update
+      # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
+      # (stopping after max_skips in a row)
+      nonfinite="stop", max_skips=20))
   c.loss = ml_collections.ConfigDict(dict(
       recon="l1", recon_weight=1.0, quantizer_weight=1.0,
       perceptual_weight=1.0, lpips_weights="",  # a converted .npz, or "random" (smoke tests)
@@ -101,7 +103,9 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=256, lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_steps=0, schedule="constant", grad_clip=1.0, label_dropout=0.1, ema_decay=0.0,
-      nonfinite="stop"))  # a non-finite loss: "stop" the run, or "skip" the update
+      # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
+      # (stopping after max_skips in a row)
+      nonfinite="stop", max_skips=20))
   c.sample = ml_collections.ConfigDict(dict(
       every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8,
       # "delay" (audio): continue the first prompt_frames of records of prompts_dir

@@ -39,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=32))  # conv channels of the autoencoder
   c.train = ml_collections.ConfigDict(dict(
       steps=300, batch_size=32, lr=2e-3,  # plain Adam
-      nonfinite="stop"))  # a non-finite loss: "stop" the run, or "skip" the update
+      # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
+      # (stopping after max_skips in a row)
+      nonfinite="stop", max_skips=20))
   c.data = ml_collections.ConfigDict(dict(
       eval_size=500,  # held-out digits (of the 5,000)
       threads=0, prefetch=0))  # in memory: no reader threads needed

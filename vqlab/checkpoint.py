@@ -5,14 +5,22 @@ statistics, RNG keys, step counters) and the data iterator's state (a small JSON
 e.g. grain's `get_state()`). Typed PRNG keys are stored as their raw key data and
 re-wrapped on restore. Restoring onto an abstract tree of `jax.ShapeDtypeStruct`s with
 shardings places every array where the caller's mesh wants it.
+
+What a restore checks, in order: the checkpoint's tree (paths, shapes, dtypes, from its
+metadata) against the caller's (`CheckpointMismatch`, nothing touched: another model or
+another config, not damage), then every array's contents against the checksum written
+with it (`CorruptCheckpoint`: bytes changed on disk). A checkpoint that fails the second,
+or cannot be read at all, is set aside and the previous one restored.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -48,6 +56,69 @@ def _data_to_keys(tree: Any, like: Any) -> Any:
   return jax.tree.map(leaf, tree, like)
 
 
+class CheckpointMismatch(ValueError):
+  """The checkpoint holds another tree than the caller's state: not damage, a different
+  model or state layout. Nothing is moved or deleted."""
+
+
+class CorruptCheckpoint(OSError):
+  """A checkpoint whose arrays do not match the checksum saved with them."""
+
+
+class DiskFull(OSError):
+  """Not enough space for the next checkpoint; the previous ones are intact."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """path -> leaf of nested mappings / sequences (paths as 'a/b/0', keys as strings, so a
+  tree and orbax's metadata of it compare equal)."""
+  if isinstance(tree, Mapping):
+    items = tree.items()
+  elif isinstance(tree, (list, tuple)):
+    items = enumerate(tree)
+  else:
+    return {prefix: tree}
+  out = {}
+  for k, v in items:
+    out.update(_flat(v, f"{prefix}/{k}" if prefix else str(k)))
+  return out
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """An array's bits as uint32 words (one per element; 8- and 16-bit types widened)."""
+  x = jnp.ravel(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = jnp.dtype(f"uint{x.dtype.itemsize * 8}")
+  if x.dtype != unsigned:
+    x = jax.lax.bitcast_convert_type(x, unsigned)
+  return x.astype(jnp.uint32)
+
+
+@jax.jit
+def _checksums(leaves: list) -> jax.Array:
+  """(leaves, 2) uint32: the sum of each array's words and their position-weighted sum
+  (Fletcher-style: a changed, swapped or shifted word changes one of them), mod 2**32.
+  Integer sums are exact in any order, so the result does not depend on the sharding."""
+  rows = []
+  for x in leaves:
+    w = _words(x)
+    pos = jnp.arange(1, w.size + 1, dtype=jnp.uint32)
+    rows.append(jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * pos, dtype=jnp.uint32)]))
+  return jnp.stack(rows) if rows else jnp.zeros((0, 2), jnp.uint32)
+
+
+def checksums(tree: Any) -> dict[str, list[int]]:
+  """path -> [sum, weighted sum] of every array of `tree` (keys as their uint32 data)."""
+  flat = _flat(_keys_to_data(tree))
+  values = jax.device_get(_checksums(list(flat.values())))
+  return {path: [int(a), int(b)] for path, (a, b) in zip(flat, values)}
+
+
+def tree_size(tree: Any) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(_keys_to_data(tree)))
+
+
 class Checkpointer:
   """Checkpoints in `directory`, the newest `max_to_keep` kept; saves are async."""
 
@@ -55,10 +126,22 @@ class Checkpointer:
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep: expected >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(directory)
+    self._remove_partial_saves()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=async_save))
+
+  def _remove_partial_saves(self) -> None:
+    """Temporary directories of saves cut short (a crash, a full disk) are deleted: orbax
+    only renames a save to its step when it is complete, so nothing in them is a checkpoint."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in sorted(os.listdir(self.directory)):
+      if ".orbax-checkpoint-tmp" in name:
+        print(f"removing {name} in {self.directory}: a save that did not finish",
+              file=sys.stderr)
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -67,22 +150,63 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict | None = None) -> bool:
-    """Start saving (returns at once when async); True if a checkpoint was started."""
-    args = {"state": ocp.args.StandardSave(_keys_to_data(state))}
+    """Start saving (returns at once when async); True if a checkpoint was started. The
+    checksum of every array is saved with it; `DiskFull` (nothing started) when the
+    disk cannot hold one more checkpoint of this size."""
+    self._wait_for_save(step)
+    self.check_space(tree_size(state), step)
+    args = {"state": ocp.args.StandardSave(_keys_to_data(state)),
+            "meta": ocp.args.JsonSave({"format": 1, "checksums": checksums(state)})}
     if data_state is not None:
       args["data"] = ocp.args.JsonSave(data_state)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    except OSError as e:
+      raise self._disk_error(e, step) from e
+
+  def check_space(self, state_bytes: int, step: int | str = "next") -> None:
+    """`DiskFull` unless the disk has room for one more checkpoint of `state_bytes`
+    (orbax writes the new one before deleting the oldest)."""
+    need = int(state_bytes * 1.1) + 2**20  # + metadata
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise DiskFull(errno.ENOSPC, self._full_message(step, free, need))
+
+  def _full_message(self, step, free: int, need: int | None = None) -> str:
+    steps = self.all_steps()
+    need = f", a checkpoint needs about {need / 2**20:,.1f} MiB" if need else ""
+    return (f"disk full: {free / 2**20:,.1f} MiB free in {self.directory}{need}; "
+            f"checkpoint {step} was not written, the previous ones ({steps or 'none'}) are "
+            "intact; free space (or raise log.checkpoint_every / lower "
+            "log.keep_checkpoints) and rerun the same command to resume")
+
+  def _disk_error(self, e: BaseException, step) -> BaseException:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
+      return DiskFull(errno.ENOSPC, self._full_message(step, shutil.disk_usage(
+          self.directory).free))
+    return e
+
+  def _wait_for_save(self, step) -> None:
+    """The previous async save, finished; a disk error in it becomes `DiskFull`."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's error
+      raise self._disk_error(e, step) from e
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[int, Any, dict | None]:
     """(step, state, data_state) of `step` (default the latest readable one) onto
     `abstract_state`'s shapes, dtypes and shardings (arrays or ShapeDtypeStructs).
 
-    Without `step`, a checkpoint that cannot be read (corrupt or missing files) is
-    reported, moved to `<directory>-unreadable/` so later saves can reuse its step, and
-    the previous one is tried. (A save cut short never looks complete: orbax writes to a
-    temporary directory and renames it at the end.)"""
+    Without `step`, a checkpoint that cannot be read (missing files, or contents that
+    fail their checksum) is reported, moved to `<directory>-unreadable/` so later saves
+    can reuse its step, and the previous one is tried. (A save cut short never looks
+    complete: orbax writes to a temporary directory and renames it at the end.) A
+    checkpoint of another tree raises `CheckpointMismatch` and nothing is moved."""
     if step is not None:
+      if step not in self.all_steps():
+        raise FileNotFoundError(f"step: expected one of the checkpoints "
+                                f"{self.all_steps()} in {self.directory}, got {step}")
       return self._restore(abstract_state, step)
     steps = sorted(self.all_steps(), reverse=True)
     if not steps:
@@ -92,6 +216,8 @@ class Checkpointer:
     for s in steps:
       try:
         return self._restore(abstract_state, s)
+      except CheckpointMismatch:
+        raise
       except Exception as e:  # noqa: BLE001 - any read failure: fall back to an older one
         errors.append(f"step {s}: {type(e).__name__}: {str(e)[:300]}")
         print(f"checkpoint {s} in {self.directory} is unreadable ({errors[-1]}); "
@@ -99,9 +225,15 @@ class Checkpointer:
         self._set_aside(s)
     raise RuntimeError(f"no readable checkpoint in {self.directory}: " + " | ".join(errors))
 
-  def _set_aside(self, step: int) -> None:
+  def set_aside(self, steps: list[int], why: str) -> str:
+    """Move checkpoints `steps` to `<directory>-<why>/` (kept, never deleted); returns it."""
+    for s in steps:
+      self._set_aside(s, why)
+    return f"{self.directory}-{why}"
+
+  def _set_aside(self, step: int, why: str = "unreadable") -> None:
     if jax.process_index() == 0:
-      aside = self.directory + "-unreadable"
+      aside = f"{self.directory}-{why}"
       os.makedirs(aside, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)),
                   os.path.join(aside, f"{step}-{int(time.time())}"))
@@ -110,23 +242,58 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"vqlab set aside checkpoint {step}")
     self.manager.reload()
 
+  def _check_tree(self, abstract_data: Any, step: int) -> None:
+    """`CheckpointMismatch` naming the paths whose presence, shape or dtype differ."""
+    from etils import epath
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state")
+    saved = _flat(metadata.tree)
+    want = _flat(abstract_data)
+    missing = sorted(set(want) - set(saved))
+    extra = sorted(set(saved) - set(want))
+    shapes = [f"{p} {tuple(saved[p].shape)} {saved[p].dtype} -> {tuple(want[p].shape)} "
+              f"{want[p].dtype}" for p in sorted(set(want) & set(saved))
+              if tuple(saved[p].shape) != tuple(want[p].shape)
+              or jnp.dtype(saved[p].dtype) != jnp.dtype(want[p].dtype)]
+    if missing or extra or shapes:
+      parts = [f"{label} ({len(v)}): {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+               for label, v in (("not in the checkpoint", missing),
+                                ("only in the checkpoint", extra), ("changed", shapes)) if v]
+      raise CheckpointMismatch(f"checkpoint {step} in {self.directory} holds another state "
+                               f"than this job's: {'; '.join(parts)}")
+
   def _restore(self, abstract_state: Any, step: int) -> tuple[int, Any, dict | None]:
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
         jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         abstract_state)
-    args = {"state": ocp.args.StandardRestore(_abstract_key_data(abstract))}
-    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
-    if has_data:
-      args["data"] = ocp.args.JsonRestore()
+    abstract_data = _abstract_key_data(abstract)
+    self._check_tree(abstract_data, step)
+    args = {"state": ocp.args.StandardRestore(abstract_data)}
+    has = {item: os.path.isdir(os.path.join(self.directory, str(step), item))
+           for item in ("data", "meta")}
+    for item in ("data", "meta"):
+      if has[item]:
+        args[item] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    if has["meta"]:
+      saved, got = restored["meta"]["checksums"], checksums(restored["state"])
+      bad = sorted(p for p in got if saved.get(p) != got[p])
+      if bad:
+        raise CorruptCheckpoint(f"checkpoint {step}: {len(bad)} arrays differ from their "
+                                f"checksums ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
+    else:
+      print(f"checkpoint {step} in {self.directory} has no checksums (written by an older "
+            "vqlab): restored unchecked", file=sys.stderr)
     state = _data_to_keys(restored["state"], abstract_state)
-    return step, state, (restored["data"] if has_data else None)
+    return step, state, (restored["data"] if has["data"] else None)
 
   def wait(self) -> None:
-    """Block until async saves are on disk."""
-    self.manager.wait_until_finished()
+    """Block until async saves are on disk (`DiskFull` if the last one ran out of space)."""
+    self._wait_for_save("last")
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self._wait_for_save("last")
+    finally:
+      self.manager.close()

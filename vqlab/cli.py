@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
 # verb -> (module, the kind of run it trains or None, help)
 JOBS = {
@@ -44,7 +46,42 @@ def main(argv: list[str] | None = None) -> None:
     distributed.initialize()  # multi-process jobs join here, before any computation
   main_fn = importlib.import_module(module).main
   args = [f"vqlab {verb}"] + argv[2:]
-  main_fn(args, expect) if expect else main_fn(args)
+  try:
+    main_fn(args, expect) if expect else main_fn(args)
+  except (*_expected_errors(), AttributeError) as e:
+    if os.environ.get("VQLAB_TRACEBACK") or (isinstance(e, AttributeError)
+                                            and not _in_config_flags(e)):
+      raise
+    print(f"vqlab {verb}: {type(e).__name__}: {message(e)}\n(VQLAB_TRACEBACK=1 shows the "
+          "traceback)", file=sys.stderr)
+    sys.exit(1)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+  """What bad input and faults raise (checked configs and arguments, files, checkpoints,
+  divergence, a busy workdir): one message, not a traceback."""
+  from absl import flags
+  return (ValueError, KeyError, OSError, FloatingPointError, RuntimeError, flags.Error)
+
+
+def _in_config_flags(e: BaseException) -> bool:
+  """An AttributeError raised while parsing `--config.field=value`: an unknown field."""
+  return any("config_flags" in frame.filename for frame in traceback.extract_tb(e.__traceback__))
+
+
+def message(e: BaseException) -> str:
+  """The words of an error: a KeyError's own text (not its repr), the cause of a config
+  file that failed to load, ml_collections' did-you-mean of a misspelled field."""
+  if isinstance(e, AttributeError):
+    return "config: no such field in an override --config.<field>=...: " + \
+        str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  cause = e.__cause__ or e.__context__
+  if cause is not None and ("earlier failure" in str(text) or not str(text).strip()):
+    return message(cause)
+  if isinstance(cause, (KeyError, AttributeError)) and "Did you mean" in str(cause):
+    return f"{text}: {message(cause)}"
+  return str(text).strip()
 
 
 if __name__ == "__main__":

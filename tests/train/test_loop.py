@@ -52,14 +52,17 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
   assert step == 3 and data_state == {"n": 3}
 
 
-def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
+def test_non_finite_loss_stops_and_sets_aside_the_checkpoint_that_led_to_it(tmp_path):
   def step_fn(state, batch, step):
     loss = jnp.float32(np.nan if step >= 2 else 1.0)  # step 3 goes wrong
     return state, {"loss": loss, "grad_norm": jnp.float32(1.0)}
 
-  with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss;"):
+  with pytest.raises(loop.Diverged, match=r"step 3: non-finite loss or state; .*checkpoint "
+                     r"\[2\].*resumes from the start"):
     _run(tmp_path, step_fn)
-  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+  # checkpoint 2's state produced the NaN: kept aside, not resumed from, never deleted
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == []
+  assert len(os.listdir(tmp_path / "checkpoints-diverged")) == 1
 
 
 def test_skip_guard_keeps_the_state_of_a_non_finite_step():
@@ -72,17 +75,43 @@ def test_skip_guard_keeps_the_state_of_a_non_finite_step():
   guarded = jax.jit(loop.guard_nonfinite(step, "skip"))
   s1, m1 = guarded({"w": jnp.ones(3), "key": jax.random.key(0)}, 2.0)
   np.testing.assert_array_equal(s1["w"], [3.0, 3.0, 3.0])
-  assert float(m1["skipped"]) == 0.0
+  assert float(m1["nonfinite"]) == 0.0
   s2, m2 = guarded(s1, -1.0)
   np.testing.assert_array_equal(s2["w"], s1["w"])
   np.testing.assert_array_equal(jax.random.key_data(s2["key"]), jax.random.key_data(s1["key"]))
-  assert float(m2["skipped"]) == 1.0
-  loop.check_finite(2, {k: float(v) for k, v in m2.items()})  # dropped, not an error
-  with pytest.raises(FloatingPointError, match="step 2: non-finite loss"):
-    loop.check_finite(2, {"loss": float(m2["loss"])})
-  assert loop.guard_nonfinite(step, "stop") is step
+  assert float(m2["nonfinite"]) == 1.0
   with pytest.raises(ValueError, match="train.nonfinite"):
     loop.guard_nonfinite(step, "ignore")
+
+
+def test_a_finite_loss_with_a_non_finite_update_is_caught_in_both_modes():
+  import jax
+
+  def step(state, x):  # the loss is fine, the update overflows (lr = 1e30 ...)
+    return {"w": state["w"] * x}, {"loss": jnp.float32(1.0)}
+
+  for mode in loop.NONFINITE:
+    new, metrics = jax.jit(loop.guard_nonfinite(step, mode))({"w": jnp.ones(2)}, jnp.float32(np.inf))
+    assert float(metrics["nonfinite"]) == 1.0
+    assert bool(jnp.isfinite(new["w"]).all()) == (mode == "skip")
+
+
+def test_skip_mode_saves_only_finite_states_and_stops_after_max_skips(tmp_path):
+  def step_fn(state, batch, step):  # steps 3-4 bad (skipped), 5-6 fine, 7 on bad
+    bad = step in (2, 3) or step >= 6
+    new = {"w": state["w"] if bad else state["w"] + 1}
+    return new, {"loss": jnp.float32(np.nan if bad else 1.0),
+                 "nonfinite": jnp.float32(float(bad))}
+
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  with pytest.raises(loop.Diverged, match=r"steps 7-9: 3 non-finite steps in a row"):
+    loop.run({"w": jnp.zeros(3)}, Batches(), step_fn, start=0, total=20, ckpt=ckpt,
+             writer=MetricWriter(str(tmp_path)), log_every=1, checkpoint_every=2,
+             nonfinite="skip", max_skips=3)
+  # 2 saved; 4 fell on a skipped step: saved at 5 (finite) instead; 6 was saved, then
+  # set aside (step 7 went wrong from it); 8 fell on a skipped step: not saved
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2, 5]
+  assert [d.split("-")[0] for d in os.listdir(tmp_path / "checkpoints-diverged")] == ["6"]
 
 
 def test_dry_runs_compile_and_report_without_touching_the_workdir(chain, tmp_path, capsys):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -26,6 +29,85 @@ def check_workdir(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise OSError(f"workdir: expected a writable directory, got {workdir!r} ({e})") from e
+
+
+class WorkdirLock:
+  """One job per workdir: WORKDIR/.lock names its holder (host, pid) and is touched every
+  `heartbeat` seconds while held. Another live holder is an error naming it; a stale lock
+  (its pid gone on this host, or no heartbeat for `stale_after` seconds from another
+  host) is taken over with a message. Only process 0 of a job takes it."""
+
+  def __init__(self, workdir: str, enabled: bool = True, heartbeat: float = 30.0,
+               stale_after: float = 300.0):
+    self.path = os.path.join(workdir, ".lock")
+    self.enabled, self.heartbeat, self.stale_after = enabled, heartbeat, stale_after
+    self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+    self._stop = threading.Event()
+
+  def _holder(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}  # half-written by a process that died: stale
+
+  def _stale(self, holder: dict) -> str | None:
+    """Why the lock's holder is gone, or None if it may be alive."""
+    if not holder:
+      return "an unreadable lock"
+    if holder.get("host") == self.me["host"]:
+      try:
+        os.kill(int(holder["pid"]), 0)
+      except ProcessLookupError:
+        return f"process {holder['pid']} is gone"
+      except PermissionError:
+        return None  # alive, another user's
+      return None
+    age = time.time() - os.path.getmtime(self.path)
+    return f"no heartbeat for {age:.0f} s" if age > self.stale_after else None
+
+  def __enter__(self):
+    if not self.enabled:
+      return self
+    while True:
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        holder = self._holder()
+        if holder is None:
+          continue  # released meanwhile
+        why = self._stale(holder)
+        if why is None:
+          raise RuntimeError(
+              f"workdir: {os.path.dirname(self.path)!r} is in use by pid {holder.get('pid')} "
+              f"on {holder.get('host')} (since {holder.get('since', '?')}); two jobs on one "
+              f"workdir would overwrite each other's checkpoints. Stop that one, or delete "
+              f"{self.path} if it is certainly dead")
+        print(f"taking over the lock of {os.path.dirname(self.path)} from pid "
+              f"{holder.get('pid')} on {holder.get('host')}: {why}")
+        os.remove(self.path)
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump({**self.me, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+      break
+    threading.Thread(target=self._beat, daemon=True).start()
+    return self
+
+  def _beat(self):
+    while not self._stop.wait(self.heartbeat):
+      try:
+        os.utime(self.path)
+      except OSError:
+        return
+
+  def __exit__(self, *exc):
+    if self.enabled:
+      self._stop.set()
+      holder = self._holder() or {}
+      if (holder.get("host"), holder.get("pid")) == (self.me["host"], self.me["pid"]):
+        os.remove(self.path)
 
 
 def check_free_space(workdir: str, need_bytes: int) -> None:
@@ -166,6 +248,26 @@ class MetricWriter:
       f.write(json.dumps({"step": step, **scalars}) + "\n")
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
+
+  def truncate_after(self, step: int) -> None:
+    """Drop the lines of steps after `step` (those a resumed run will redo)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # the last line of a process killed while writing it
+      if record.get("step", 0) <= step:
+        kept.append(record)
+    if len(kept) < len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(tmp, self.path)
 
   def write_image(self, step: int, tag: str, image: Image.Image) -> None:
     if self.enabled:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import os
 import signal
 import threading
@@ -24,10 +25,30 @@ from flax import nnx
 from tqdm import tqdm
 
 from vqlab import parallel
-from vqlab.checkpoint import Checkpointer
+from vqlab.checkpoint import CheckpointMismatch, Checkpointer
 from vqlab.data.pipeline import iterate
-from vqlab.train.common import (MetricWriter, check_free_space, check_workdir,
+from vqlab.train.common import (MetricWriter, WorkdirLock, check_free_space, check_workdir,
                                 local_batch_size)
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """'a.b: old -> new' for every leaf field that differs between two config dicts."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += changed_fields(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return out
+
+
+def saved_config(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
@@ -35,15 +56,12 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
   """A writable workdir; one with checkpoints resumes only if `fixed_sections` of the
   config (the model's shape) are unchanged: nothing there is touched otherwise."""
   check_workdir(workdir)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  old = saved_config(workdir)
+  if old is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
-  with open(path) as f:
-    old = json.load(f)
   new = json.loads(config.to_json())
-  changed = [f"{section}.{k}" for section in fixed_sections
-             for k in sorted(set(old.get(section, {})) | set(new[section]))
-             if old.get(section, {}).get(k) != new[section].get(k)]
+  changed = changed_fields({s: old.get(s, {}) for s in fixed_sections},
+                           {s: new[s] for s in fixed_sections})
   if changed:
     raise ValueError(f"config: {workdir!r} holds checkpoints of another model (changed: "
                      f"{changed}); use a new workdir, nothing there was touched")
@@ -76,11 +94,22 @@ def checkpointer(workdir: str, keep: int) -> Checkpointer:
   return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep)
 
 
-def resume(ckpt: Checkpointer, state: dict, it) -> tuple[int, dict]:
-  """(start step, state): the latest checkpoint's, iterator included, or (0, state)."""
+def resume(ckpt: Checkpointer, state: dict, it, config: ml_collections.ConfigDict | None = None,
+           workdir: str | None = None) -> tuple[int, dict]:
+  """(start step, state): the latest checkpoint's, iterator included, or (0, state). A
+  checkpoint of another state tree (e.g. a `train.*` field that adds an EMA) is refused
+  naming the fields that differ from the run's config.json; nothing is touched."""
   if ckpt.latest_step() is None:
     return 0, state
-  start, restored, data_state = ckpt.restore(to_checkpoint(state))
+  try:
+    start, restored, data_state = ckpt.restore(to_checkpoint(state))
+  except CheckpointMismatch as e:
+    old = saved_config(workdir) if workdir else None
+    fields = changed_fields(old, json.loads(config.to_json())) if old and config else []
+    why = (f"this config differs from the run's config.json in {fields}" if fields else
+           "the config is the run's own: the state layout of the code changed")
+    raise CheckpointMismatch(f"{e}. {why}; rerun with the run's config or use a new "
+                             "workdir (nothing was changed)") from None
   if data_state is not None:
     it.set_state(data_state)
   if jax.process_index() == 0:
@@ -130,13 +159,19 @@ def check_nonfinite_mode(mode: str) -> None:
     raise ValueError(f"train.nonfinite: expected one of {NONFINITE}, got {mode!r}")
 
 
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+
+
 def guard_nonfinite(step_fn: Callable, mode: str) -> Callable:
-  """`mode` "stop": `step_fn` as it is (the loop stops at the next logged or saved step).
-  "skip": a step whose loss is not finite returns the state it was given (parameters,
-  optimizer, statistics, RNG) and reports `skipped` = 1; jit the result."""
+  """`step_fn` reporting `nonfinite` = 1 when its loss or the state it returns
+  (parameters, optimizer moments, statistics) is not finite: the loop never saves such a
+  state. Mode "stop": the state is returned as it is (the run stops at the next check,
+  no memory is spent on a copy). "skip": such a step returns the state it was given
+  (RNG included) instead; jit the result."""
   check_nonfinite_mode(mode)
-  if mode == "stop":
-    return step_fn
 
   def keep_if(ok, new, old):
     if jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
@@ -147,34 +182,91 @@ def guard_nonfinite(step_fn: Callable, mode: str) -> Callable:
 
   def guarded(state, *args, **kwargs):
     new, metrics = step_fn(state, *args, **kwargs)
-    ok = jnp.isfinite(metrics["loss"])
-    return (jax.tree.map(functools.partial(keep_if, ok), new, state),
-            {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)})
+    ok = jnp.isfinite(metrics["loss"]) & _all_finite(new)
+    if mode == "skip":
+      new = jax.tree.map(functools.partial(keep_if, ok), new, state)
+    return new, {**metrics, "nonfinite": 1.0 - ok.astype(jnp.float32)}
 
   return guarded
 
 
-def check_finite(step: int, metrics: dict) -> None:
-  """A non-finite loss stops the run before anything is saved, naming the terms. A
-  step the "skip" guard dropped (skipped = 1) left the state as it was: not an error."""
-  bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
-  if bad and not metrics.get("skipped"):
-    raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; no checkpoint "
-                             f"written for this step (the last good one stays latest)")
+class Diverged(FloatingPointError):
+  """The run stopped on non-finite steps; what led to them was set aside, not saved."""
+
+
+class _Health:
+  """The `nonfinite` flag of every step, read at log and save steps (no sync in between).
+
+  A checkpoint is written only of a state whose last step was finite. When the run stops
+  ("stop": the first non-finite step; "skip": `max_skips` in a row) the checkpoint of the
+  step just before the first non-finite one, if there is one, is set aside too: its state
+  is what produced it (e.g. a learning rate that made the weights huge but still finite)."""
+
+  def __init__(self, mode: str, max_skips: int):
+    self.mode, self.max_skips = mode, max_skips
+    self.pending: list[tuple[int, Any]] = []
+    self.streak_from: int | None = None  # first step of the current run of non-finite steps
+    self.skipped = 0
+
+  def add(self, step: int, metrics: dict) -> None:
+    flag = metrics.get("nonfinite")
+    if flag is None:  # an unguarded step function: its loss is all there is to check
+      flag = 1.0 - jnp.isfinite(metrics["loss"]).astype(jnp.float32)
+    self.pending.append((step, flag))
+
+  def check(self, ckpt: Checkpointer) -> None:
+    """Read the flags since the last check; `Diverged` when the run must stop."""
+    steps = [s for s, _ in self.pending]
+    flags = jax.device_get([f for _, f in self.pending])
+    self.pending = []
+    for step, flag in zip(steps, flags):
+      if float(flag):
+        self.skipped += 1
+        self.streak_from = step if self.streak_from is None else self.streak_from
+        if self.mode == "stop" or step - self.streak_from + 1 >= self.max_skips:
+          self._stop(ckpt, step)
+      else:
+        self.streak_from = None
+
+  @property
+  def last_ok(self) -> bool:
+    return self.streak_from is None
+
+  def _stop(self, ckpt: Checkpointer, step: int) -> None:
+    first = self.streak_from
+    ckpt.wait()
+    suspect = [s for s in ckpt.all_steps() if s >= first - 1]
+    aside = f"; checkpoint {suspect} (whose state led to it) moved to " \
+        f"{ckpt.set_aside(suspect, 'diverged')}" if suspect else ""
+    left = ckpt.all_steps()
+    what = (f"step {first}: non-finite loss or state" if self.mode == "stop" else
+            f"steps {first}-{step}: {step - first + 1} non-finite steps in a row "
+            f"(train.max_skips={self.max_skips})")
+    hint = ("raise train.max_skips if bad batches come in runs" if self.mode == "skip" else
+            "or (for rare bad batches) train.nonfinite='skip'")
+    raise Diverged(f"{what}; nothing of it was saved{aside}. The same command resumes from "
+                   f"{'checkpoint ' + str(left[-1]) if left else 'the start'}: lower "
+                   f"train.lr, set train.grad_clip, {hint}")
 
 
 def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]], *,
         start: int, total: int, ckpt: Checkpointer, writer: MetricWriter, log_every: int,
         checkpoint_every: int, periodic: Iterable[tuple[int, Callable[[dict, int], None]]] = (),
-        postfix: Sequence[str] = ("loss",)) -> dict:
+        postfix: Sequence[str] = ("loss",), nonfinite: str = "stop", max_skips: int = 20,
+        report: dict | None = None) -> dict:
   """Steps start+1 .. total: `step_fn(state, batch, step)` -> (state, metrics); every
   `log_every` the metrics (+ steps/s) go to the writer and the bar; each (every, fn) of
   `periodic` runs fn(state, step); checkpoints every `checkpoint_every` and at the end.
-  Metrics are checked finite at every log and checkpoint step (FloatingPointError, no
-  checkpoint). SIGTERM: the current step finishes, is checkpointed, and `Preempted`
-  (exit status 0) is raised. The checkpointer is closed (async saves finished) whatever
-  happens."""
-  window_start, window_steps = time.perf_counter(), 0
+
+  Non-finite steps (the `nonfinite` flag of `guard_nonfinite`, else the loss) are read at
+  every log and save step: `nonfinite` "stop" ends the run at the first (`Diverged`),
+  "skip" after `max_skips` in a row; a save falls on a finite step (one due on a skipped
+  step waits for the next finite one); `report["skipped_steps"]` counts them. SIGTERM:
+  the current step finishes, is checkpointed, and `Preempted` (exit status 0) is raised.
+  The checkpointer is closed (async saves finished) whatever happens."""
+  check_nonfinite_mode(nonfinite)
+  health = _Health(nonfinite, max_skips)
+  window_start, window_steps, save_due = time.perf_counter(), 0, False
   bar = tqdm(range(start, total), initial=start, total=total, desc="train",
              disable=jax.process_index() != 0, mininterval=2, dynamic_ncols=True)
   try:
@@ -183,13 +275,15 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
         state, metrics = step_fn(state, next(it), step)
         window_steps += 1
         done = step + 1
+        health.add(done, metrics)
         stop = term.any_process()
         last = done == total or stop
-        log, save = done % log_every == 0 or last, done % checkpoint_every == 0 or last
-        if log or save:
-          scalars = {k: float(v) for k, v in metrics.items()}
-          check_finite(done, scalars)
+        log = done % log_every == 0 or last
+        save_due = save_due or done % checkpoint_every == 0 or last
+        if log or save_due:
+          health.check(ckpt)
         if log:
+          scalars = {k: float(v) for k, v in metrics.items()}
           now = time.perf_counter()
           scalars["steps_per_second"] = window_steps / (now - window_start)
           window_start, window_steps = now, 0
@@ -199,8 +293,12 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
           for every, fn in periodic:
             if done % every == 0 or last:
               fn(state, done)
-        if save:
+        if save_due and (health.last_ok or last):
+          if not health.last_ok and jax.process_index() == 0:
+            print(f"\nstep {done}: saving the state of step {health.streak_from - 1} (the "
+                  f"last {done - health.streak_from + 1} steps were skipped as non-finite)")
           ckpt.save(done, to_checkpoint(state), it.get_state())
+          save_due = False
         if stop:
           if jax.process_index() == 0:
             print(f"\nSIGTERM: step {done} finished and checkpointed; the same command "
@@ -210,17 +308,24 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
     bar.close()
     ckpt.close()  # waits for the async save: nothing half-written is left behind
     writer.close()
+    if report is not None:
+      report["skipped_steps"] = health.skipped
+  if health.skipped and jax.process_index() == 0:
+    print(f"\n{health.skipped} steps were skipped as non-finite (train.nonfinite='skip')")
   return state
 
 
-def place_state(workdir: str, state, mesh, mesh_config):
+def place_state(workdir: str, state, mesh, mesh_config, keep: int = 1):
   """(state on the mesh, its shardings) by the config's rules; prints the placement
-  and checks the disk can hold two checkpoints of it, before training starts."""
+  and checks the disk can hold the `keep` checkpoints of it still to be written (+1:
+  orbax writes the next before deleting the oldest), before training starts."""
   shardings = parallel.config_shardings(state, mesh, mesh_config)
   state = parallel.put(state, shardings)
   if jax.process_index() == 0:
     print(parallel.placement_report(mesh, state, shardings))
-  check_free_space(workdir, 2 * parallel.state_bytes(state))
+  path = os.path.join(workdir, "checkpoints")
+  have = len([d for d in os.listdir(path) if d.isdigit()]) if os.path.isdir(path) else 0
+  check_free_space(workdir, max(keep + 1 - have, 1) * parallel.state_bytes(state))
   return state, shardings
 
 
@@ -264,6 +369,8 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   """The `train` fields every job reads."""
   t = config.train
   check_nonfinite_mode(t.nonfinite)
+  if t.get("max_skips", 1) < 1:
+    raise ValueError(f"train.max_skips: expected >= 1, got {t.max_skips}")
   if t.steps < 1 or t.batch_size < 1:
     raise ValueError(f"train.steps, train.batch_size: expected >= 1, got {t.steps}, "
                      f"{t.batch_size}")
@@ -365,10 +472,18 @@ def train_job(job: Job) -> dict[str, Any]:
     step = job.compile(graphdef, shardings)[job.variant(config.train.steps - 1)]
     return dry_run(step, mesh, abstract, shardings, job.abstract_batch(), *job.step_args())
   prepare_workdir(workdir, config, job.fixed_sections)
+  with WorkdirLock(workdir, enabled=job.main_process):
+    return _train_in(job, mesh, batch_size)
+
+
+def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
+  """The part of `train_job` that holds the workdir's lock. config.json is written once
+  the model is built and the checkpoint (if any) restored: an invalid config or a refused
+  resume leave the workdir as they found it."""
+  config, workdir = job.config, job.workdir
   train_ds = job.train_data(batch_size)
-  write_config(workdir, config)
   graphdef, state = job.init_state()
-  state, shardings = place_state(workdir, state, mesh, config.mesh)
+  state, shardings = place_state(workdir, state, mesh, config.mesh, config.log.keep_checkpoints)
   steps, args = job.compile(graphdef, shardings), job.step_args()
   job.started(graphdef, state)
   data_sharding = parallel.batch_sharding(mesh)
@@ -379,16 +494,27 @@ def train_job(job: Job) -> dict[str, Any]:
     state, job.last_metrics = steps[job.variant(step)](state, batch, *args)
     return state, job.last_metrics
 
-  job.writer = MetricWriter(workdir, enabled=job.main_process)
-  periodic = job.periodic(graphdef)
   ckpt = checkpointer(workdir, config.log.keep_checkpoints)
   it = iterate(train_ds, config.data.threads, config.data.prefetch)
-  start, state = resume(ckpt, state, it)
+  try:
+    start, state = resume(ckpt, state, it, config, workdir)
+  except BaseException:
+    ckpt.close()
+    raise
+  write_config(workdir, config)
+  job.writer = MetricWriter(workdir, enabled=job.main_process)
+  job.writer.truncate_after(start)  # steps redone after a kill are logged once
+  periodic = job.periodic(graphdef)
+  report: dict[str, Any] = {}
   state = run(state, it, step_fn, start=start, total=config.train.steps, ckpt=ckpt,
               writer=job.writer, log_every=config.log.every,
               checkpoint_every=config.log.checkpoint_every, periodic=periodic,
-              postfix=job.postfix)
+              postfix=job.postfix, nonfinite=config.train.nonfinite,
+              max_skips=config.train.get("max_skips", 20), report=report)
   summary = {"step": config.train.steps, **job.evaluate(graphdef, state)}
+  if report["skipped_steps"]:
+    summary["skipped_steps"] = report["skipped_steps"]
+  check_summary_finite(summary, workdir, config.log.keep_checkpoints)
   if job.main_process:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
@@ -396,3 +522,29 @@ def train_job(job: Job) -> dict[str, Any]:
     print(f"wrote {workdir}/summary.json, metrics.jsonl, tensorboard/, {job.outputs}, "
           "checkpoints/")
   return summary
+
+
+def check_summary_finite(summary: dict[str, Any], workdir: str, keep: int) -> None:
+  """A model that evaluates to NaN / inf gets no summary.json and its final checkpoint is
+  set aside (to checkpoints-diverged/: a rerun resumes from the one before): `Diverged`."""
+  def nonfinite(tree, path):
+    if isinstance(tree, dict):
+      return [p for k, v in tree.items() for p in nonfinite(v, f"{path}{k}.")]
+    if isinstance(tree, (list, tuple)):
+      return [p for i, v in enumerate(tree) for p in nonfinite(v, f"{path}{i}.")]
+    ok = not isinstance(tree, numbers.Real) or math.isfinite(tree)
+    return [] if ok else [path[:-1]]
+
+  bad = nonfinite(summary, "")
+  if bad:
+    ckpt = checkpointer(workdir, keep)
+    try:
+      final = [s for s in ckpt.all_steps() if s >= summary["step"]]
+      aside = ckpt.set_aside(final, "diverged")
+      left = ckpt.all_steps()
+    finally:
+      ckpt.close()
+    raise Diverged(f"the trained model evaluates to non-finite {bad}: no summary.json "
+                   f"written, its checkpoint {final} moved to {aside}. The same command "
+                   f"resumes from {'checkpoint ' + str(left[-1]) if left else 'the start'}: "
+                   "lower train.lr or set train.grad_clip")

@@ -19,6 +19,8 @@ import json
 import os
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -69,11 +71,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def restore_run(workdir: str, state: dict, step: int | None = None) -> tuple[int, dict]:
   """(step, state) of a run's checkpoint (default the latest) into the template `state`."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"workdir: expected checkpoints in {workdir!r}, found none")
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
     step, restored, _ = ckpt.restore(loop.to_checkpoint(state), step)
   finally:
     ckpt.close()
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(restored)
+         if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.isfinite(x).all())]
+  if bad:
+    raise ValueError(f"checkpoint {step} of {workdir!r} holds non-finite values in "
+                     f"{len(bad)} arrays ({', '.join(bad[:3])}): not a usable model")
   return step, loop.from_checkpoint(state, restored)
 
 
