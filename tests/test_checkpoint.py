@@ -105,3 +105,77 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(damage, tmp_pat
       p.unlink()
   with pytest.raises(RuntimeError, match="no readable checkpoint"):
     Checkpointer(str(directory)).restore({"w": jnp.zeros((64,))})
+
+
+def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_is_restored(tmp_path,
+                                                                                 capsys):
+  directory = tmp_path / "c"
+  ckpt = Checkpointer(str(directory))
+  weights = jax.random.normal(jax.random.key(0), (4096,))
+  for step in (2, 4):
+    ckpt.save(step, {"w": weights + step})
+  ckpt.close()
+  # 64 bytes in the middle of the largest data file: still decodes, to other numbers
+  data = max((p for p in (directory / "4" / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  mid = len(raw) // 2
+  raw[mid:mid + 64] = bytes(b ^ 0x5A for b in raw[mid:mid + 64])
+  data.write_bytes(bytes(raw))
+  step, state, _ = Checkpointer(str(directory)).restore({"w": jnp.zeros((4096,))})
+  assert step == 2
+  np.testing.assert_array_equal(state["w"], weights + 2)
+  assert "checkpoint 4" in capsys.readouterr().err
+  assert len(list((tmp_path / "c-unreadable").iterdir())) == 1
+
+
+def test_a_checkpoint_of_another_tree_is_refused_and_left_in_place(tmp_path):
+  from vqlab.checkpoint import CheckpointMismatch
+  ckpt = Checkpointer(str(tmp_path / "c"))
+  ckpt.save(1, {"model": {"w": jnp.zeros(3)}})
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path / "c"))
+  with pytest.raises(CheckpointMismatch, match=r"not in the checkpoint \(1\): ema/w"):
+    ckpt.restore({"model": {"w": jnp.zeros(3)}, "ema": {"w": jnp.zeros(3)}})
+  with pytest.raises(CheckpointMismatch, match=r"changed \(1\): model/w \(3,\) float32 -> \(4,\)"):
+    ckpt.restore({"model": {"w": jnp.zeros(4)}})
+  assert ckpt.all_steps() == [1] and not (tmp_path / "c-unreadable").exists()
+  with pytest.raises(FileNotFoundError, match=r"expected one of the checkpoints \[1\]"):
+    ckpt.restore({"model": {"w": jnp.zeros(3)}}, step=5)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MiB filesystem (tmpfs; needs root, skipped elsewhere)."""
+  import subprocess
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)],
+                    capture_output=True).returncode:
+    pytest.skip("cannot mount a small tmpfs here (not root?)")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_a_full_disk_is_one_message_and_the_previous_checkpoint_stays(small_disk):
+  from vqlab.checkpoint import DiskFull
+  ckpt = Checkpointer(str(small_disk / "c"))
+  weights = jax.random.normal(jax.random.key(0), (400_000,))  # 1.6 MB: one fits, two not
+  ckpt.save(1, {"w": weights})
+  ckpt.wait()
+  with pytest.raises(DiskFull, match=r"disk full: .* MiB free .* checkpoint 2 was not written, "
+                     r"the previous ones \(\[1\]\) are intact"):
+    ckpt.save(2, {"w": weights + 1})
+  # the space check passed, the disk filled up while writing (another job's files)
+  ckpt.check_space = lambda *args, **kwargs: None
+  (small_disk / "filler").write_bytes(b"\0" * 2**20)
+  with pytest.raises(DiskFull, match="checkpoint 2 was not written"):
+    ckpt.save(2, {"w": weights + 1})
+    ckpt.wait()
+  ckpt.close()
+  assert any(".orbax-checkpoint-tmp" in p.name for p in (small_disk / "c").iterdir())
+  ckpt = Checkpointer(str(small_disk / "c"))  # the next start: the partial save is removed
+  assert sorted(p.name for p in (small_disk / "c").iterdir()) == ["1"]
+  step, state, _ = ckpt.restore({"w": jnp.zeros(400_000)})
+  assert step == 1
+  np.testing.assert_array_equal(state["w"], weights)

@@ -127,6 +127,7 @@ class Checkpointer:
       raise ValueError(f"max_to_keep: expected >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(directory)
     self._remove_partial_saves()
+    self._saving, self._failed = None, False
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -153,8 +154,9 @@ class Checkpointer:
     """Start saving (returns at once when async); True if a checkpoint was started. The
     checksum of every array is saved with it; `DiskFull` (nothing started) when the
     disk cannot hold one more checkpoint of this size."""
-    self._wait_for_save(step)
+    self._wait_for_save()
     self.check_space(tree_size(state), step)
+    self._saving = step
     args = {"state": ocp.args.StandardSave(_keys_to_data(state)),
             "meta": ocp.args.JsonSave({"format": 1, "checksums": checksums(state)})}
     if data_state is not None:
@@ -186,12 +188,13 @@ class Checkpointer:
           self.directory).free))
     return e
 
-  def _wait_for_save(self, step) -> None:
+  def _wait_for_save(self) -> None:
     """The previous async save, finished; a disk error in it becomes `DiskFull`."""
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's error
-      raise self._disk_error(e, step) from e
+      self._failed = True
+      raise self._disk_error(e, self._saving) from e
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[int, Any, dict | None]:
@@ -290,10 +293,15 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Block until async saves are on disk (`DiskFull` if the last one ran out of space)."""
-    self._wait_for_save("last")
+    self._wait_for_save()
 
   def close(self) -> None:
     try:
-      self._wait_for_save("last")
+      if not self._failed:  # a failed save was reported already
+        self._wait_for_save()
     finally:
-      self.manager.close()
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001 - the failed save's error, raised once above
+        if not self._failed:
+          raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import numpy as np
@@ -64,7 +65,8 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
   if data_dir:
     config.data.data_dir = data_dir
   model = runs.eval_model(graphdef, state)
-  meta = {"tokenizer_workdir": workdir, "step": step, "split": split,
+  meta = {"tokenizer_workdir": os.path.abspath(workdir), "step": step,
+          "tokenizer_fingerprint": runs.fingerprint(state), "split": split,
           "dataset": config.data.name, "codebook_size": int(model.quantizer.codebook_size)}
   if audio:
     if seconds:

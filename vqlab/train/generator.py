@@ -235,11 +235,9 @@ class GeneratorJob(loop.Job):
     c = self.config
     self.inception_params = inception.load(c.eval.inception) if c.eval.inception else None
     self.source = source = TokenSource(c.tokens_dir)
-    self.tok = tok = runs.load_token_model(c.tokenizer_workdir)
-    if int(source.meta["codebook_size"]) != int(tok.quantizer.codebook_size):
-      raise ValueError(f"tokens_dir: tokens of a {source.meta['codebook_size']}-code "
-                       f"tokenizer, but tokenizer_workdir's has {tok.quantizer.codebook_size} "
-                       "codes")
+    self.tok, step, ident = runs.load_token_model_of(c.tokenizer_workdir)
+    tok = self.tok
+    runs.check_tokens_match(source.meta, tok, step, ident, c.tokenizer_workdir)
     top_label = max(int(source[i].get("label", 0)) for i in range(min(len(source), 256)))
     if top_label >= c.model.num_classes:
       raise ValueError(f"model.num_classes: the tokens have label {top_label}, expected "

@@ -14,6 +14,7 @@ opened, so no trainer imports another). Every trainer's state is {"nnx": (model,
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -25,7 +26,7 @@ import ml_collections
 from flax import nnx
 
 from vqlab import parallel
-from vqlab.checkpoint import Checkpointer
+from vqlab.checkpoint import Checkpointer, checksums
 from vqlab.data import splits
 from vqlab.train import loop
 
@@ -140,6 +141,41 @@ def load_codec(workdir: str, step: int | None = None):
 def load_token_model(workdir: str, step: int | None = None):
   """The tokenizer of a run, image or audio."""
   return _load(workdir, ("tokenizer", "codec"), step)
+
+
+def fingerprint(state: dict) -> str:
+  """A short hash of a state's contents (its arrays' checksums): which checkpoint it is,
+  wherever the run was copied to. Exported tokens name their tokenizer by it."""
+  sums = checksums(loop.to_checkpoint(state))
+  return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_token_model_of(workdir: str, step: int | None = None):
+  """(tokenizer in eval mode, its step, its `fingerprint`) of an image tokenizer or codec
+  run."""
+  load_config_of(workdir, ("tokenizer", "codec"))
+  _, graphdef, state, step = restore(workdir, step)
+  return eval_model(graphdef, state), step, fingerprint(state)
+
+
+def check_tokens_match(meta: dict, tok, step: int, ident: str, workdir: str) -> None:
+  """Tokens (their tokens.json `meta`) must come from this tokenizer checkpoint: decoding
+  another's codes with it gives images of nothing, silently."""
+  made_by = (f"tokens of {meta.get('tokenizer_workdir')!r} at step {meta.get('step')}")
+  if meta.get("tokenizer_fingerprint", ident) != ident:
+    raise ValueError(f"tokens_dir: {made_by} (fingerprint {meta['tokenizer_fingerprint']}), "
+                     f"but tokenizer_workdir {workdir!r} is another model (step {step}, "
+                     f"fingerprint {ident}); export tokens with this tokenizer (vqlab tokens)")
+  want = {"codebook_size": int(tok.quantizer.codebook_size)}
+  if meta.get("modality") == "audio":
+    want["levels"] = int(tok.num_levels)
+  else:
+    want["latent_size"] = int(tok.latent_size)
+  bad = {k: (meta.get(k), v) for k, v in want.items() if int(meta.get(k, v)) != v}
+  if bad:
+    raise ValueError(f"tokens_dir: {made_by} do not fit tokenizer_workdir {workdir!r}: "
+                     + ", ".join(f"{k} {a} in the tokens, {b} in the tokenizer"
+                                 for k, (a, b) in bad.items()))
 
 
 def load_generator(workdir: str, step: int | None = None):
