@@ -9,9 +9,17 @@ from vqlab.quantizers import factory
 
 
 def quantizer_spec(kind: str, **args) -> ml_collections.ConfigDict:
-  """kind + every argument of its class (defaults, then `args`), so any can be overridden."""
+  """`kind` + the arguments of every quantizer kind (`kind`'s defaults, then `args`), so
+  that `--config.model.quantizer.kind=fsq` switches kind (the new kind taking its own
+  defaults for what the config left at the old one's) and any argument can be set.
+  Trainers read it with `factory.spec_args`."""
+  unknown = sorted(set(args) - factory.accepted_args(kind))
+  if unknown:
+    raise ValueError(f"{kind}: unknown arguments {unknown}; expected some of "
+                     f"{sorted(factory.accepted_args(kind))}")
   return ml_collections.ConfigDict(
-      dict(kind=kind, args={**factory.default_args(kind), **args}), type_safe=False)
+      dict(kind=kind, defaults_of=kind, args={**factory.spec_defaults(kind), **args}),
+      type_safe=False)
 
 
 def parse_arg(arg: str | None, known: Sequence[str] = (), *,

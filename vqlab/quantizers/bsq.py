@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from vqlab.quantizers.core import l2_normalize
+from vqlab.quantizers.core import check_weight, l2_normalize
 from vqlab.quantizers.lfq import BinaryQuantizer, resolve_bits
 
 Array = jax.Array
@@ -31,7 +31,8 @@ class BSQ(BinaryQuantizer):
                zeta: float = 1.0, beta: float = 0.0, inv_temperature: float = 1.0,
                entropy_group_bits: int = 12, usage_decay: float = 0.99,
                usage_threshold: float = 1e-3, rngs: nnx.Rngs | None = None):
-    self.gamma0, self.gamma, self.zeta, self.beta = gamma0, gamma, zeta, beta
+    self.gamma0, self.gamma, self.zeta = gamma0, gamma, zeta
+    self.beta = check_weight("beta", beta)
     n_bits = resolve_bits(bits, codebook_size)
     super().__init__(dim, n_bits, None, level=n_bits**-0.5, inv_temperature=inv_temperature,
                      entropy_group_bits=entropy_group_bits, usage_decay=usage_decay,

@@ -2,6 +2,17 @@
 
 Statistics are computed from global arrays inside `jit`, so a batch sharded over a
 mesh gives the same numbers as the same batch on one device (no `axis_name`).
+
+What every quantizer does with bad values (the same for all families):
+- indices outside [0, codebook_size) given to `decode`: a ValueError when the indices
+  are concrete (outside `jit`); under `jit` those positions decode to NaN vectors.
+  (Residual quantizers: -1 at a level means "level dropped" and decodes to nothing.)
+- non-finite input rows: index `INVALID` (-1), a NaN quantized vector, left out of the
+  loss and of every statistic; `metrics["nonfinite_inputs"]` counts them.
+- an empty batch (no rows): zero loss, statistics untouched.
+- code-usage statistics are kept per code up to `MAX_TRACKED_CODES` codes; above (e.g.
+  FSQ with 2^30 codes) batch usage is computed from the batch's own indices and no
+  usage EMA is kept.
 """
 
 from __future__ import annotations
@@ -46,6 +57,74 @@ class QuantizerState(nnx.Variable):
   EMA, EMA codebooks, the k-means-done flag. Checkpointed with the model."""
 
 
+INVALID = -1  # the index of a non-finite input row
+MAX_TRACKED_CODES = 2**20  # per-code usage EMAs above this would cost GBs (FSQ's 2^30)
+
+
+def as_int(name: str, value: Any, minimum: int = 1) -> int:
+  """`value` as a Python int >= `minimum`: ints and NumPy integers (not bools, floats)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+  return int(value)
+
+
+def check_weight(name: str, value: float) -> float:
+  """A loss weight: finite and >= 0 (a negative commitment pushes the encoder away)."""
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(f"{name}: expected a finite weight >= 0, got {value!r}")
+  return float(value)
+
+
+def split_nonfinite(h: Array, mask: Array | None) -> tuple[Array, Array, Array]:
+  """(h with non-finite rows zeroed, the mask without them, bad rows (...)): rows of
+  (..., D) with a NaN or inf are left out of losses and statistics."""
+  bad = jnp.logical_not(jnp.all(jnp.isfinite(h), axis=-1))
+  keep = jnp.logical_not(bad)
+  return (jnp.where(bad[..., None], 0.0, h).astype(h.dtype),
+          keep if mask is None else keep & mask.astype(bool), bad)
+
+
+def mark_nonfinite(out: "QuantizerOutput", bad: Array) -> "QuantizerOutput":
+  """Index INVALID and a NaN vector for the bad rows; their count in the metrics."""
+  lead_bad = bad.reshape(bad.shape + (1,) * (out.indices.ndim - bad.ndim))
+  return out.replace(
+      quantized=jnp.where(bad[..., None], jnp.nan, out.quantized).astype(out.quantized.dtype),
+      indices=jnp.where(lead_bad, INVALID, out.indices),
+      metrics={**out.metrics, "nonfinite_inputs": jnp.sum(bad).astype(jnp.float32)})
+
+
+def empty_output(z: Array, index_shape: tuple[int, ...]) -> "QuantizerOutput":
+  """What a quantizer returns for a batch without rows: nothing to learn from."""
+  return QuantizerOutput(quantized=z, indices=jnp.zeros(index_shape, jnp.int32),
+                         loss=jnp.float32(0.0), metrics={"nonfinite_inputs": jnp.float32(0.0)})
+
+
+def lookup_indices(indices: Array, size: int, name: str = "indices") -> tuple[Array, Array]:
+  """(indices safe to look up, valid mask) for codes that must be in [0, size). Concrete
+  indices out of range are a ValueError; traced ones (under jit) are flagged in `valid`
+  for the caller to decode to NaN (`nan_where_invalid`)."""
+  check_indices(indices, name)
+  if not isinstance(indices, jax.core.Tracer):
+    values = np.asarray(indices)
+    bad = (values < 0) | (values >= size)
+    if bad.any():
+      raise ValueError(f"{name}: expected codes in [0, {size}), got {int(bad.sum())} outside "
+                       f"(min {values.min()}, max {values.max()})")
+  valid = (indices >= 0) & (indices < size)
+  return jnp.where(valid, indices, 0), valid
+
+
+def nan_where_invalid(x: Array, valid: Array) -> Array:
+  return jnp.where(valid[..., None], x, jnp.nan).astype(x.dtype)
+
+
+def usage_buffer(codebook_size: int) -> "QuantizerState":
+  """The per-code usage EMA, or an empty one above MAX_TRACKED_CODES codes."""
+  return QuantizerState(jnp.zeros((codebook_size if codebook_size <= MAX_TRACKED_CODES else 0,)))
+
+
 def check_last_dim(z: Array, dim: int, name: str = "z") -> None:
   if z.ndim < 1 or z.shape[-1] != dim:
     raise ValueError(
@@ -76,12 +155,27 @@ def code_counts(indices: Array, codebook_size: int, mask: Array | None = None) -
   return jnp.bincount(flat, weights=weights, length=codebook_size).astype(jnp.float32)
 
 
-def usage_metrics(counts: Array, prefix: str = "") -> dict[str, Array]:
-  """Batch code usage (fraction of codes hit), entropy (nats) and perplexity."""
+def batch_code_counts(indices: Array, mask: Array | None = None) -> Array:
+  """How often each distinct code of the batch occurs, one entry per row (N,) with zeros
+  after the distinct ones: counts without a (K,) array, for huge codebooks."""
+  flat = indices.reshape(-1).astype(jnp.int32)
+  w = jnp.ones(flat.shape, jnp.float32) if mask is None else mask.reshape(-1).astype(jnp.float32)
+  order = jnp.argsort(flat)
+  flat, w = flat[order], w[order]
+  starts = jnp.concatenate([jnp.ones((min(flat.size, 1),), bool), flat[1:] != flat[:-1]])
+  run = jnp.cumsum(starts) - 1
+  return jax.ops.segment_sum(w, run, num_segments=flat.size)
+
+
+def usage_metrics(counts: Array, codebook_size: int | None = None, prefix: str = ""
+                  ) -> dict[str, Array]:
+  """Batch code usage (fraction of the `codebook_size` (default len(counts)) codes hit),
+  entropy (nats) and perplexity."""
   probs = counts / jnp.maximum(counts.sum(), 1.0)
   ent = entropy(probs)
+  hit = jnp.sum((counts > 0).astype(jnp.float32))
   return {
-      f"{prefix}usage": jnp.mean((counts > 0).astype(jnp.float32)),
+      f"{prefix}usage": hit / (codebook_size or counts.shape[0]),
       f"{prefix}entropy": ent,
       f"{prefix}perplexity": jnp.exp(ent),
   }
@@ -108,6 +202,8 @@ def track_usage(module: nnx.Module, indices: Array, mask: Array | None = None
   `usage_threshold` and `deterministic`. The EMA starts at the first batch's counts
   rather than at zero, so a fresh codebook is not declared dead on its first steps.
   """
+  if module.codebook_size > MAX_TRACKED_CODES:
+    return usage_metrics(batch_code_counts(indices, mask), module.codebook_size)
   counts = code_counts(indices, module.codebook_size, mask)
   metrics = usage_metrics(counts)
   if not module.deterministic:
@@ -202,30 +298,36 @@ class ImplicitCodebookQuantizer(nnx.Module):
     project = dim != code_dim
     self.project_in = nnx.data(nnx.Linear(dim, code_dim, rngs=rngs) if project else None)
     self.project_out = nnx.data(nnx.Linear(code_dim, dim, rngs=rngs) if project else None)
-    self.usage = QuantizerState(jnp.zeros((codebook_size,)))
+    self.usage = usage_buffer(codebook_size)
 
   def __call__(self, z: Array, mask: Array | None = None) -> QuantizerOutput:
     check_last_dim(z, self.dim)
     check_mask(mask, z)
+    if z.size == 0:
+      return empty_output(z, z.shape[:-1])
     h = z if self.project_in is None else self.project_in(z)
-    codes, loss, metrics = self.quantize_codes(h.astype(jnp.float32), mask)
+    h, mask, bad = split_nonfinite(h.astype(jnp.float32), mask)
+    codes, loss, metrics = self.quantize_codes(h, mask)
     indices = self.codes_to_indices(sg(codes))
     metrics.update(track_usage(self, indices, mask))
     out = codes if self.project_out is None else self.project_out(codes)
-    return QuantizerOutput(quantized=out.astype(z.dtype), indices=indices,
-                           loss=jnp.asarray(loss, jnp.float32), metrics=metrics)
+    return mark_nonfinite(QuantizerOutput(quantized=out.astype(z.dtype), indices=indices,
+                                          loss=jnp.asarray(loss, jnp.float32), metrics=metrics),
+                          bad)
 
   def decode(self, indices: Array) -> Array:
-    """Indices (...) -> quantized vectors (..., dim) without the input."""
-    check_indices(indices)
-    codes = self.indices_to_codes(indices)
-    return codes if self.project_out is None else self.project_out(codes)
+    """Indices (...) -> quantized vectors (..., dim) without the input (see the module
+    docstring for indices out of range)."""
+    safe, valid = lookup_indices(indices, self.codebook_size)
+    codes = self.indices_to_codes(safe)
+    out = codes if self.project_out is None else self.project_out(codes)
+    return nan_where_invalid(out, valid)
 
 
 def masked_mean(x: Array, mask: Array | None) -> Array:
   """Mean of x (..., D) over all entries, counting only rows where mask (...) is set."""
   x = x.astype(jnp.float32)
   if mask is None:
-    return jnp.mean(x)
+    return jnp.sum(x) / max(x.size, 1)  # 0, not NaN, for an empty batch
   m = mask.astype(jnp.float32)[..., None]
   return jnp.sum(x * m) / jnp.maximum(jnp.sum(m) * x.shape[-1], 1.0)

@@ -29,9 +29,12 @@ _EPS = 1e-3
 
 
 def check_levels(levels: Sequence[int], symmetric: bool) -> tuple[int, ...]:
-  levels = tuple(int(l) for l in levels) if isinstance(levels, (list, tuple)) else levels
-  if not isinstance(levels, tuple) or not levels:
+  if isinstance(levels, np.ndarray) and levels.ndim == 1:
+    levels = list(levels)
+  if not isinstance(levels, (list, tuple)) or not levels or any(
+      isinstance(l, (bool, np.bool_)) or not isinstance(l, (int, np.integer)) for l in levels):
     raise ValueError(f"levels: expected a non-empty list of ints, got {levels!r}")
+  levels = tuple(int(l) for l in levels)
   low = 2 if symmetric else 3
   if min(levels) < low:
     raise ValueError(f"levels: expected every level >= {low}"

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqlab.quantizers.core import (ImplicitCodebookQuantizer, binary_entropy_terms,
-                                   bits_to_indices, indices_to_bits, masked_mean, sg)
+from vqlab.quantizers.core import (ImplicitCodebookQuantizer, as_int, binary_entropy_terms,
+                                   bits_to_indices, check_weight, indices_to_bits,
+                                   masked_mean, sg)
 from vqlab.quantizers.estimators import straight_through
 
 Array = jax.Array
@@ -27,14 +28,16 @@ def resolve_bits(bits: int | None, codebook_size: int | None) -> int:
   if bits is None and codebook_size is None:
     raise ValueError("bits, codebook_size: expected at least one, got neither")
   if codebook_size is not None:
-    if not isinstance(codebook_size, int) or codebook_size < 2 or codebook_size & (codebook_size - 1):
+    codebook_size = as_int("codebook_size", codebook_size, 2)
+    if codebook_size & (codebook_size - 1):
       raise ValueError(f"codebook_size: expected a power of two >= 2, got {codebook_size!r}")
     from_size = codebook_size.bit_length() - 1
     if bits is not None and bits != from_size:
       raise ValueError(f"codebook_size: expected 2**bits = {2**bits} for bits={bits}, "
                        f"got {codebook_size}")
     bits = from_size
-  if not isinstance(bits, int) or not 1 <= bits <= 31:
+  bits = as_int("bits", bits)
+  if bits > 31:
     raise ValueError(f"bits: expected an int in [1, 31], got {bits!r}")
   return bits
 
@@ -86,7 +89,7 @@ class LFQ(BinaryQuantizer):
                entropy_group_bits: int = 12, usage_decay: float = 0.99,
                usage_threshold: float = 1e-3, rngs: nnx.Rngs | None = None):
     self.entropy_weight, self.diversity_gamma = entropy_weight, diversity_gamma
-    self.commitment_weight = commitment_weight
+    self.commitment_weight = check_weight("commitment_weight", commitment_weight)
     super().__init__(dim, bits, codebook_size, level=scale, inv_temperature=inv_temperature,
                      entropy_group_bits=entropy_group_bits, usage_decay=usage_decay,
                      usage_threshold=usage_threshold, rngs=rngs)

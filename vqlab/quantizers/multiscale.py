@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqlab.quantizers.core import (QuantizerOutput, QuantizerState, check_indices, mse, sg,
-                                   track_usage)
+from vqlab.quantizers.core import (INVALID, QuantizerOutput, as_int, check_indices,
+                                   check_weight, empty_output, lookup_indices, mse,
+                                   nan_where_invalid, sg, track_usage, usage_buffer)
 from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
 
 Array = jax.Array
@@ -102,6 +103,8 @@ class MultiScaleVQ(nnx.Module):
                metric: str = "l2", usage_decay: float = 0.99, usage_threshold: float = 1e-3,
                block_size: int = DEFAULT_BLOCK_SIZE, rngs: nnx.Rngs):
     check_metric(metric)
+    dim, codebook_size = as_int("dim", dim), as_int("codebook_size", codebook_size)
+    beta = check_weight("beta", beta)
     patch_nums = tuple(int(p) for p in patch_nums)
     if not patch_nums or any(p < 1 for p in patch_nums) or list(patch_nums) != sorted(patch_nums):
       raise ValueError(f"patch_nums: expected increasing positive sizes, got {list(patch_nums)}")
@@ -118,7 +121,7 @@ class MultiScaleVQ(nnx.Module):
     self.num_phi = num_phi or len(patch_nums)
     self.phis = nnx.List([nnx.Conv(dim, dim, (3, 3), padding="SAME", rngs=rngs)
                           for _ in range(self.num_phi if self.quant_resi > 1e-6 else 0)])
-    self.usage = QuantizerState(jnp.zeros((codebook_size,)))
+    self.usage = usage_buffer(codebook_size)
 
   @property
   def seq_len(self) -> int:
@@ -143,9 +146,19 @@ class MultiScaleVQ(nnx.Module):
     return self.phi(h, si)
 
   def __call__(self, f: Array, mask: Array | None = None) -> QuantizerOutput:
-    del mask  # every position of a feature map counts
+    """Quantize feature maps f (B, side, side, dim). Every position counts: a `mask` is
+    refused. An image with a non-finite feature gets INVALID indices at every scale and
+    a NaN output (its scales mix all positions) and is left out of the statistics."""
+    if mask is not None:
+      raise ValueError("mask: MultiScaleVQ quantizes whole feature maps (every scale mixes "
+                       "all positions); expected None")
     self._check_features(f)
     b, side = f.shape[0], self.patch_nums[-1]
+    if b == 0:
+      return empty_output(f, (0, self.seq_len))
+    bad_positions = jnp.logical_not(jnp.all(jnp.isfinite(f), axis=-1))
+    bad_image = jnp.any(bad_positions, axis=(1, 2))
+    f = jnp.where(bad_image[:, None, None, None], 0.0, f).astype(f.dtype)
     f32 = f.astype(jnp.float32)
     f_rest = sg(f32)
     f_hat = jnp.zeros_like(f32)
@@ -160,11 +173,16 @@ class MultiScaleVQ(nnx.Module):
       loss = loss + self.beta * mse(sg(f_hat), f32) + mse(f_hat, sg(f32))
       scale_indices.append(idx.reshape(b, pn * pn))
     indices = jnp.concatenate(scale_indices, axis=1)
-    metrics = track_usage(self, indices)
+    metrics = track_usage(self, indices, jnp.broadcast_to(~bad_image[:, None], indices.shape))
     quantized = f32 + sg(f_hat - f32)
-    return QuantizerOutput(quantized=quantized.astype(f.dtype), indices=indices,
-                           loss=loss / len(self.patch_nums), metrics=metrics,
-                           aux={"scale_indices": scale_indices})
+    out = QuantizerOutput(quantized=quantized.astype(f.dtype), indices=indices,
+                          loss=loss / len(self.patch_nums), metrics=metrics,
+                          aux={"scale_indices": scale_indices})
+    out = out.replace(quantized=jnp.where(bad_image[:, None, None, None], jnp.nan,
+                                          out.quantized).astype(f.dtype),
+                      indices=jnp.where(bad_image[:, None], INVALID, indices))
+    return out.replace(metrics={**metrics, "nonfinite_inputs": jnp.sum(bad_positions).astype(
+        jnp.float32)})
 
   def split_scales(self, indices: Array) -> list[Array]:
     """(B, sum pn^2) -> [(B, pn, pn)] per scale."""
@@ -178,11 +196,17 @@ class MultiScaleVQ(nnx.Module):
   def decode(self, indices: Array) -> Array:
     """Indices (B, sum pn^2) -> f_hat (B, H, W, C), VAR's `embed_to_fhat` over all scales."""
     side = self.patch_nums[-1]
-    codebook = self.codebook[...].astype(jnp.float32)
     f_hat = 0.0
     for si, idx in enumerate(self.split_scales(indices)):
-      f_hat = f_hat + self._upsampled(jnp.take(codebook, idx, axis=0), si, side)
+      f_hat = f_hat + self._upsampled(self._lookup(idx), si, side)
     return f_hat
+
+  def _lookup(self, idx: Array) -> Array:
+    """Code vectors of indices; out of range: an error outside jit, NaN under jit (which
+    the upsampling and phi spread over the map)."""
+    safe, valid = lookup_indices(idx, self.codebook_size)
+    return nan_where_invalid(jnp.take(self.codebook[...].astype(jnp.float32), safe, axis=0),
+                             valid)
 
   def teacher_forcing_input(self, indices: Array) -> Array:
     """VAR's `idxBl_to_var_input`: (B, sum pn^2 - pn_0^2, C) transformer inputs.
@@ -191,11 +215,10 @@ class MultiScaleVQ(nnx.Module):
     pn_{k+1}, in raster order.
     """
     side = self.patch_nums[-1]
-    codebook = self.codebook[...].astype(jnp.float32)
     scale_indices = self.split_scales(indices)
     f_hat, inputs = 0.0, []
     for si in range(len(self.patch_nums) - 1):
-      f_hat = f_hat + self._upsampled(jnp.take(codebook, scale_indices[si], axis=0), si, side)
+      f_hat = f_hat + self._upsampled(self._lookup(scale_indices[si]), si, side)
       nxt = self.patch_nums[si + 1]
       inputs.append(resize(f_hat, nxt, "area").reshape(f_hat.shape[0], nxt * nxt, self.dim))
     return jnp.concatenate(inputs, axis=1)

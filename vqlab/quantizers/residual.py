@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqlab.quantizers.core import QuantizerOutput, check_indices, check_last_dim, check_mask
+from vqlab.quantizers.core import (INVALID, QuantizerOutput, as_int, check_indices,
+                                   check_last_dim, check_mask)
 from vqlab.quantizers.fsq import FSQ, check_levels
 from vqlab.quantizers.vq import VectorQuantizer
 
@@ -73,9 +74,19 @@ class ResidualQuantizer(nnx.Module):
     self.rngs = rngs
     self.deterministic = False
 
-  def _check_num_levels(self, num_levels) -> None:
-    if isinstance(num_levels, int) and not 1 <= num_levels <= self.num_levels:
-      raise ValueError(f"num_levels: expected in [1, {self.num_levels}], got {num_levels}")
+  def _check_num_levels(self, num_levels):
+    """A concrete `num_levels` (int or array) outside [1, L] is an error; a traced one
+    (under jit) is clipped to [1, L]."""
+    if num_levels is None:
+      return None
+    if not isinstance(num_levels, jax.core.Tracer):
+      values = np.asarray(num_levels)
+      if not np.issubdtype(values.dtype, np.integer) or values.size and (
+          values.min() < 1 or values.max() > self.num_levels):
+        raise ValueError(f"num_levels: expected in [1, {self.num_levels}], got "
+                         f"{num_levels!r}")
+      return int(values) if values.ndim == 0 else jnp.asarray(values, jnp.int32)
+    return jnp.clip(num_levels, 1, self.num_levels)
 
   def _scale(self, l: int):
     return 1.0 if self.scales is None else jnp.asarray(self.scales[l], jnp.float32)
@@ -88,7 +99,7 @@ class ResidualQuantizer(nnx.Module):
     if z.ndim < 2:
       raise ValueError(f"z: expected (B, ..., {self.dim}) with a batch axis, got shape "
                        f"{tuple(z.shape)}")
-    self._check_num_levels(num_levels)
+    num_levels = self._check_num_levels(num_levels)
     lead = z.shape[:-1]
     if num_levels is None:
       if self.quantizer_dropout and not self.deterministic:
@@ -120,18 +131,23 @@ class ResidualQuantizer(nnx.Module):
         aux={"num_levels": n_b.reshape(-1), "residual": residual})
 
   def decode(self, indices: Array, num_levels: int | None = None) -> Array:
-    """Indices (..., L) -> vectors (..., dim); levels >= num_levels and -1 entries skipped."""
+    """Indices (..., L) -> vectors (..., dim); levels >= num_levels and -1 entries (a
+    dropped level) skipped; other values outside the codebook as in every quantizer's
+    `decode` (an error outside jit, NaN under jit)."""
     check_indices(indices)
     if indices.shape[-1] != self.num_levels:
       raise ValueError(f"indices: expected a last axis of {self.num_levels} levels, got "
                        f"shape {tuple(indices.shape)}")
-    self._check_num_levels(num_levels)
+    num_levels = self._check_num_levels(num_levels)
+    if num_levels is not None and not isinstance(num_levels, int):
+      raise ValueError(f"num_levels: decode takes one int, got {num_levels!r}")
     n = self.num_levels if num_levels is None else num_levels
     total = 0.0
     for l in range(n):
       idx = indices[..., l]
-      q = self.levels[l].decode(jnp.maximum(idx, 0)) * self._scale(l)
-      total = total + jnp.where((idx >= 0)[..., None], q, 0.0)
+      dropped = idx == INVALID
+      q = self.levels[l].decode(jnp.where(dropped, 0, idx)) * self._scale(l)
+      total = total + jnp.where(dropped[..., None], 0.0, q)
     return total
 
   def bits_per_vector(self, num_levels: int | None = None) -> float:
@@ -185,8 +201,7 @@ class ResidualVQ(ResidualQuantizer):
   def __init__(self, dim: int, codebook_size: int, num_levels: int, *,
                shared_codebook: bool = False, quantizer_dropout: bool = False,
                rngs: nnx.Rngs, **vq_kwargs):
-    if not isinstance(num_levels, int) or num_levels < 1:
-      raise ValueError(f"num_levels: expected a positive int, got {num_levels!r}")
+    num_levels = as_int("num_levels", num_levels)
     if shared_codebook:
       levels = [VectorQuantizer(dim, codebook_size, rngs=rngs, **vq_kwargs)] * num_levels
     else:
@@ -200,7 +215,8 @@ class GroupedVQ(GroupedQuantizer):
 
   def __init__(self, dim: int, codebook_size: int, groups: int, *, rngs: nnx.Rngs,
                **vq_kwargs):
-    if not isinstance(groups, int) or groups < 1 or dim % groups:
+    groups = as_int("groups", groups)
+    if dim % groups:
       raise ValueError(f"groups: expected a positive divisor of dim={dim}, got {groups!r}")
     super().__init__([VectorQuantizer(dim // groups, codebook_size, rngs=rngs, **vq_kwargs)
                       for _ in range(groups)])
@@ -212,7 +228,8 @@ class GroupedResidualVQ(GroupedQuantizer):
   def __init__(self, dim: int, codebook_size: int, groups: int, num_levels: int, *,
                shared_codebook: bool = False, quantizer_dropout: bool = False,
                rngs: nnx.Rngs, **vq_kwargs):
-    if not isinstance(groups, int) or groups < 1 or dim % groups:
+    groups = as_int("groups", groups)
+    if dim % groups:
       raise ValueError(f"groups: expected a positive divisor of dim={dim}, got {groups!r}")
     super().__init__([ResidualVQ(dim // groups, codebook_size, num_levels,
                                  shared_codebook=shared_codebook,
@@ -230,8 +247,7 @@ class ResidualFSQ(ResidualQuantizer):
     if dim is not None and dim != len(levels):
       raise ValueError(f"dim: residual FSQ quantizes len(levels)={len(levels)} channels "
                        f"(no projections), got dim={dim}")
-    if not isinstance(num_levels, int) or num_levels < 1:
-      raise ValueError(f"num_levels: expected a positive int, got {num_levels!r}")
+    num_levels = as_int("num_levels", num_levels)
     scales = [np.asarray(levels, np.float32) ** -l for l in range(num_levels)]
     super().__init__([FSQ(levels, symmetric=True, hard_clamp=True) for _ in range(num_levels)],
                      scales=scales, quantizer_dropout=quantizer_dropout, rngs=rngs)

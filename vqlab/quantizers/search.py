@@ -82,6 +82,9 @@ def nearest_code(z_nd: Array, codebook_kd: Array, metric: str = "l2",
   with metric="cosine" both sides are l2-normalised first, so the squared distance is
   2 - 2 cos. Returns (int32 indices (N,), float32 squared distances (N,)).
   """
+  if codebook_kd.ndim != 2 or codebook_kd.shape[0] < 1:
+    raise ValueError(f"codebook_kd: expected (K >= 1, D) codes, got shape "
+                     f"{tuple(codebook_kd.shape)}")
   z, c = _prepare(z_nd, codebook_kd, metric)
   n, k = z.shape[0], c.shape[0]
   if n * k <= block_size:

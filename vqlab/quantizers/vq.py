@@ -27,10 +27,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqlab.quantizers import estimators
-from vqlab.quantizers.core import (QuantizerOutput, QuantizerState, check_indices,
-                                   check_last_dim, check_mask, ema, l2_normalize,
-                                   masked_mean, sg,
-                                   track_usage)
+from vqlab.quantizers.core import (MAX_TRACKED_CODES, QuantizerOutput, QuantizerState, as_int, check_last_dim,
+                                   check_mask, check_weight, ema, empty_output, l2_normalize,
+                                   lookup_indices, mark_nonfinite, masked_mean,
+                                   nan_where_invalid, sg, split_nonfinite, track_usage,
+                                   usage_buffer)
 from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
 
 Array = jax.Array
@@ -268,11 +269,13 @@ class VectorQuantizer(nnx.Module):
     estimators.check_estimator(estimator)
     if codebook not in CODEBOOKS:
       raise ValueError(f"codebook: expected one of {tuple(CODEBOOKS)}, got {codebook!r}")
-    for name, value in (("dim", dim), ("codebook_size", codebook_size)):
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if code_dim is not None and (not isinstance(code_dim, int) or code_dim < 1):
-      raise ValueError(f"code_dim: expected None or a positive int, got {code_dim!r}")
+    dim, codebook_size = as_int("dim", dim), as_int("codebook_size", codebook_size)
+    code_dim = None if code_dim is None else as_int("code_dim", code_dim)
+    kmeans_iters = as_int("kmeans_iters", kmeans_iters)
+    beta = check_weight("beta", beta)
+    if dead_code_threshold > 0 and codebook_size > MAX_TRACKED_CODES:
+      raise ValueError(f"dead_code_threshold: restarts need per-code usage, kept for up to "
+                       f"{MAX_TRACKED_CODES} codes, got codebook_size={codebook_size}")
     if not CODEBOOKS[codebook].stored and (kmeans_init or dead_code_threshold > 0):
       raise ValueError(f"codebook: {codebook!r} codes are not stored rows (a fixed basis "
                        "times a learned map); kmeans_init and dead_code_threshold need a "
@@ -305,7 +308,7 @@ class VectorQuantizer(nnx.Module):
     self.project_out = nnx.data(nnx.Linear(code_dim, dim, rngs=rngs) if project else None)
 
     self.codebook_ops.create(self, rngs.params(), frozen_codebook)
-    self.usage = QuantizerState(jnp.zeros((codebook_size,)))
+    self.usage = usage_buffer(codebook_size)
     self.initialized = QuantizerState(jnp.asarray(not kmeans_init))
 
   # codes --------------------------------------------------------------------------
@@ -315,10 +318,12 @@ class VectorQuantizer(nnx.Module):
     return l2_normalize(c) if self.metric == "cosine" else c
 
   def decode(self, indices: Array) -> Array:
-    """Indices (...) -> quantized vectors (..., dim) without the input."""
-    check_indices(indices)
-    q = jnp.take(self.codes(), indices, axis=0, mode="clip")
-    return self.project_out(q) if self.project_out is not None else q
+    """Indices (...) -> quantized vectors (..., dim) without the input; out of range:
+    an error outside jit, NaN vectors under jit (vqlab.quantizers.core)."""
+    safe, valid = lookup_indices(indices, self.codebook_size)
+    q = jnp.take(self.codes(), safe, axis=0)
+    q = self.project_out(q) if self.project_out is not None else q
+    return nan_where_invalid(q, valid)
 
   # forward ------------------------------------------------------------------------
   def __call__(self, z: Array, mask: Array | None = None) -> QuantizerOutput:
@@ -326,13 +331,15 @@ class VectorQuantizer(nnx.Module):
     check_last_dim(z, self.dim)
     check_mask(mask, z)
     lead = z.shape[:-1]
+    if z.size == 0:
+      return empty_output(z, lead)
     h = z.reshape(-1, self.dim)
     if self.project_in is not None:
       h = self.project_in(h)
-    h = h.astype(jnp.float32)
+    h, flat_mask, bad = split_nonfinite(h.astype(jnp.float32),
+                                        None if mask is None else mask.reshape(-1))
     if self.metric == "cosine":
       h = l2_normalize(h)
-    flat_mask = None if mask is None else mask.reshape(-1)
     training = not self.deterministic
 
     if training and self.kmeans_init:
@@ -354,11 +361,10 @@ class VectorQuantizer(nnx.Module):
 
     if self.project_out is not None:
       q = self.project_out(q)
-    return QuantizerOutput(
-        quantized=q.reshape(*lead, self.dim).astype(z.dtype),
-        indices=indices.reshape(lead),
-        loss=loss.astype(jnp.float32),
-        metrics=metrics)
+    out = QuantizerOutput(quantized=q.reshape(*lead, self.dim).astype(z.dtype),
+                          indices=indices.reshape(lead), loss=loss.astype(jnp.float32),
+                          metrics=metrics)
+    return mark_nonfinite(out, bad.reshape(lead))
 
   # statistics -----------------------------------------------------------------------
   def _maybe_kmeans_init(self, h: Array) -> None:

@@ -37,6 +37,7 @@ from vqlab.eval import audio_metrics
 from vqlab.losses import spectral
 from vqlab.models import audio_codec
 from vqlab.models import audio_discriminators as discs
+from vqlab.quantizers import factory
 from vqlab.train import evaluators, loop
 from vqlab.train.common import make_optimizer, save_audio
 from vqlab.train.runs import eval_model
@@ -76,7 +77,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def build_model(config: ml_collections.ConfigDict, seed: int) -> audio_codec.AudioCodec:
   m = config.model
-  return audio_codec.build(m.shape.to_dict(), m.quantizer.kind, m.quantizer.args.to_dict(),
+  return audio_codec.build(m.shape.to_dict(), m.quantizer.kind, factory.spec_args(m.quantizer),
                            config.data.sample_rate, rngs=nnx.Rngs(seed))
 
 

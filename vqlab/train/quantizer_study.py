@@ -49,7 +49,7 @@ def build_model(config: ml_collections.ConfigDict, name: str, seed: int) -> Conv
   spec = quantizer_spec(config, name)
   rngs = nnx.Rngs(seed)
   m = config.model
-  quantizer = factory.build(spec.kind, m.latent_dim, rngs=rngs, **spec.args.to_dict())
+  quantizer = factory.build(spec.kind, m.latent_dim, rngs=rngs, **factory.spec_args(spec))
   return ConvAutoencoder(quantizer, latent_dim=m.latent_dim, width=m.width, rngs=rngs)
 
 

@@ -38,6 +38,7 @@ from vqlab.losses import adversarial
 from vqlab.losses.perceptual import LPIPS
 from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
+from vqlab.quantizers import factory
 from vqlab.train import evaluators, loop
 from vqlab.train.common import (ema_update, make_optimizer, save_image_grid, to_pixels,
                                 to_unit)
@@ -97,7 +98,7 @@ def build_model(config: ml_collections.ConfigDict, seed: int
                 ) -> image_tokenizer.ImageTokenizer:
   m = config.model
   return image_tokenizer.build(m.arch, m.shape.to_dict(), m.quantizer.kind,
-                               m.quantizer.args.to_dict(), rngs=nnx.Rngs(seed))
+                               factory.spec_args(m.quantizer), rngs=nnx.Rngs(seed))
 
 
 @dataclasses.dataclass
