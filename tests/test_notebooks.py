@@ -7,7 +7,11 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+# The notebooks that train for minutes run in CI's slow step, keeping the default run
+# inside its budget; the others run in both.
+LONG = {"audio_codec.ipynb", "generation.ipynb"}
+NOTEBOOKS = [pytest.param(p, marks=pytest.mark.slow) if p.name in LONG else p
+             for p in sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

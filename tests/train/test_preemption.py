@@ -80,4 +80,6 @@ def test_sigterm_and_kill_9_resume_bit_identically(chain, tmp_path):
   assert _checkpoints(parts)[-1] == STEPS
   want, got = _losses(whole), _losses(parts)
   assert sorted(got) == list(range(1, STEPS + 1))
+  logged = [r["step"] for r in read_jsonl(os.path.join(parts, "metrics.jsonl")) if "loss" in r]
+  assert logged == list(range(1, STEPS + 1))  # the steps redone after the kill: once
   assert got == want  # every step's loss, bit for bit (JSON keeps float64 exactly)

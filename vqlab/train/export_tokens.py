@@ -24,6 +24,7 @@ from vqlab import parallel
 from vqlab.data import splits, tokens
 from vqlab.data.pipeline import iterate
 from vqlab.models import audio_codec
+from vqlab.quantizers.core import INVALID
 from vqlab.train import runs
 from vqlab.train.common import run_app, to_unit
 
@@ -46,6 +47,10 @@ def _records(ds, key: str, encode, batch_size: int, total: float, sharding):
     n = len(x)  # the last batch is padded so one compiled shape serves all
     x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
     indices = np.asarray(encode(jax.device_put(x, sharding)))[:n]
+    bad = (indices == INVALID).reshape(n, -1).any(axis=1)
+    if bad.any():  # a non-finite latent (index -1): the model is not usable
+      raise ValueError(f"the tokenizer's latents of {int(bad.sum())} of {n} examples are not "
+                       "finite; refusing to export tokens of a diverged model")
     for i in range(n):
       if done == total:
         return
