@@ -164,7 +164,8 @@ class Checkpointer:
     try:
       return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
     except OSError as e:
-      raise self._disk_error(e, step) from e
+      self._raise_as_disk_full(e, step)
+      raise
 
   def check_space(self, state_bytes: int, step: int | str = "next") -> None:
     """`DiskFull` unless the disk has room for one more checkpoint of `state_bytes`
@@ -182,11 +183,11 @@ class Checkpointer:
             "intact; free space (or raise log.checkpoint_every / lower "
             "log.keep_checkpoints) and rerun the same command to resume")
 
-  def _disk_error(self, e: BaseException, step) -> BaseException:
+  def _raise_as_disk_full(self, e: BaseException, step) -> None:
+    """`DiskFull` from `e` when it is one (orbax reports ENOSPC in several guises)."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
-      return DiskFull(errno.ENOSPC, self._full_message(step, shutil.disk_usage(
-          self.directory).free))
-    return e
+      raise DiskFull(errno.ENOSPC, self._full_message(
+          step, shutil.disk_usage(self.directory).free)) from e
 
   def _wait_for_save(self) -> None:
     """The previous async save, finished; a disk error in it becomes `DiskFull`."""
@@ -194,7 +195,8 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's error
       self._failed = True
-      raise self._disk_error(e, self._saving) from e
+      self._raise_as_disk_full(e, self._saving)
+      raise
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[int, Any, dict | None]:

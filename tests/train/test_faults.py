@@ -124,14 +124,21 @@ def test_a_second_job_on_a_workdir_is_refused_and_a_stale_lock_taken_over(chain,
   assert not os.path.exists(lock)  # released at the end
 
 
-def test_a_lock_from_another_host_is_stale_only_without_a_heartbeat(tmp_path):
-  lock = WorkdirLock(str(tmp_path), stale_after=60)
+def test_a_lock_from_another_host_is_taken_over_only_when_its_heartbeat_stops(tmp_path):
+  import threading
+  lock = WorkdirLock(str(tmp_path), heartbeat=0.05, stale_after=1.0)
   with open(lock.path, "w") as f:
     json.dump({"host": "another-host", "pid": 1}, f)
+  stop = threading.Event()
+
+  def beat():  # the other host's job, alive
+    while not stop.wait(0.05):
+      os.utime(lock.path)
+
+  threading.Thread(target=beat, daemon=True).start()
   with pytest.raises(RuntimeError, match="in use by pid 1 on another-host"):
     lock.__enter__()
-  old = os.path.getmtime(lock.path) - 61
-  os.utime(lock.path, (old, old))
+  stop.set()  # it dies (kill -9 of the old job): its heartbeat stops, the lock goes stale
   with lock:
     assert json.load(open(lock.path))["pid"] == os.getpid()
   assert not os.path.exists(lock.path)

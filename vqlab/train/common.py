@@ -33,9 +33,10 @@ def check_workdir(workdir: str) -> None:
 
 class WorkdirLock:
   """One job per workdir: WORKDIR/.lock names its holder (host, pid) and is touched every
-  `heartbeat` seconds while held. Another live holder is an error naming it; a stale lock
-  (its pid gone on this host, or no heartbeat for `stale_after` seconds from another
-  host) is taken over with a message. Only process 0 of a job takes it."""
+  `heartbeat` seconds while held. A live holder is an error naming it. A stale lock is
+  taken over with a message: its pid is gone (same host), or, from another host (a job
+  requeued elsewhere while the old one was killed), its heartbeat stopped for
+  `stale_after` seconds, which this waits for. Only process 0 of a job takes it."""
 
   def __init__(self, workdir: str, enabled: bool = True, heartbeat: float = 30.0,
                stale_after: float = 300.0):
@@ -53,8 +54,15 @@ class WorkdirLock:
     except (OSError, ValueError):
       return {}  # half-written by a process that died: stale
 
-  def _stale(self, holder: dict) -> str | None:
-    """Why the lock's holder is gone, or None if it may be alive."""
+  def _in_use(self, holder: dict) -> RuntimeError:
+    return RuntimeError(
+        f"workdir: {os.path.dirname(self.path)!r} is in use by pid {holder.get('pid')} on "
+        f"{holder.get('host')} (since {holder.get('since', '?')}); two jobs on one workdir "
+        f"would overwrite each other's checkpoints. Stop that one, or delete {self.path} if "
+        "it is certainly dead")
+
+  def _why_stale(self, holder: dict) -> str:
+    """Why the holder is gone; raises `_in_use` while it is alive."""
     if not holder:
       return "an unreadable lock"
     if holder.get("host") == self.me["host"]:
@@ -63,10 +71,20 @@ class WorkdirLock:
       except ProcessLookupError:
         return f"process {holder['pid']} is gone"
       except PermissionError:
-        return None  # alive, another user's
-      return None
-    age = time.time() - os.path.getmtime(self.path)
-    return f"no heartbeat for {age:.0f} s" if age > self.stale_after else None
+        pass  # alive, another user's
+      raise self._in_use(holder)
+    beat = os.path.getmtime(self.path)
+    if time.time() - beat <= self.stale_after:
+      print(f"{self.path} is held by pid {holder.get('pid')} on {holder.get('host')}: waiting "
+            f"up to {self.stale_after:.0f} s for its heartbeat to stop")
+    while time.time() - beat <= self.stale_after:
+      time.sleep(min(self.heartbeat, 5.0))
+      try:
+        if os.path.getmtime(self.path) != beat:
+          raise self._in_use(holder)  # it beat again: alive
+      except FileNotFoundError:
+        return "released"
+    return f"no heartbeat for {time.time() - beat:.0f} s"
 
   def __enter__(self):
     if not self.enabled:
@@ -78,16 +96,13 @@ class WorkdirLock:
         holder = self._holder()
         if holder is None:
           continue  # released meanwhile
-        why = self._stale(holder)
-        if why is None:
-          raise RuntimeError(
-              f"workdir: {os.path.dirname(self.path)!r} is in use by pid {holder.get('pid')} "
-              f"on {holder.get('host')} (since {holder.get('since', '?')}); two jobs on one "
-              f"workdir would overwrite each other's checkpoints. Stop that one, or delete "
-              f"{self.path} if it is certainly dead")
+        why = self._why_stale(holder)
         print(f"taking over the lock of {os.path.dirname(self.path)} from pid "
               f"{holder.get('pid')} on {holder.get('host')}: {why}")
-        os.remove(self.path)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
         continue
       with os.fdopen(fd, "w") as f:
         json.dump({**self.me, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
