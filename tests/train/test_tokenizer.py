@@ -67,6 +67,7 @@ def _best_constant_psnr(config, n):
   return float(np.mean(10 * np.log10(4.0 / mse)))
 
 
+@pytest.mark.slow  # minutes of training: CI's slow step
 def test_short_run_on_real_photos_learns(data_dir, tmp_path):
   # 250 steps of the CPU-sized VQGAN on the built-in photographs. The bar: held-out crops
   # are reconstructed at least 2 dB better than by each image's own mean colour (the
@@ -87,6 +88,7 @@ def _final_params(workdir):
   return step, jax.tree.leaves(state)
 
 
+@pytest.mark.slow  # two runs; kill -9 / SIGTERM resumes are tested in the slow step too
 def test_resumed_run_is_bit_identical(data_dir, tmp_path):
   def config(steps):
     c = small_config(data_dir, steps=steps, ema_decay=0.9)
