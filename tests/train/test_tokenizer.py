@@ -23,7 +23,9 @@ from vqlab.data.pipeline import iterate
 from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval
 from vqlab.train.common import read_jsonl, to_unit
 
-CONFIGS = ("vqgan_quickstart", "vqgan_imagenet_f16", "vit_vqgan_imagenet")
+# The f16 config's runlocal trains for minutes: CI's slow step (the default-suite budget)
+CONFIGS = ("vqgan_quickstart", pytest.param("vqgan_imagenet_f16", marks=pytest.mark.slow),
+           "vit_vqgan_imagenet")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,7 @@ def test_encode_decode_round_trip(arch, kind):
     model.encode(x[:, :16])
 
 
+@pytest.mark.slow  # minutes; the default run exports tokens in the generator fixtures
 def test_eval_command_and_token_export(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   config = small_config(data_dir)
