@@ -48,10 +48,10 @@ def spec_defaults(kind: str) -> dict[str, Any]:
   first kind's that has one (or `REQUIRED_STARTING_VALUES`): the `args` of a config's
   quantizer spec, so `kind` can be switched and any argument set from the command line."""
   args = dict(REQUIRED_STARTING_VALUES)
-  for k in (kind, *KINDS):
+  for k in KINDS:
     for name, value in default_args(k).items():
-      args.setdefault(name, value) if k != kind else args.update({name: value})
-  return args
+      args.setdefault(name, value)
+  return {**args, **default_args(kind)}
 
 
 def spec_args(spec: Any) -> dict[str, Any]:
@@ -81,13 +81,11 @@ def _same(a: Any, b: Any) -> bool:
 
 def build(kind: str, dim: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
   """A quantizer taking `dim` input channels. kwargs are the class's own arguments."""
-  cls = quantizer_class(kind)
-  accepted = inspect.signature(cls.__init__).parameters
-  unknown = sorted(set(kwargs) - set(accepted))
-  if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+  unknown = sorted(set(kwargs) - accepted_args(kind))
+  if unknown:
     raise ValueError(f"{kind}: unknown arguments {unknown}; expected some of "
-                     f"{sorted(k for k in accepted if k not in ('self', 'rngs'))}")
-  quantizer = cls(dim=dim, rngs=rngs, **kwargs)
+                     f"{sorted(accepted_args(kind))}")
+  quantizer = quantizer_class(kind)(dim=dim, rngs=rngs, **kwargs)
   if quantizer.dim != dim:
     raise ValueError(f"{kind}: built for dim={quantizer.dim}, expected {dim}")
   return quantizer
