@@ -1,6 +1,7 @@
 """Pieces the config files share: quantizer specs and the tokenizer trainer's fields."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -136,3 +137,32 @@ def shrink_generator_for_runlocal(c: ml_collections.ConfigDict) -> None:
   c.train.update(steps=2, batch_size=8, warmup_steps=min(c.train.warmup_steps, 1))
   c.sample.update(every=2, num=4, steps=2)
   c.log.update(every=1, checkpoint_every=2)
+
+
+def variant(axes: dict[str, Any], overrides: dict[str, Any], name: str | None = None) -> dict:
+  """One variant of a sweep: its values on the swept axes and the base-config fields it
+  sets (`dotted.path: value`); named by its axis values joined with '-' unless named."""
+  return {"name": name or "-".join(str(v) for v in axes.values()), "axes": dict(axes),
+          "overrides": dict(overrides)}
+
+
+def grid(*axes: tuple[str, dict[Any, dict[str, Any]]]) -> list[dict]:
+  """Every combination of the axes, each (axis name, {value: overrides}); overrides of
+  later axes win."""
+  out = [variant({}, {})]
+  for name, values in axes:
+    out = [variant({**v["axes"], name: value}, {**v["overrides"], **over})
+           for v in out for value, over in values.items()]
+  return out
+
+
+def sweep_config(title: str, base: str, variants: list[dict], metrics: Sequence[str], *,
+                 seeds: Sequence[int] = (0, 1, 2), overrides: dict[str, Any] | None = None,
+                 plots: Sequence[dict] = (), claims: str = "",
+                 labels: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+  """What `vqlab sweep` reads (vqlab/train/sweep.py); `overrides` go into every variant
+  (under its own)."""
+  variants = [{**v, "overrides": {**(overrides or {}), **v["overrides"]}} for v in variants]
+  return ml_collections.ConfigDict(dict(
+      title=title, base=base, variants=variants, metrics=list(metrics), seeds=tuple(seeds),
+      plots=list(plots), claims=claims, labels=dict(labels or {})), type_safe=False)

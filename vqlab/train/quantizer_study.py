@@ -33,7 +33,7 @@ from vqlab import parallel
 from vqlab.data.digits import load_mnist_digits, train_eval_split
 from vqlab.models.conv_autoencoder import ConvAutoencoder, image_to_unit
 from vqlab.quantizers import factory
-from vqlab.quantizers.core import usage_metrics
+from vqlab.quantizers.core import MAX_TRACKED_CODES, usage_metrics
 from vqlab.train import loop, runs
 from vqlab.train.common import check_workdir, labeled_grid, read_jsonl, to_pixels
 
@@ -54,13 +54,40 @@ def build_model(config: ml_collections.ConfigDict, name: str, seed: int) -> Conv
 
 
 def joint_indices(model: ConvAutoencoder, indices: jax.Array) -> tuple[jax.Array, int]:
-  """One index per latent position over the full (product) codebook, and its size."""
+  """One index per latent position over the full (product) codebook, and its size; for
+  a residual quantizer whose product codebook is too large to count (more than
+  MAX_TRACKED_CODES), each level's index over its own codebook (levels folded into
+  the positions: usage is then the mean per level)."""
   k = model.quantizer.codebook_size
   if getattr(model.quantizer, "index_axes", 0) == 0:
     return indices, k
   levels = indices.shape[-1]
+  if k**levels > MAX_TRACKED_CODES:
+    return indices, k
   weights = jnp.asarray([k ** (levels - 1 - l) for l in range(levels)], jnp.int32)
   return jnp.sum(indices * weights, axis=-1), k**levels
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_levels(graphdef, state, images, num_levels):
+  model = nnx.merge(graphdef, state)
+  x = image_to_unit(images)
+  q = model.quantizer(model.encode(x), num_levels=num_levels)
+  return jnp.sum((model.decode(q.quantized) - x) ** 2, axis=(1, 2, 3))
+
+
+def mse_by_levels(model: ConvAutoencoder, images: np.ndarray, batch_size: int
+                  ) -> dict[str, float]:
+  """{"mse_levels<n>": eval MSE decoding the first n residual levels} for n = 1 .. L (a
+  residual quantizer only: the bitrate ladder of one model)."""
+  graphdef, state = nnx.split(model)
+  out = {}
+  for n in range(1, model.quantizer.num_levels + 1):
+    err = sum(float(_eval_levels(graphdef, state, jnp.asarray(images[i:i + batch_size]),
+                                 jnp.int32(n)).sum())
+              for i in range(0, len(images), batch_size))
+    out[f"mse_levels{n}"] = err / images.size
+  return out
 
 
 def train_step_fn(model: ConvAutoencoder, optimizer: nnx.Optimizer, images: jax.Array):
@@ -88,21 +115,29 @@ def train_step(state, batch, *, graphdef):
 def _eval_step(graphdef, state, images):
   model = nnx.merge(graphdef, state)
   x = image_to_unit(images)
-  recon, q = model(x)
-  return jnp.sum((recon - x) ** 2, axis=(1, 2, 3)), q.indices, recon
+  z = model.encode(x)
+  q = model.quantizer(z)
+  recon = model.decode(q.quantized)
+  return (jnp.sum((recon - x) ** 2, axis=(1, 2, 3)), q.indices, recon,
+          jnp.mean((q.quantized - z) ** 2, axis=(1, 2, 3)))
 
 
-def eval_step(model: ConvAutoencoder, images) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(squared error per image, indices, reconstructions) of uint8 images."""
+def eval_step(model: ConvAutoencoder, images
+              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(squared error per image, indices, reconstructions, squared quantization error
+  |q - z|^2 per image) of uint8 images."""
   graphdef, state = nnx.split(model)
   return _eval_step(graphdef, state, jnp.asarray(images))
 
 
 def evaluate(model: ConvAutoencoder, images: np.ndarray, batch_size: int) -> dict[str, Any]:
-  """Eval MSE, PSNR and code usage / perplexity over the whole (joint) codebook."""
-  sq_err, counts, n_pixels = 0.0, None, 0
+  """Eval MSE, PSNR, code usage / perplexity over the whole (joint) codebook, and the
+  quantization error (mean (q - z)^2 over latent elements: the encoder's output against
+  what the decoder gets)."""
+  sq_err, counts, n_pixels, q_err = 0.0, None, 0, 0.0
   for start in range(0, len(images), batch_size):
-    err, indices, _ = eval_step(model, images[start:start + batch_size])
+    err, indices, _, qe = eval_step(model, images[start:start + batch_size])
+    q_err += float(qe.sum())
     joint, size = joint_indices(model, indices)
     batch_counts = np.bincount(np.asarray(joint).ravel(), minlength=size)
     counts = batch_counts if counts is None else counts + batch_counts
@@ -112,7 +147,7 @@ def evaluate(model: ConvAutoencoder, images: np.ndarray, batch_size: int) -> dic
   usage = usage_metrics(jnp.asarray(counts, jnp.float32))
   return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse),  # signal range [-1, 1]
           "usage": float(usage["usage"]), "perplexity": float(usage["perplexity"]),
-          "codebook_size": int(len(counts))}
+          "quantization_error": q_err / len(images), "codebook_size": int(len(counts))}
 
 
 def digits(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +203,11 @@ class QuantizerJob(loop.Job):
 
   def evaluate(self, graphdef, state):
     model = runs.eval_model(graphdef, state)
-    return {"quantizer": self.name, "kind": self.config.q[self.name].kind,
-            **evaluate(model, self.eval_images, self.config.train.batch_size)}
+    summary = {"quantizer": self.name, "kind": self.config.q[self.name].kind,
+               **evaluate(model, self.eval_images, self.config.train.batch_size)}
+    if getattr(model.quantizer, "index_axes", 0) and hasattr(model.quantizer, "levels"):
+      summary.update(mse_by_levels(model, self.eval_images, self.config.train.batch_size))
+    return summary
 
   def describe(self, summary):
     return (f"{self.name}: eval MSE {summary['mse']:.4f}, usage {summary['usage']:.1%} of "
@@ -208,7 +246,7 @@ def reconstruction_grid(models: dict[str, ConvAutoencoder], images: np.ndarray) 
   """Originals in the first row, then one row per quantizer, with labels."""
   rows = [("original", images)]
   for name, model in models.items():
-    _, _, recon = eval_step(model, images)
+    _, _, recon, _ = eval_step(model, images)
     rows.append((name, to_pixels(recon)))
   return labeled_grid(rows)
 
