@@ -123,7 +123,10 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
   # gFID / Inception Score at the end, when converted Inception weights are given
   # (vqlab convert inception); against the tokenizer dataset's eval split
-  c.eval = ml_collections.ConfigDict(dict(inception="", examples=10_000, batch_size=50))
+  # digits tokenizers (vqlab_digits): FID in a digits classifier's feature space, class
+  # accuracy, precision / recall of this many class-balanced samples (0: off)
+  c.eval = ml_collections.ConfigDict(dict(inception="", examples=10_000, batch_size=50,
+                                          digits_examples=1000))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12,
       # parameters' logical axes -> mesh axes (vqlab/parallel.py); unnamed arrays: FSDP

@@ -17,7 +17,10 @@ an audio codec's speech tokens (MusicGen's delay pattern) and continues prompts:
     --config.tokenizer_workdir=runs/codec --config.tokens_dir=runs/codec/tokens \
     --config.sample.prompts_dir=runs/codec/prompts
 
-Add `,runlocal` for a 2-step smoke run.
+`:digits` (e.g. `:raster,digits`) is the class-conditional chain on the built-in digits:
+a tokenizer from `configs/vqgan_quickstart.py:digits`, its tokens, 10 classes; the sample
+grid has one row per class and the summary the digits classifier's FID, class accuracy,
+precision and recall (vqlab/eval/digits.py). Add `,runlocal` for a 2-step smoke run.
 """
 
 from configs.common import generator_config, parse_arg, shrink_generator_for_runlocal
@@ -26,7 +29,7 @@ PARADIGMS = ("raster", "var", "maskgit", "delay")
 
 
 def get_config(arg: str | None = None):
-  variants = parse_arg(arg, one_of=PARADIGMS)
+  variants = parse_arg(arg, known=("digits",), one_of=PARADIGMS)
   chosen = [p for p in PARADIGMS if p in variants]
   c = generator_config(chosen[0])
   c.model.update(width=192, depth=4, heads=6, num_classes=1)
@@ -35,6 +38,12 @@ def get_config(arg: str | None = None):
   c.log.update(every=50, checkpoint_every=500)
   if chosen[0] == "delay":  # 2 s clips: 100 frames + 7 delay steps; no guidance (one class)
     c.sample.update(num=4, cfg_scale=1.0, top_k=50, prompt_frames=25)
+  if "digits" in variants:  # 10 classes; a sample grid of one row per class
+    c.model.num_classes = 10
+    c.sample.update(num=100, cfg_scale=1.5)
   if "runlocal" in variants:
     shrink_generator_for_runlocal(c)
+    if "digits" in variants:
+      c.sample.num = 20
+      c.eval.digits_examples = 40
   return c

@@ -8,7 +8,8 @@ loss, PatchGAN with the adaptive weight for the last quarter; evaluated on 2 hel
 photographs. No LPIPS (its weights are not bundled): add
 --config.loss.perceptual_weight=1 --config.loss.lpips_weights=lpips_vgg16.npz.
 `configs/vqgan_quickstart.py:msvq` swaps in VAR's multi-scale quantizer (scales 1-8) for
-the next-scale generator.
+the next-scale generator; `:digits` trains on the built-in MNIST digits instead (labelled:
+the class-conditional generator chain whose samples the digits classifier scores).
 """
 
 from configs.common import parse_arg, quantizer_spec, shrink_for_runlocal, tokenizer_config
@@ -19,7 +20,7 @@ SHAPE = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolut
 
 
 def get_config(arg: str | None = None):
-  variants = parse_arg(arg, known=("msvq",))
+  variants = parse_arg(arg, known=("msvq", "digits"))
   quantizer = quantizer_spec("vq", codebook_size=1024, codebook="ema", kmeans_init=True,
                              dead_code_threshold=0.5)
   if "msvq" in variants:  # VAR's multi-scale quantizer: the next-scale chain
@@ -31,7 +32,10 @@ def get_config(arg: str | None = None):
   c.loss.update(perceptual_weight=0.0, disc_start=1500, disc_weight=0.1)
   c.disc.update(width=32, n_layers=2)
   c.log.update(every=25, image_every=250, checkpoint_every=500, eval_examples=512)
+  if "digits" in variants:  # the built-in MNIST digits, with labels: class-conditional chains
+    c.model.shape = dict(SHAPE, in_channels=1)
+    c.data.update(name="vqlab_digits", min_crop=0, max_crop=0, flip=False)
   if "runlocal" in variants:
-    shrink_for_runlocal(c, dict(SHAPE, channels=8, channel_mult=(1, 2), z_channels=16,
-                                embed_dim=16))
+    shrink_for_runlocal(c, dict(c.model.shape, channels=8, channel_mult=(1, 2),
+                                z_channels=16, embed_dim=16))
   return c

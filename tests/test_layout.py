@@ -12,7 +12,7 @@ from vqlab.train import runs
 
 PACKAGE = os.path.dirname(vqlab.__file__)
 TRAINERS = {"tokenizer", "codec", "generator", "quantizer_study", "export_tokens",
-            "tokenizer_eval"}
+            "tokenizer_eval", "sweep"}
 
 
 def _imports(path):

@@ -19,7 +19,7 @@ def get_config(arg=None):
   variants = parse_arg(arg)
   sizes, base, seeds = list(FSQ_LEVELS), "configs/quantizer_study.py", (0, 1, 2)
   if "runlocal" in variants:
-    sizes, base, seeds = [2**6, 2**8], base + ":runlocal", (0, 1)
+    sizes, base, seeds = [2**6], base + ":runlocal", (0, 1)
   runs = []
   for k in sizes:
     runs.append(variant({"method": "vq", "codebook_size": k},

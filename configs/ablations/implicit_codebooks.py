@@ -14,12 +14,12 @@ ENTROPY_OFF = {"lfq": {"entropy_weight": 0.0}, "bsq": {"zeta": 0.0}}
 
 def get_config(arg=None):
   variants = parse_arg(arg)
-  bits, base, seeds = [10, 14, 18], "configs/quantizer_study.py", (0, 1, 2)
+  bits, methods, base, seeds = [10, 14, 18], ("lfq", "bsq"), "configs/quantizer_study.py", (0, 1, 2)
   if "runlocal" in variants:
-    bits, base, seeds = [10, 14], base + ":runlocal", (0, 1)
+    bits, methods, base, seeds = [10], ("lfq",), base + ":runlocal", (0, 1)
   runs = []
   for b in bits:
-    for m in ("lfq", "bsq"):
+    for m in methods:
       for entropy in ("on", "off"):
         off = ENTROPY_OFF[m] if entropy == "off" else {}
         runs.append(variant({"method": m, "entropy": entropy, "bits": b},

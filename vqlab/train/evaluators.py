@@ -12,6 +12,8 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
 from __future__ import annotations
 
 import functools
+import math
+import os
 from typing import Any
 
 import jax
@@ -22,13 +24,16 @@ import numpy as np
 from vqlab import parallel
 from vqlab.data import splits
 from vqlab.data.pipeline import iterate
-from vqlab.eval import audio_metrics, inception
+from vqlab.eval import audio_metrics, digits, inception
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import usage_metrics
 from vqlab.train import loop
 from vqlab.train.common import local_batch_size, to_unit
 from vqlab.train.runs import eval_model, kind
+
+
+DIGITS_CLASSIFIER_VERSION = 1  # bump when the classifier or its training changes
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -188,3 +193,52 @@ class TokenizerJob(loop.Job):
 
   def describe(self, summary):
     return describe(self.config, summary)
+
+
+def digits_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """((train images, labels), (test images, labels)) of the built-in digits, the split of
+  the `vqlab_digits` dataset (4,500 / 500)."""
+  from vqlab.data.builtin import DIGITS_TEST_SIZE
+  from vqlab.data.digits import load_mnist_digits, split_indices
+  images, labels = load_mnist_digits(pad_to=32)
+  train, test = split_indices(len(images), DIGITS_TEST_SIZE)
+  return (images[train], labels[train]), (images[test], labels[test])
+
+
+def digits_classifier(cache_dir: str | None = None, *, min_accuracy: float = 0.98):
+  """(parameters, meta) of the digits sample-metric classifier (vqlab/eval/digits.py),
+  trained once on the training digits and cached in `cache_dir` (default $VQLAB_CACHE or
+  ~/.cache/vqlab). Training one that scores below `min_accuracy` on the 500 test digits
+  is an error: its FID and class accuracy would not mean what they say."""
+  cache_dir = cache_dir or os.environ.get("VQLAB_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "vqlab")
+  path = os.path.join(cache_dir, f"digits_classifier_v{DIGITS_CLASSIFIER_VERSION}.npz")
+  if os.path.exists(path):
+    return digits.load(path)
+  (train_x, train_y), (test_x, test_y) = digits_split()
+  print(f"digits classifier: training on {len(train_x)} digits (once; cached in {path})")
+  params = digits.train(train_x, train_y)
+  acc = digits.accuracy(params, test_x, test_y)
+  if acc < min_accuracy:
+    raise RuntimeError(f"digits classifier: held-out accuracy {acc:.4f}, expected >= "
+                       f"{min_accuracy}")
+  os.makedirs(cache_dir, exist_ok=True)
+  digits.save(path, params, {"test_accuracy": acc, "train_examples": len(train_x)})
+  return digits.load(path)
+
+
+def digits_sample_metrics(sample_fn, num_classes: int, examples: int, batch_size: int,
+                          seed: int) -> dict[str, Any]:
+  """Digits FID / precision / recall against the 500 test digits and class accuracy of
+  `examples` class-balanced samples; `sample_fn(labels, key)` gives images in [-1, 1]."""
+  params, meta = digits_classifier()
+  _, (test_x, _) = digits_split()
+  samples, labels = [], []
+  for i in range(math.ceil(examples / batch_size)):
+    y = (i * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_classes
+    samples.append(np.asarray(sample_fn(y, jax.random.key(seed + 2_000_003 + i))))
+    labels.append(np.asarray(y))
+  samples, labels = np.concatenate(samples)[:examples], np.concatenate(labels)[:examples]
+  out = digits.sample_metrics(params, test_x, samples, labels if num_classes > 1 else None)
+  out["classifier_test_accuracy"] = float(meta["test_accuracy"])
+  return out

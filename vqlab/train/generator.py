@@ -41,7 +41,7 @@ from vqlab.models import sampling
 from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator,
                                      NextScaleGenerator, NextTokenGenerator, drop_labels)
 from vqlab.nn.transformer import TransformerShape
-from vqlab.train import loop, runs
+from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (ema_update, make_optimizer, save_audio, save_image_grid,
                                 to_pixels, to_unit)
 
@@ -243,6 +243,7 @@ class GeneratorJob(loop.Job):
       raise ValueError(f"model.num_classes: the tokens have label {top_label}, expected "
                        f"num_classes > {top_label}, got {c.model.num_classes}")
     self.q_graphdef, self.q_state = nnx.split(tok.quantizer)
+    self.tok_dataset = runs.load_config(c.tokenizer_workdir).get("data", {}).get("name", "")
 
   def init_state(self):
     return init_state(self.config, self.tok, self.source.meta)
@@ -274,7 +275,11 @@ class GeneratorJob(loop.Job):
     self.sampler = make_sampler(graphdef, tok_graphdef, SampleSpec(
         c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps,
         int(self.source.meta.get("latent_size", 0))))
-    labels = jnp.arange(s.num, dtype=jnp.int32) % c.model.num_classes
+    per_class = max(1, s.num // c.model.num_classes)
+    # one row per class when the classes fill whole rows (a digits grid: row k shows k's)
+    by_row = c.model.num_classes > 1 and s.num % c.model.num_classes == 0
+    labels = (jnp.arange(s.num, dtype=jnp.int32) // per_class if by_row
+              else jnp.arange(s.num, dtype=jnp.int32) % c.model.num_classes)
     prompt = originals = None
     if c.paradigm == "delay":  # continue the first frames of held-out utterances
       prompts = TokenSource(s.prompts_dir or c.tokens_dir)
@@ -307,9 +312,13 @@ class GeneratorJob(loop.Job):
                     ("continued", np.asarray(images)[..., 0])], tok.sample_rate,
                    self.writer, step)
       elif prompt is None:
+        pixels = to_pixels(images)
+        rows = ([(f"class {k}", pixels[k * per_class:(k + 1) * per_class])
+                 for k in range(c.model.num_classes)] if by_row
+                else [(f"step {step}", pixels)])
         save_image_grid(self.writer, os.path.join(self.workdir, "images",
                                                   f"samples_{step:07d}.png"),
-                        step, "samples", [(f"step {step}", to_pixels(images))])
+                        step, "samples", rows)
 
     self.samples = samples
     return [(s.every, samples)]
@@ -327,11 +336,21 @@ class GeneratorJob(loop.Job):
           c.model.num_classes, self.inception_params, c.eval.examples, c.eval.batch_size,
           c.seed))
       self.writer.write(c.train.steps, {k: summary[k] for k in ("gfid", "inception_score")})
+    if c.eval.digits_examples and self.tok_dataset == "vqlab_digits":
+      summary.update(evaluators.digits_sample_metrics(
+          lambda y, key: self.sampler(state, self.tok_state, y, key)[1], c.model.num_classes,
+          c.eval.digits_examples, c.eval.batch_size, c.seed))
+      self.writer.write(c.train.steps, {f"digits/{k}": summary[k] for k in (
+          "digits_fid", "precision", "recall", "class_accuracy") if k in summary})
     return summary
 
   def describe(self, summary):
     fid = (f", gFID {summary['gfid']:.2f}, IS {summary['inception_score']:.2f}"
            if "gfid" in summary else "")
+    if "digits_fid" in summary:
+      fid += (f", digits FID {summary['digits_fid']:.2f}, class accuracy "
+              f"{summary.get('class_accuracy', float('nan')):.1%}, precision "
+              f"{summary['precision']:.2f}, recall {summary['recall']:.2f}")
     return (f"{summary['paradigm']}: loss {summary.get('loss', float('nan')):.4f} "
             f"({summary.get('bits_per_token', float('nan')):.3f} bits/token), sampling "
             f"{summary['sample_tokens_per_second']:.0f} tokens/s{fid}")
