@@ -139,6 +139,7 @@ def shrink_generator_for_runlocal(c: ml_collections.ConfigDict) -> None:
   c.model.update(width=32, depth=2, heads=4, mlp_ratio=2.0)
   c.train.update(steps=2, batch_size=8, warmup_steps=min(c.train.warmup_steps, 1))
   c.sample.update(every=2, num=4, steps=2)
+  c.eval.digits_examples = 0  # no digits-classifier metrics in smoke runs
   c.log.update(every=1, checkpoint_every=2)
 
 
@@ -161,11 +162,12 @@ def grid(*axes: tuple[str, dict[Any, dict[str, Any]]]) -> list[dict]:
 
 def sweep_config(title: str, base: str, variants: list[dict], metrics: Sequence[str], *,
                  seeds: Sequence[int] = (0, 1, 2), overrides: dict[str, Any] | None = None,
-                 plots: Sequence[dict] = (), claims: str = "",
+                 plots: Sequence[dict] = (), claims: str = "", expand: Sequence[dict] = (),
                  labels: dict[str, str] | None = None) -> ml_collections.ConfigDict:
   """What `vqlab sweep` reads (vqlab/train/sweep.py); `overrides` go into every variant
   (under its own)."""
   variants = [{**v, "overrides": {**(overrides or {}), **v["overrides"]}} for v in variants]
   return ml_collections.ConfigDict(dict(
       title=title, base=base, variants=variants, metrics=list(metrics), seeds=tuple(seeds),
-      plots=list(plots), claims=claims, labels=dict(labels or {})), type_safe=False)
+      plots=list(plots), claims=claims, expand=list(expand), labels=dict(labels or {})),
+      type_safe=False)

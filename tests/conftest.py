@@ -13,6 +13,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "vqlab-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# the digits sample-metric classifier: trained once (about a minute), shared like the above
+os.environ.setdefault("VQLAB_CACHE", os.path.join(tempfile.gettempdir(), "vqlab-tests-cache"))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

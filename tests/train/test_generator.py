@@ -25,6 +25,9 @@ def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
   c = _config(paradigm, chain)
   if paradigm == "maskgit":  # gFID / IS wiring, on a random Inception network
     c.eval.update(inception="random", examples=20, batch_size=10)
+  if paradigm == "raster":  # the digits classifier's metrics of a digits tokenizer's samples
+    c.eval.update(digits_examples=40, batch_size=10)
+    c.sample.num = 20  # two per class: one row per class
   summary = generator.train(c, str(tmp_path))
   rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in rows if "loss" in r] == [1, 2]
@@ -35,6 +38,14 @@ def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
   assert np.isfinite(summary["sample_tokens_per_second"])
   assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
   assert json.load(open(tmp_path / "summary.json"))["paradigm"] == paradigm
+  if paradigm == "raster":  # 2 steps: samples of nothing, scored as such
+    assert summary["digits_examples"] == 40 and summary["digits_fid"] > 10
+    assert summary["classifier_test_accuracy"] >= 0.98
+    assert 0 <= summary["class_accuracy"] <= 1 and 0 <= summary["precision"] <= 1
+    assert rows[-1]["digits/digits_fid"] == summary["digits_fid"]
+    from PIL import Image
+    grid = Image.open(tmp_path / "images" / "samples_0000002.png")
+    assert grid.size[1] >= 10 * 64  # ten rows (one per class) of 32-px samples shown at 64
   if paradigm == "maskgit":
     assert summary["gfid_examples"] == 20 and summary["gfid"] > 0
     assert 1.0 <= summary["inception_score"] <= 1008

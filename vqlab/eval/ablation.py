@@ -12,6 +12,8 @@ A claim (a dict, from the ablation's claims file) states an ordering the paper r
   {"test": "trend", "metric": "usage", "within": {"method": "vq"}, "axis": "codebook_size",
    "direction": "decreasing"}                   # last value < first value of the axis
   {"test": "at_least", "metric": "usage", "within": {"method": "fsq"}, "value": 0.5}
+  {"test": "ratio_at_most", "metric": "mse", "a": {"method": "dropout"},
+   "b": {"method": "fixed"}, "for_each": "levels", "value": 1.2}   # a / b <= 1.2
 
 Each comparison is of 95% intervals of the mean over seeds: reproduced when they do not
 overlap and the order is the claimed one, not reproduced when they do not overlap and the
@@ -37,7 +39,7 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-TESTS = ("greater", "less", "trend", "at_least", "at_most")
+TESTS = ("greater", "less", "trend", "at_least", "at_most", "ratio_at_most")
 
 
 def t_quantile(df: int) -> float:
@@ -74,6 +76,28 @@ def aggregate(records: Sequence[dict], metrics: Sequence[str]) -> list[dict[str,
   for row in rows.values():
     out.append({"variant": row["variant"], "axes": row["axes"], "seeds": sorted(row["seeds"]),
                 **{m: summarize(vals) for m, vals in row["values"].items()}})
+  return out
+
+
+def expand(records: Sequence[dict], rules: Sequence[dict]) -> list[dict]:
+  """Records of one run measured at several settings (e.g. one quantizer-dropout model
+  decoded with 1 .. 8 residual levels) as one record per setting. A rule {"where": axes,
+  "axis": "levels", "values": [1, 2, ...], "metrics": {"mse": "mse_levels{}"}} replaces
+  each record `where` matches by one per value, with `axis` set to it and each metric
+  read from its source name."""
+  out = []
+  for r in records:
+    rule = next((u for u in rules if all(_same(r["axes"].get(k), v)
+                                         for k, v in u["where"].items())), None)
+    if rule is None:
+      out.append(r)
+      continue
+    for value in rule["values"]:
+      metrics = {m: r["metrics"].get(src.format(value)) for m, src in rule["metrics"].items()}
+      if all(v is None for v in metrics.values()):
+        continue  # not measured at this setting
+      out.append({**r, "variant": f"{r['variant']}@{rule['axis']}{value}",
+                  "axes": {**r["axes"], rule["axis"]: value}, "metrics": metrics})
   return out
 
 
@@ -135,6 +159,16 @@ def compare(a: dict, b: dict) -> str:
   return INCONCLUSIVE
 
 
+def ratio_at_most(a: dict, b: dict, bound: float) -> tuple[str, float, float]:
+  """Verdict on "a / b <= bound" (positive metrics), with the ratio's range from the two
+  intervals."""
+  (alo, ahi), (blo, bhi) = interval(a), interval(b)
+  lo = alo / bhi if bhi > 0 and math.isfinite(bhi) else -math.inf
+  hi = ahi / blo if blo > 0 and math.isfinite(ahi) else math.inf
+  verdict = REPRODUCED if hi <= bound else NOT_REPRODUCED if lo > bound else INCONCLUSIVE
+  return verdict, lo, hi
+
+
 def combine(verdicts: Sequence[str]) -> str:
   if not verdicts:
     return INCONCLUSIVE
@@ -164,7 +198,7 @@ def check_claim(claim: dict, rows: Sequence[dict]) -> dict[str, Any]:
   if test not in TESTS:
     raise ValueError(f"claim {claim.get('id')!r}: test expected one of {TESTS}, got {test!r}")
   verdicts, lines = [], []
-  if test in ("greater", "less"):
+  if test in ("greater", "less", "ratio_at_most"):
     groups = [{}]
     if claim.get("for_each"):
       axis = claim["for_each"]
@@ -179,10 +213,17 @@ def check_claim(claim: dict, rows: Sequence[dict]) -> dict[str, Any]:
         lines.append(f"{claim['a'] if a is None else claim['b']} {g or ''} not measured "
                      "(not run or not finished): inconclusive")
         continue
-      v = compare(a[metric], b[metric]) if test == "greater" else compare(b[metric], a[metric])
+      if test == "ratio_at_most":
+        v, lo, hi = ratio_at_most(a[metric], b[metric], float(claim["value"]))
+        lines.append(f"{_show(a, metric)} / {_show(b, metric)} = "
+                     f"{a[metric]['mean'] / b[metric]['mean']:.3g} (interval {lo:.3g} .. "
+                     f"{hi:.3g}) <= {claim['value']}: {v}")
+      else:
+        v = (compare(a[metric], b[metric]) if test == "greater"
+             else compare(b[metric], a[metric]))
+        lines.append(f"{_show(a, metric)} {'>' if test == 'greater' else '<'} "
+                     f"{_show(b, metric)}: {v}")
       verdicts.append(v)
-      lines.append(f"{_show(a, metric)} {'>' if test == 'greater' else '<'} "
-                   f"{_show(b, metric)}: {v}")
   elif test == "trend":
     axis = claim["axis"]
     along = [r for r in select(rows, claim.get("within")) if axis in r["axes"]]

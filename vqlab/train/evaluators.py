@@ -11,6 +11,7 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import math
 import os
@@ -215,15 +216,18 @@ def digits_classifier(cache_dir: str | None = None, *, min_accuracy: float = 0.9
   path = os.path.join(cache_dir, f"digits_classifier_v{DIGITS_CLASSIFIER_VERSION}.npz")
   if os.path.exists(path):
     return digits.load(path)
-  (train_x, train_y), (test_x, test_y) = digits_split()
-  print(f"digits classifier: training on {len(train_x)} digits (once; cached in {path})")
-  params = digits.train(train_x, train_y)
-  acc = digits.accuracy(params, test_x, test_y)
-  if acc < min_accuracy:
-    raise RuntimeError(f"digits classifier: held-out accuracy {acc:.4f}, expected >= "
-                       f"{min_accuracy}")
   os.makedirs(cache_dir, exist_ok=True)
-  digits.save(path, params, {"test_accuracy": acc, "train_examples": len(train_x)})
+  with open(path + ".lock", "w") as lock:  # processes that start together train it once
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(path):
+      (train_x, train_y), (test_x, test_y) = digits_split()
+      print(f"digits classifier: training on {len(train_x)} digits (once; cached in {path})")
+      params = digits.train(train_x, train_y)
+      acc = digits.accuracy(params, test_x, test_y)
+      if acc < min_accuracy:
+        raise RuntimeError(f"digits classifier: held-out accuracy {acc:.4f}, expected >= "
+                           f"{min_accuracy}")
+      digits.save(path, params, {"test_accuracy": acc, "train_examples": len(train_x)})
   return digits.load(path)
 
 

@@ -10,8 +10,9 @@ aggregate whatever has finished into tables, plots and verdicts on the paper's c
 A sweep config (configs/ablations/*.py) names the `base` job (any vqlab config file, with
 its `:arg`), `variants` ({name, axes: {axis: value}, overrides: {dotted.field: value}};
 `configs.common.grid` builds a grid, `sweep_config` the whole), `seeds` (each
-sets the base config's `seed`), the `metrics` to tabulate, `plots`, and `claims` (a TOML
-file beside the config; see vqlab/eval/ablation.py for what a claim tests).
+sets the base config's `seed`), the `metrics` to tabulate, `plots`, `expand` (one run
+measured at several settings, e.g. decoded at 1 .. 8 levels: `ablation.expand`) and
+`claims` (a TOML file beside the config; vqlab/eval/ablation.py says what a claim tests).
 
 Each run is a job of its own in WORKDIR/<variant>/seed<k>/ (it resumes after a stop; a
 rerun skips it once `sweep_result.json` is there with the same overrides). A run that
@@ -202,8 +203,9 @@ def aggregate(sweep: ml_collections.ConfigDict, workdir: str, claims: list[dict]
   records = [r for r in (finished(run) for run in plan) if r is not None]
   failed = [e for e in (_read(os.path.join(run["workdir"], ERROR)) for run in plan) if e]
   metrics = list(sweep.metrics)
-  rows = ablation.aggregate(records, metrics)
-  axes = list(dict.fromkeys(a for v in sweep.variants for a in v["axes"]))
+  rows = ablation.aggregate(ablation.expand(records, sweep.get("expand", [])), metrics)
+  axes = list(dict.fromkeys([a for v in sweep.variants for a in v["axes"]]
+                            + [u["axis"] for u in sweep.get("expand", [])]))
   labels = dict(sweep.get("labels", {}))
   table = ablation.markdown_table(rows, axes, metrics, labels)
   os.makedirs(workdir, exist_ok=True)
