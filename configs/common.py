@@ -117,6 +117,7 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       nonfinite="stop", max_skips=20))
   c.sample = ml_collections.ConfigDict(dict(
       every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8,
+      schedule="cosine",  # masked decoding: "cosine" (MaskGIT), "linear", "square"
       # "delay" (audio): continue the first prompt_frames of records of prompts_dir
       # (default tokens_dir), e.g. tokens of a held-out split
       prompts_dir="", prompt_frames=25))
@@ -124,9 +125,10 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   # gFID / Inception Score at the end, when converted Inception weights are given
   # (vqlab convert inception); against the tokenizer dataset's eval split
   # digits tokenizers (vqlab_digits): FID in a digits classifier's feature space, class
-  # accuracy, precision / recall of this many class-balanced samples (0: off)
+  # accuracy, precision / recall of this many class-balanced samples (0: off), and again
+  # for each of `sample_settings` (dicts of sample fields, e.g. {"cfg_scale": 3.0})
   c.eval = ml_collections.ConfigDict(dict(inception="", examples=10_000, batch_size=50,
-                                          digits_examples=1000))
+                                          digits_examples=1000, sample_settings=()))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12,
       # parameters' logical axes -> mesh axes (vqlab/parallel.py); unnamed arrays: FSDP
@@ -143,11 +145,13 @@ def shrink_generator_for_runlocal(c: ml_collections.ConfigDict) -> None:
   c.log.update(every=1, checkpoint_every=2)
 
 
-def variant(axes: dict[str, Any], overrides: dict[str, Any], name: str | None = None) -> dict:
+def variant(axes: dict[str, Any], overrides: dict[str, Any], name: str | None = None,
+            base: str = "") -> dict:
   """One variant of a sweep: its values on the swept axes and the base-config fields it
-  sets (`dotted.path: value`); named by its axis values joined with '-' unless named."""
+  sets (`dotted.path: value`); named by its axis values joined with '-' unless named; its
+  own `base` config file when it is not the sweep's."""
   return {"name": name or "-".join(str(v) for v in axes.values()), "axes": dict(axes),
-          "overrides": dict(overrides)}
+          "overrides": dict(overrides), "base": base}
 
 
 def grid(*axes: tuple[str, dict[Any, dict[str, Any]]]) -> list[dict]:
@@ -163,11 +167,13 @@ def grid(*axes: tuple[str, dict[Any, dict[str, Any]]]) -> list[dict]:
 def sweep_config(title: str, base: str, variants: list[dict], metrics: Sequence[str], *,
                  seeds: Sequence[int] = (0, 1, 2), overrides: dict[str, Any] | None = None,
                  plots: Sequence[dict] = (), claims: str = "", expand: Sequence[dict] = (),
+                 prepare: Sequence[dict] = (), prepare_dir: str = "",
                  labels: dict[str, str] | None = None) -> ml_collections.ConfigDict:
   """What `vqlab sweep` reads (vqlab/train/sweep.py); `overrides` go into every variant
   (under its own)."""
   variants = [{**v, "overrides": {**(overrides or {}), **v["overrides"]}} for v in variants]
   return ml_collections.ConfigDict(dict(
       title=title, base=base, variants=variants, metrics=list(metrics), seeds=tuple(seeds),
-      plots=list(plots), claims=claims, expand=list(expand), labels=dict(labels or {})),
+      plots=list(plots), claims=claims, expand=list(expand), prepare=list(prepare),
+      prepare_dir=prepare_dir, labels=dict(labels or {})),
       type_safe=False)

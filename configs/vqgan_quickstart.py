@@ -32,10 +32,11 @@ def get_config(arg: str | None = None):
   c.loss.update(perceptual_weight=0.0, disc_start=1500, disc_weight=0.1)
   c.disc.update(width=32, n_layers=2)
   c.log.update(every=25, image_every=250, checkpoint_every=500, eval_examples=512)
-  if "digits" in variants:  # the built-in MNIST digits, with labels: class-conditional chains
-    c.model.shape = dict(SHAPE, in_channels=1)
-    c.data.update(name="vqlab_digits", min_crop=0, max_crop=0, flip=False)
   if "runlocal" in variants:
-    shrink_for_runlocal(c, dict(c.model.shape, channels=8, channel_mult=(1, 2),
-                                z_channels=16, embed_dim=16))
+    # f4 with msvq: its last scale (8) is the 32 / 4 latent grid
+    shrink_for_runlocal(c, dict(SHAPE, channels=8, channel_mult=(1, 2, 2) if "msvq" in variants
+                                else (1, 2), z_channels=16, embed_dim=16))
+  if "digits" in variants:  # the built-in MNIST digits, with labels: class-conditional chains
+    c.model.shape = dict(c.model.shape, in_channels=1)
+    c.data.update(name="vqlab_digits", min_crop=0, max_crop=0, flip=False)
   return c

@@ -28,7 +28,7 @@ def get_config(arg=None):
       "Residual depth: one quantizer-dropout RVQ vs one RVQ per depth (digits autoencoder, "
       "64 codes a level)", base, runs, METRICS, seeds=seeds, claims="residual_depth.claims.toml",
       # the dropout model decoded with n levels is its row at levels = n
-      expand=[dict(where={"method": "dropout"}, axis="levels", values=depths,
-                   metrics={"mse": "mse_levels{}"})],
+      expand=[dict(where={"method": "dropout"}, axes={"levels": depths},
+                   metrics={"mse": "mse_levels{levels}"})],
       plots=[dict(x="levels", metric="mse", line="method", log2_x=True)],
       labels={"mse": "eval MSE"})

@@ -117,3 +117,36 @@ def test_plot_writes_a_png_with_one_line_per_method(tmp_path):
   path = tmp_path / "usage.png"
   ablation.plot(_rows(spec), "k", "usage", "method", str(path), log2_x=True)
   assert Image.open(path).size[0] > 100
+
+
+def test_expand_turns_one_run_measured_at_several_settings_into_rows():
+  records = [{"variant": "dropout", "axes": {"method": "dropout"}, "seed": s,
+              "metrics": {"mse_levels1": 0.5 + s, "mse_levels2": 0.25 + s, "mse": 9.0}}
+             for s in (0, 1)]
+  records.append({"variant": "fixed-1", "axes": {"method": "fixed", "levels": 1}, "seed": 0,
+                  "metrics": {"mse": 0.4}})
+  rule = {"where": {"method": "dropout"}, "axes": {"levels": [1, 2, 4]},
+          "metrics": {"mse": "mse_levels{levels}"}}
+  out = ablation.expand(records, [rule])
+  names = [r["variant"] for r in out]
+  assert names == ["dropout@levels1", "dropout@levels2", "dropout@levels1", "dropout@levels2",
+                   "fixed-1"]  # levels 4 was not measured: no row
+  rows = ablation.aggregate(out, ["mse"])
+  assert rows[0]["axes"] == {"method": "dropout", "levels": 1}
+  assert rows[0]["mse"]["mean"] == 1.0 and rows[1]["mse"]["mean"] == 0.75
+  two = ablation.expand(records[:1], [{"where": {"method": "dropout"},
+                                       "axes": {"a": [1, 2], "b": ["x"]},
+                                       "metrics": {"m": "mse_levels{a}"}}])
+  assert [r["axes"] for r in two] == [{"method": "dropout", "a": 1, "b": "x"},
+                                      {"method": "dropout", "a": 2, "b": "x"}]
+
+
+def test_ratio_claims_bound_the_ratio_of_the_intervals():
+  rows = _rows({"d": ({"method": "d"}, [1.00, 1.02, 1.01]),
+                "f": ({"method": "f"}, [0.95, 0.96, 0.95]),
+                "w": ({"method": "w"}, [2.0, 2.1, 2.05])})
+  c = lambda a, b, v: {"test": "ratio_at_most", "metric": "usage", "a": {"method": a},
+                       "b": {"method": b}, "value": v}
+  assert ablation.check_claim(c("d", "f", 1.2), rows)["verdict"] == ablation.REPRODUCED
+  assert ablation.check_claim(c("w", "f", 1.2), rows)["verdict"] == ablation.NOT_REPRODUCED
+  assert ablation.check_claim(c("d", "f", 1.06), rows)["verdict"] == ablation.INCONCLUSIVE

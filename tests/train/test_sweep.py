@@ -18,7 +18,7 @@ from vqlab.train import runs, sweep
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDY = os.path.join(REPO, "configs", "quantizer_study.py") + ":runlocal"
 ABLATIONS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "ablations", "*.py"))
-                   if not p.endswith("__init__.py"))
+                   if not os.path.basename(p).startswith("_"))  # __init__, shared helpers
 
 
 def _sweep(seeds=(0,)):
@@ -93,16 +93,26 @@ def test_overrides_of_fields_the_base_lacks_are_errors():
                                     ["mse"]), "/tmp/x")
 
 
-@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: os.path.basename(p)[:-3])
-def test_each_ablation_runs_its_runlocal_variant_with_a_verdict_per_claim(path, tmp_path,
+# the generator ablations train a digits tokenizer chain first (their `prepare`): slow step
+GENERATOR_ABLATIONS = ("generators", "guidance", "maskgit_schedules")
+PARAMS = [pytest.param(p, id=os.path.basename(p)[:-3], marks=[pytest.mark.slow] if
+                       os.path.basename(p)[:-3] in GENERATOR_ABLATIONS else [])
+          for p in ABLATIONS]
+
+
+@pytest.mark.parametrize("path", PARAMS)
+def test_each_ablation_runs_its_runlocal_variant_with_a_verdict_per_claim(path, build_once,
                                                                          monkeypatch):
   monkeypatch.chdir(REPO)  # base configs are named relative to the repository
+  name = os.path.basename(path)[:-3]
   s = sweep.load_config_file(path + ":runlocal")
   full = sweep.load_config_file(path)
   assert len(full.seeds) >= 3 and len(sweep.planned_runs(full, "/x")) > len(
       sweep.planned_runs(s, "/x"))
   for run in sweep.planned_runs(full, "/x"):  # every full run's overrides fit its base
-    sweep.apply_overrides(sweep.load_config_file(full.base), run["overrides"])
+    sweep.apply_overrides(sweep.load_config_file(run["base"]), run["overrides"])
+  # one session directory for all: sweeps with a shared prepare_dir train its chain once
+  tmp_path = build_once("ablations", lambda d: None) / name
   out = sweep.sweep_main(s, path, str(tmp_path))
   assert not out["failed"] and len(out["records"]) == len(sweep.planned_runs(s, str(tmp_path)))
   claims = sweep.load_claims(s, os.path.dirname(path))
@@ -111,6 +121,28 @@ def test_each_ablation_runs_its_runlocal_variant_with_a_verdict_per_claim(path, 
     assert f"**{c['id']}: " in verdicts
     assert c.get("arxiv") and c.get("paper") and (c.get("states") or c.get("quote"))
   rows = open(tmp_path / "results.csv").read().strip().splitlines()
-  assert len(rows) == 1 + len(s.variants)
+  assert len(rows) == 1 + len(out["rows"]) >= 1 + len(s.variants)  # expanded runs: more
   for p in s.get("plots", []):
     assert os.path.exists(tmp_path / f"{p['metric']}_vs_{p['x']}.png")
+
+
+def test_prepare_steps_run_once_and_a_failed_one_stops_the_sweep(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  prep = [dict(name="study", verb="train", args={
+      "config": "configs/quantizer_study.py:runlocal", "workdir": "{prepare}/study",
+      "config.quantizers": "vq_ste"})]
+  s = sweep_config("t", STUDY, [variant({"q": "vq"}, {"quantizers": "vq_ste"})], ["mse"],
+                   seeds=(0,), prepare=prep, prepare_dir="../shared")
+  work = str(tmp_path / "sw")
+  sweep.sweep_main(s, STUDY, work, prepare_only=True)
+  marker = tmp_path / "shared" / "study.done"
+  summary = tmp_path / "shared" / "study" / "vq_ste" / "summary.json"
+  assert marker.exists() and summary.exists()
+  stamp = summary.stat().st_mtime_ns
+  sweep.sweep_main(s, STUDY, work, prepare_only=True)  # done: not run again
+  assert summary.stat().st_mtime_ns == stamp
+  bad = sweep_config("t", STUDY, s.variants, ["mse"], seeds=(0,), prepare=[dict(
+      name="broken", verb="train", args={"config": "configs/nope.py", "workdir": "{prepare}/b"})])
+  with pytest.raises(RuntimeError, match="prepare 'broken' failed"):
+    sweep.sweep_main(bad, STUDY, str(tmp_path / "b"))
+  assert not os.path.exists(tmp_path / "b" / "q")  # no run started without its prerequisites

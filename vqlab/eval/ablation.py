@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -80,11 +81,12 @@ def aggregate(records: Sequence[dict], metrics: Sequence[str]) -> list[dict[str,
 
 
 def expand(records: Sequence[dict], rules: Sequence[dict]) -> list[dict]:
-  """Records of one run measured at several settings (e.g. one quantizer-dropout model
-  decoded with 1 .. 8 residual levels) as one record per setting. A rule {"where": axes,
-  "axis": "levels", "values": [1, 2, ...], "metrics": {"mse": "mse_levels{}"}} replaces
-  each record `where` matches by one per value, with `axis` set to it and each metric
-  read from its source name."""
+  """Records of one run measured at several settings (one quantizer-dropout model decoded
+  with 1 .. 8 residual levels; one generator sampled at several guidance scales) as one
+  record per setting. A rule {"where": axes, "axes": {"levels": [1, 2, 4]}, "metrics":
+  {"mse": "mse_levels{levels}"}} replaces each record `where` matches by one per
+  combination of the rule's axes, with those axes set and each metric read from the
+  summary name its template gives."""
   out = []
   for r in records:
     rule = next((u for u in rules if all(_same(r["axes"].get(k), v)
@@ -92,12 +94,15 @@ def expand(records: Sequence[dict], rules: Sequence[dict]) -> list[dict]:
     if rule is None:
       out.append(r)
       continue
-    for value in rule["values"]:
-      metrics = {m: r["metrics"].get(src.format(value)) for m, src in rule["metrics"].items()}
+    names = list(rule["axes"])
+    for values in itertools.product(*(rule["axes"][n] for n in names)):
+      setting = dict(zip(names, values))
+      metrics = {m: r["metrics"].get(src.format(**setting)) for m, src in rule["metrics"].items()}
       if all(v is None for v in metrics.values()):
         continue  # not measured at this setting
-      out.append({**r, "variant": f"{r['variant']}@{rule['axis']}{value}",
-                  "axes": {**r["axes"], rule["axis"]: value}, "metrics": metrics})
+      out.append({**r, "variant": r["variant"] + "@" + ",".join(f"{k}{v}" for k, v in
+                                                                setting.items()),
+                  "axes": {**r["axes"], **setting}, "metrics": metrics})
   return out
 
 

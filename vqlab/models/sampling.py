@@ -127,9 +127,21 @@ def sample_next_scale(model: NextScaleGenerator, quantizer, labels: Array, key: 
   return indices
 
 
-def mask_schedule(ratio: Array | float) -> Array:
-  """MaskGIT's cosine schedule: the fraction of tokens still masked at progress `ratio`."""
-  return jnp.cos(0.5 * math.pi * jnp.asarray(ratio, jnp.float32))
+MASK_SCHEDULES = ("cosine", "linear", "square")
+
+
+def mask_schedule(ratio: Array | float, kind: str = "cosine") -> Array:
+  """The fraction of tokens still masked at progress `ratio` in [0, 1] (MaskGIT, Chang et
+  al. 2022, arXiv 2202.04200, Sec. 3.2): cosine cos(pi/2 r) (its choice), linear 1 - r,
+  square 1 - r^2."""
+  r = jnp.asarray(ratio, jnp.float32)
+  if kind == "cosine":
+    return jnp.cos(0.5 * math.pi * r)
+  if kind == "linear":
+    return 1.0 - r
+  if kind == "square":
+    return 1.0 - r * r
+  raise ValueError(f"schedule: expected one of {MASK_SCHEDULES}, got {kind!r}")
 
 
 def random_mask(key: Array, batch: int, length: int) -> Array:
@@ -142,10 +154,12 @@ def random_mask(key: Array, batch: int, length: int) -> Array:
 
 def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: int = 8,
                   cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, choice_temperature: float = 4.5) -> Array:
+                  top_p: float = 1.0, choice_temperature: float = 4.5,
+                  schedule: str = "cosine") -> Array:
   """MaskGIT decoding: start all masked; each step samples every masked slot, keeps the
   most confident (log-prob + annealed Gumbel noise) and re-masks the rest so that
-  cos(pi/2 (t+1)/T) N stay masked; tokens (B, N)."""
+  mask_schedule((t+1)/T) N stay masked (cosine: cos(pi/2 (t+1)/T) N); tokens (B, N)."""
+  mask_schedule(0.0, schedule)  # an unknown schedule fails here, not mid-loop
   model = _eval_copy(model)
   b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
   lab = _with_null(labels, model.num_classes, guided)
@@ -164,7 +178,7 @@ def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: i
     confidence = logp + choice_temperature * (1 - ratio) * jax.random.gumbel(k_noise, (b, n))
     confidence = jnp.where(unknown, confidence, jnp.inf)  # decided tokens stay
     n_unknown = jnp.sum(unknown, -1, keepdims=True)
-    n_mask = jnp.floor(mask_schedule(ratio) * n).astype(jnp.int32)
+    n_mask = jnp.floor(mask_schedule(ratio, schedule) * n).astype(jnp.int32)
     n_mask = jnp.maximum(0, jnp.minimum(n_unknown - 1, n_mask)) if t < steps - 1 else 0 * n_mask
     rank = jnp.argsort(jnp.argsort(confidence, -1), -1)  # 0 = least confident
     tokens = jnp.where(rank < n_mask, model.mask_id, sampled)

@@ -66,6 +66,7 @@ class SampleSpec:
   top_p: float
   steps: int
   latent_size: int  # images: tokens per side
+  schedule: str = "cosine"  # masked decoding's mask schedule
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +75,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ("tokenizer_workdir", "tokens_dir"):
     if not config[name]:
       raise ValueError(f"{name}: expected a path (see configs/generator_quickstart.py), got ''")
+  if config.sample.schedule not in sampling.MASK_SCHEDULES:
+    raise ValueError(f"sample.schedule: expected one of {sampling.MASK_SCHEDULES}, got "
+                     f"{config.sample.schedule!r}")
+  fields = {f.name for f in dataclasses.fields(SampleSpec)} - {"paradigm", "latent_size"}
+  for setting in config.eval.sample_settings:
+    if not isinstance(setting, dict) or not setting or set(setting) - fields:
+      raise ValueError(f"eval.sample_settings: expected dicts of sample fields {sorted(fields)}, "
+                       f"got {setting!r}")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
   loop.check_train_config(config)
@@ -187,7 +196,8 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
       tokens = sampling.sample_delay(model, labels, key, prompt, **kw)
       return tokens, tok.decode(tokens)
     else:
-      tokens = sampling.sample_masked(model, labels, key, steps=spec.steps, **kw)
+      tokens = sampling.sample_masked(model, labels, key, steps=spec.steps,
+                                      schedule=spec.schedule, **kw)
     grid = tokens if spec.paradigm == "var" else tokens.reshape(
         -1, spec.latent_size, spec.latent_size)
     return tokens, tok.decode(grid)
@@ -272,9 +282,11 @@ class GeneratorJob(loop.Job):
   def periodic(self, graphdef):
     c, s, tok = self.config, self.config.sample, self.tok
     tok_graphdef, self.tok_state = nnx.split(tok)
-    self.sampler = make_sampler(graphdef, tok_graphdef, SampleSpec(
-        c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p, s.steps,
-        int(self.source.meta.get("latent_size", 0))))
+    self.sample_spec = SampleSpec(c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p,
+                                  s.steps, int(self.source.meta.get("latent_size", 0)),
+                                  s.schedule)
+    self.graphdef, self.tok_graphdef = graphdef, tok_graphdef
+    self.sampler = make_sampler(graphdef, tok_graphdef, self.sample_spec)
     per_class = max(1, s.num // c.model.num_classes)
     # one row per class when the classes fill whole rows (a digits grid: row k shows k's)
     by_row = c.model.num_classes > 1 and s.num % c.model.num_classes == 0
@@ -337,12 +349,32 @@ class GeneratorJob(loop.Job):
           c.seed))
       self.writer.write(c.train.steps, {k: summary[k] for k in ("gfid", "inception_score")})
     if c.eval.digits_examples and self.tok_dataset == "vqlab_digits":
-      summary.update(evaluators.digits_sample_metrics(
-          lambda y, key: self.sampler(state, self.tok_state, y, key)[1], c.model.num_classes,
-          c.eval.digits_examples, c.eval.batch_size, c.seed))
+      summary.update(self.digits_metrics(state, self.sampler))
       self.writer.write(c.train.steps, {f"digits/{k}": summary[k] for k in (
           "digits_fid", "precision", "recall", "class_accuracy") if k in summary})
+      # the same model sampled with other settings (guidance scales, mask schedules, ...):
+      # each metric again as "<metric>@<field>=<value>,..."
+      for setting in c.eval.sample_settings:
+        spec = dataclasses.replace(self.sample_spec, **setting)
+        tag = ",".join(f"{k}={v}" for k, v in setting.items())
+        measured = self.digits_metrics(state, make_sampler(self.graphdef, self.tok_graphdef,
+                                                           spec))
+        summary.update({f"{k}@{tag}": v for k, v in measured.items()})
     return summary
+
+  def digits_metrics(self, state, sampler) -> dict:
+    """Digits FID, class accuracy, precision / recall (vqlab/eval/digits.py) and seconds
+    per sample (timed after a compiling call) of `c.eval.digits_examples` samples."""
+    c = self.config
+    fn = lambda y, key: sampler(state, self.tok_state, y, key)[1]
+    labels = jnp.arange(c.eval.batch_size, dtype=jnp.int32) % c.model.num_classes
+    jax.block_until_ready(fn(labels, jax.random.key(0)))  # compile
+    start = time.perf_counter()
+    jax.block_until_ready(fn(labels, jax.random.key(1)))
+    seconds = (time.perf_counter() - start) / c.eval.batch_size
+    return {**evaluators.digits_sample_metrics(fn, c.model.num_classes, c.eval.digits_examples,
+                                               c.eval.batch_size, c.seed),
+            "sample_seconds": seconds}
 
   def describe(self, summary):
     fid = (f", gFID {summary['gfid']:.2f}, IS {summary['inception_score']:.2f}"

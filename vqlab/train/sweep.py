@@ -4,6 +4,7 @@ aggregate whatever has finished into tables, plots and verdicts on the paper's c
   vqlab sweep --config configs/ablations/codebook_size.py --workdir runs/codebook_size
   vqlab sweep --config configs/ablations/codebook_size.py --workdir runs/cs --list
   vqlab sweep ... --commands       # one `vqlab train ...` line per run (a cluster's array)
+  vqlab sweep ... --prepare        # only the prepare steps (a tokenizer, its tokens, ...)
   vqlab sweep ... --index 7        # only run 7 of the list (a job-array task); no aggregate
   vqlab sweep ... --aggregate      # only aggregate the runs that have finished
 
@@ -12,7 +13,10 @@ its `:arg`), `variants` ({name, axes: {axis: value}, overrides: {dotted.field: v
 `configs.common.grid` builds a grid, `sweep_config` the whole), `seeds` (each
 sets the base config's `seed`), the `metrics` to tabulate, `plots`, `expand` (one run
 measured at several settings, e.g. decoded at 1 .. 8 levels: `ablation.expand`) and
-`claims` (a TOML file beside the config; vqlab/eval/ablation.py says what a claim tests).
+`claims` (a TOML file beside the config; vqlab/eval/ablation.py says what a claim tests),
+and `prepare`: steps every run needs first ({name, verb, args: {flag: value}}, e.g. a
+tokenizer and its tokens, in WORKDIR/prepare/; `{prepare}` in an override or argument is
+that directory; `prepare_dir` moves it). A variant may name its own `base`.
 
 Each run is a job of its own in WORKDIR/<variant>/seed<k>/ (it resumes after a stop; a
 rerun skips it once `sweep_result.json` is there with the same overrides). A run that
@@ -24,10 +28,12 @@ The aggregate writes WORKDIR/results.md, results.csv, records.json, claims.md,
 from __future__ import annotations
 
 import copy
+import fcntl
 import importlib.util
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 import tomllib
@@ -98,14 +104,63 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
       raise ValueError(f"variants: expected a name without '/', got {v['name']!r}")
 
 
+def prepare_dir(sweep: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the prepare steps write: WORKDIR/<sweep.prepare_dir> (default "prepare"; e.g.
+  "../digits_chain" shares one tokenizer between sweeps), absolute."""
+  return os.path.abspath(os.path.join(workdir, sweep.get("prepare_dir") or "prepare"))
+
+
+def _placed(value: Any, sweep, workdir: str) -> Any:
+  """`{prepare}` in a string: the sweep's `prepare_dir`."""
+  if isinstance(value, str):
+    return value.replace("{prepare}", prepare_dir(sweep, workdir))
+  return value
+
+
+def prepare_steps(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """The sweep's `prepare` steps (what every run needs first, e.g. a tokenizer and its
+  exported tokens), each {"name", "argv": the `vqlab` command}, `{prepare}` placed."""
+  out = []
+  for step in sweep.get("prepare", []):
+    args = {k: _placed(v, sweep, workdir) for k, v in dict(step["args"]).items()}
+    out.append({"name": step["name"], "argv": [step["verb"]] + [
+        f"--{k}={_flag_value(v)}" for k, v in args.items()]})
+  return out
+
+
+def run_prepare(sweep: ml_collections.ConfigDict, workdir: str) -> None:
+  """Run each prepare step once (a `vqlab` subprocess; a step resumes like any job and
+  is skipped when its marker records the same command). A failed step stops the sweep:
+  nothing after it could run."""
+  for step in prepare_steps(sweep, workdir):
+    marker = os.path.join(prepare_dir(sweep, workdir), step["name"] + ".done")
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    with open(marker + ".lock", "w") as lock:  # sweeps sharing a prepare_dir: one runs it
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if _read(marker) == {"argv": step["argv"]}:
+        print(f"sweep: prepare {step['name']}: done earlier")
+        continue
+      print(f"sweep: prepare {step['name']}: vqlab {' '.join(step['argv'])}")
+      done = subprocess.run([sys.executable, "-m", "vqlab.cli", *step["argv"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      if done.returncode:
+        raise RuntimeError(f"prepare {step['name']!r} failed (vqlab "
+                           f"{' '.join(step['argv'])}):\n"
+                           + "\n".join(done.stdout.strip().splitlines()[-15:]))
+      with open(marker, "w") as f:
+        json.dump({"argv": step["argv"]}, f)
+
+
 def planned_runs(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Every (variant, seed) run: its name, axes, seed, workdir and full overrides."""
   check_sweep(sweep)
   out = []
   for v in sweep.variants:
     for seed in sweep.seeds:
-      overrides = {**dict(v["overrides"]), "seed": int(seed)}
+      overrides = {**{k: _placed(x, sweep, workdir) for k, x in dict(v["overrides"]).items()},
+                   "seed": int(seed)}
       out.append({"variant": v["name"], "axes": dict(v["axes"]), "seed": int(seed),
+                  "base": v.get("base") or sweep.base,
                   "workdir": os.path.join(workdir, v["name"], f"seed{seed}"),
                   "overrides": overrides})
   return out
@@ -119,7 +174,7 @@ def _flag_value(value: Any) -> str:
 
 def command(sweep: ml_collections.ConfigDict, run: dict) -> str:
   """The `vqlab train` command line of one run."""
-  parts = ["vqlab", "train", f"--config={sweep.base}", f"--workdir={run['workdir']}"]
+  parts = ["vqlab", "train", f"--config={run['base']}", f"--workdir={run['workdir']}"]
   parts += [f"--config.{k}={_flag_value(v)}" for k, v in run["overrides"].items()]
   return " ".join(shlex.quote(p) for p in parts)
 
@@ -162,7 +217,7 @@ def run_one(sweep: ml_collections.ConfigDict, run: dict, train_fn=None) -> dict[
   os.makedirs(run["workdir"], exist_ok=True)
   start = time.perf_counter()
   try:
-    config = apply_overrides(load_config_file(sweep.base), run["overrides"])
+    config = apply_overrides(load_config_file(run["base"]), run["overrides"])
     metrics = scalar_metrics(train_fn(config, run["workdir"]))
   except Exception as e:  # one variant's failure is recorded; the sweep goes on
     error = {"variant": run["variant"], "seed": run["seed"], "overrides": run["overrides"],
@@ -205,7 +260,7 @@ def aggregate(sweep: ml_collections.ConfigDict, workdir: str, claims: list[dict]
   metrics = list(sweep.metrics)
   rows = ablation.aggregate(ablation.expand(records, sweep.get("expand", [])), metrics)
   axes = list(dict.fromkeys([a for v in sweep.variants for a in v["axes"]]
-                            + [u["axis"] for u in sweep.get("expand", [])]))
+                            + [a for u in sweep.get("expand", []) for a in u["axes"]]))
   labels = dict(sweep.get("labels", {}))
   table = ablation.markdown_table(rows, axes, metrics, labels)
   os.makedirs(workdir, exist_ok=True)
@@ -248,14 +303,20 @@ def aggregate(sweep: ml_collections.ConfigDict, workdir: str, claims: list[dict]
 
 def sweep_main(sweep: ml_collections.ConfigDict, config_path: str, workdir: str, *,
                list_only=False, commands=False, index: int | None = None,
-               aggregate_only=False, train_fn=None) -> dict[str, Any] | None:
+               prepare_only=False, aggregate_only=False, train_fn=None) -> dict[str, Any] | None:
   plan = planned_runs(sweep, workdir)
   claims = load_claims(sweep, os.path.dirname(os.path.abspath(config_path)))
   if list_only or commands:
+    for step in prepare_steps(sweep, workdir):
+      print(" ".join(shlex.quote(p) for p in ["vqlab", *step["argv"]]) if commands else
+            f"prep  {step['name']:32s} vqlab {' '.join(step['argv'])}")
     for i, run in enumerate(plan):
       print(command(sweep, run) if commands else
             f"{i:4d}  {run['variant']:32s} seed {run['seed']}  {run['workdir']}  "
             f"{'done' if finished(run) else ''}")
+    return None
+  if prepare_only:
+    run_prepare(sweep, workdir)
     return None
   if index is not None:
     if not 0 <= index < len(plan):
@@ -267,6 +328,7 @@ def sweep_main(sweep: ml_collections.ConfigDict, config_path: str, workdir: str,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
       f.write(sweep.to_json(indent=2))
+    run_prepare(sweep, workdir)
     for i, run in enumerate(plan):
       print(f"sweep: run {i + 1}/{len(plan)}: {run['variant']} seed {run['seed']}")
       run_one(sweep, run, train_fn)
@@ -286,8 +348,10 @@ def main(argv: list[str]) -> None:
   flags.DEFINE_bool("list", False, "Print the runs (and which finished); train nothing.")
   flags.DEFINE_bool("commands", False, "Print one `vqlab train` command per run.")
   flags.DEFINE_integer("index", None, "Run only this run of --list (a job-array task).")
+  flags.DEFINE_bool("prepare", False, "Only run the prepare steps (before a job array).")
   flags.DEFINE_bool("aggregate", False, "Only aggregate the runs that have finished.")
   flags.mark_flags_as_required(["config", "workdir"])
   run_app(argv, lambda f: sweep_main(
       f.config, f["config"].config_filename, f.workdir, list_only=f.list,
-      commands=f.commands, index=f.index, aggregate_only=f.aggregate))
+      commands=f.commands, index=f.index, prepare_only=f.prepare,
+      aggregate_only=f.aggregate))
