@@ -164,9 +164,20 @@ def test_masked_model_memorises_and_decodes_back():
     return jnp.sum(ce * mask) / jnp.sum(mask)
 
   _fit(model, loss, 300)
-  got = sampling.sample_masked(model, labels, jax.random.key(0), steps=4, top_k=1,
-                               choice_temperature=0.0)
-  np.testing.assert_array_equal(got, data)
+  for schedule in sampling.MASK_SCHEDULES:
+    got = sampling.sample_masked(model, labels, jax.random.key(0), steps=4, top_k=1,
+                                 choice_temperature=0.0, schedule=schedule)
+    np.testing.assert_array_equal(got, data)
+  with pytest.raises(ValueError, match="schedule: expected one of"):
+    sampling.sample_masked(model, labels, jax.random.key(0), schedule="cubic")
+
+
+def test_mask_schedules_run_from_all_masked_to_none():
+  r = jnp.asarray([0.0, 0.5, 1.0])
+  np.testing.assert_allclose(sampling.mask_schedule(r, "cosine"), [1, np.sqrt(0.5), 0],
+                             atol=1e-6)
+  np.testing.assert_allclose(sampling.mask_schedule(r, "linear"), [1, 0.5, 0], atol=1e-7)
+  np.testing.assert_allclose(sampling.mask_schedule(r, "square"), [1, 0.75, 0], atol=1e-7)
 
 
 def test_delay_pattern_shifts_level_k_by_k_and_inverts():

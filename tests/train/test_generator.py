@@ -26,7 +26,7 @@ def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
   if paradigm == "maskgit":  # gFID / IS wiring, on a random Inception network
     c.eval.update(inception="random", examples=20, batch_size=10)
   if paradigm == "raster":  # the digits classifier's metrics of a digits tokenizer's samples
-    c.eval.update(digits_examples=40, batch_size=10)
+    c.eval.update(digits_examples=40, batch_size=10, sample_settings=({"cfg_scale": 3.0},))
     c.sample.num = 20  # two per class: one row per class
   summary = generator.train(c, str(tmp_path))
   rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
@@ -43,6 +43,9 @@ def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
     assert summary["classifier_test_accuracy"] >= 0.98
     assert 0 <= summary["class_accuracy"] <= 1 and 0 <= summary["precision"] <= 1
     assert rows[-1]["digits/digits_fid"] == summary["digits_fid"]
+    guided = summary["digits_fid@cfg_scale=3.0"]  # the same model, sampled with guidance 3
+    assert guided > 10 and guided != summary["digits_fid"]
+    assert summary["sample_seconds@cfg_scale=3.0"] > 0
     from PIL import Image
     grid = Image.open(tmp_path / "images" / "samples_0000002.png")
     assert grid.size[1] >= 10 * 64  # ten rows (one per class) of 32-px samples shown at 64
@@ -91,6 +94,15 @@ def test_bad_generator_configs_fail_early(chain, tmp_path):
     generator.train(c, str(tmp_path / "c"))
   with pytest.raises(ValueError, match="config arg"):
     generator_quickstart.get_config("runlocal")
+  c = _config("maskgit", chain)
+  c.sample.schedule = "cubic"
+  with pytest.raises(ValueError, match="sample.schedule: expected one of"):
+    generator.train(c, str(tmp_path / "d"))
+  c = _config("maskgit", chain)
+  c.eval.sample_settings = ({"cfg": 2.0},)
+  with pytest.raises(ValueError, match="eval.sample_settings: expected dicts of sample fields"):
+    generator.train(c, str(tmp_path / "d"))
+  assert not os.path.exists(tmp_path / "d")
 
 
 def test_delay_paradigm_continues_speech_prompts(speech_chain, tmp_path):

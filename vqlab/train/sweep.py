@@ -229,6 +229,9 @@ def run_one(sweep: ml_collections.ConfigDict, run: dict, train_fn=None) -> dict[
   record = {"variant": run["variant"], "axes": run["axes"], "seed": run["seed"],
             "overrides": run["overrides"], "metrics": metrics,
             "seconds": time.perf_counter() - start}
+  import jax
+  if jax.process_index() != 0:  # a multi-host run: its first process writes the record
+    return record
   tmp = os.path.join(run["workdir"], RESULT + ".tmp")
   with open(tmp, "w") as f:
     json.dump(record, f, indent=2)
