@@ -8,7 +8,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tomllib
 
 import pytest
 
