@@ -56,10 +56,11 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
   x = np.asarray([v for v in values if v is not None], np.float64)
   n = len(x)
   if n == 0:
-    return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
+    return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan, "values": []}
   std = float(np.std(x, ddof=1)) if n > 1 else math.nan
   ci = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-  return {"n": n, "mean": float(np.mean(x)), "std": std, "ci95": ci}
+  return {"n": n, "mean": float(np.mean(x)), "std": std, "ci95": ci,
+          "values": [float(v) for v in x]}
 
 
 def aggregate(records: Sequence[dict], metrics: Sequence[str]) -> list[dict[str, Any]]:
@@ -276,7 +277,9 @@ def claims_report(claims: Sequence[dict], rows: Sequence[dict]) -> str:
 
 def plot(rows: Sequence[dict], x: str, metric: str, line: str | None, path: str, *,
          log2_x: bool = False, title: str = "", ylabel: str | None = None) -> None:
-  """`metric` against axis `x`, one line per value of axis `line`, 95% error bars."""
+  """`metric` against axis `x`, one line per value of axis `line`: the mean over seeds with
+  ±1 standard deviation bars and each seed's value as a faint dot (95% intervals of three
+  seeds are too wide to read; the verdicts use them)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -287,13 +290,16 @@ def plot(rows: Sequence[dict], x: str, metric: str, line: str | None, path: str,
     pts = [r for r in rows if line is None or _same(r["axes"].get(line), name)]
     xs = [float(r["axes"][x]) for r in pts]
     ys = [r[metric]["mean"] for r in pts]
-    err = [r[metric]["ci95"] if math.isfinite(r[metric]["ci95"]) else 0.0 for r in pts]
-    ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=3,
-                label=None if name is None else str(name))
+    err = [r[metric]["std"] if math.isfinite(r[metric]["std"]) else 0.0 for r in pts]
+    bar = ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=3,
+                      label=None if name is None else str(name))
+    seeds = [(xv, v) for xv, r in zip(xs, pts) for v in r[metric].get("values", [])]
+    if seeds:
+      ax.scatter(*zip(*seeds), s=6, alpha=0.35, color=bar[0].get_color())
   if log2_x:
     ax.set_xscale("log", base=2)
   ax.set_xlabel(x)
-  ax.set_ylabel(ylabel or metric)
+  ax.set_ylabel((ylabel or metric) + " (mean ± std, seeds)")
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
   if line:
