@@ -72,6 +72,11 @@ def test_loss_falls_and_resume_continues(chain, tmp_path):
   c2.train.steps = 40
   resumed = generator.train(c2, str(tmp_path / "parts"))
   assert resumed["loss"] == whole["loss"]
+  again = generator.train(c2, str(tmp_path / "parts"))  # finished: evaluated again, no steps
+  assert again["loss"] == resumed["loss"] and again["accuracy"] == resumed["accuracy"]
+  steps = lambda d: [r["step"] for r in read_jsonl(str(tmp_path / d / "metrics.jsonl"))
+                     if "loss" in r]
+  assert steps("parts") == steps("whole") == [10, 20, 30, 40]  # each step logged once
 
 
 def test_bad_generator_configs_fail_early(chain, tmp_path):

@@ -337,8 +337,8 @@ class GeneratorJob(loop.Job):
 
   def evaluate(self, graphdef, state):
     c = self.config
-    if "tokens_per_second" not in self.throughput:  # only compiled so far: time a warm call
-      self.samples(state, c.train.steps)
+    while "tokens_per_second" not in self.throughput:  # the first call compiles: time a
+      self.samples(state, c.train.steps)              # warm one (twice on a finished run)
     summary = {"paradigm": c.paradigm, **{k: float(v) for k, v in self.last_metrics.items()},
                "sample_tokens_per_second": self.throughput.get("tokens_per_second",
                                                                float("nan"))}

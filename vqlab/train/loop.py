@@ -28,7 +28,7 @@ from vqlab import parallel
 from vqlab.checkpoint import CheckpointMismatch, Checkpointer
 from vqlab.data.pipeline import iterate
 from vqlab.train.common import (MetricWriter, WorkdirLock, check_free_space, check_workdir,
-                                local_batch_size)
+                                local_batch_size, read_jsonl)
 
 
 def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -482,6 +482,14 @@ def train_job(job: Job) -> dict[str, Any]:
     return _train_in(job, mesh, batch_size)
 
 
+def last_logged_step(workdir: str) -> dict[str, float]:
+  """The train metrics of the last logged step in metrics.jsonl ({} without one)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = [r for r in read_jsonl(path) if "loss" in r] if os.path.exists(path) else []
+  return {k: v for k, v in rows[-1].items() if k not in ("step", "steps_per_second")} \
+      if rows else {}
+
+
 def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
   """The part of `train_job` that holds the workdir's lock. config.json is written once
   the model is built and the checkpoint (if any) restored: an invalid config or a refused
@@ -510,6 +518,8 @@ def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
   write_config(workdir, config)
   job.writer = MetricWriter(workdir, enabled=job.main_process)
   job.writer.truncate_after(start)  # steps redone after a kill are logged once
+  if start >= config.train.steps:  # finished earlier, evaluated again: its last logged step
+    job.last_metrics = last_logged_step(workdir)
   periodic = job.periodic(graphdef)
   report: dict[str, Any] = {}
   state = run(state, it, step_fn, start=start, total=config.train.steps, ckpt=ckpt,
