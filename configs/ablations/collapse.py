@@ -38,5 +38,6 @@ def get_config(arg=None):
   return sweep_config(
       "Codebook collapse at large codebooks (digits autoencoder)", base, runs, METRICS,
       seeds=seeds, overrides={"quantizers": "vq_ste"}, claims="collapse.claims.toml",
-      plots=[dict(x="codebook_size", metric="usage", line="method", log2_x=True)],
+      plots=[dict(x="codebook_size", metric="usage", line="method", log2_x=True)]
+      if len(sizes) > 1 else [],
       labels={"mse": "eval MSE", "usage": "code usage"})

@@ -219,7 +219,8 @@ def run_one(sweep: ml_collections.ConfigDict, run: dict, train_fn=None) -> dict[
   try:
     config = apply_overrides(load_config_file(run["base"]), run["overrides"])
     metrics = scalar_metrics(train_fn(config, run["workdir"]))
-  except Exception as e:  # one variant's failure is recorded; the sweep goes on
+  except Exception as e:  # one variant's failure is recorded; the sweep goes on (SIGTERM's
+    # loop.Preempted is a SystemExit: it stops the sweep, and the rerun resumes this run)
     error = {"variant": run["variant"], "seed": run["seed"], "overrides": run["overrides"],
              "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     with open(os.path.join(run["workdir"], ERROR), "w") as f:
