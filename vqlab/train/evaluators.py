@@ -196,9 +196,11 @@ class TokenizerJob(loop.Job):
     return describe(self.config, summary)
 
 
+@functools.lru_cache(maxsize=1)
 def digits_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """((train images, labels), (test images, labels)) of the built-in digits, the split of
-  the `vqlab_digits` dataset (4,500 / 500)."""
+  the `vqlab_digits` dataset (4,500 / 500); read once per process (every sample setting a
+  generator is scored at compares with the same test digits)."""
   from vqlab.data.builtin import DIGITS_TEST_SIZE
   from vqlab.data.digits import load_mnist_digits, split_indices
   images, labels = load_mnist_digits(pad_to=32)

@@ -27,6 +27,7 @@ The aggregate writes WORKDIR/results.md, results.csv, records.json, claims.md,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import importlib.util
@@ -78,17 +79,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     if leaf not in node:
       raise ValueError(f"overrides: {path!r} is not a field of the base config; "
                        f"{'.'.join(parents) or 'the top level'} has {sorted(node)}")
-    with node.unlocked() if hasattr(node, "unlocked") else _nothing():
+    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
       node[leaf] = tuple(value) if isinstance(value, list) else value
   return config
-
-
-class _nothing:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def check_sweep(sweep: ml_collections.ConfigDict) -> None:
