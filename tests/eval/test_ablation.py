@@ -150,3 +150,20 @@ def test_ratio_claims_bound_the_ratio_of_the_intervals():
   assert ablation.check_claim(c("d", "f", 1.2), rows)["verdict"] == ablation.REPRODUCED
   assert ablation.check_claim(c("w", "f", 1.2), rows)["verdict"] == ablation.NOT_REPRODUCED
   assert ablation.check_claim(c("d", "f", 1.06), rows)["verdict"] == ablation.INCONCLUSIVE
+
+
+def test_claims_report_gives_source_quote_measurement_and_verdict():
+  rows = _rows({"a": ({"method": "a"}, [0.90, 0.91, 0.92]),
+                "b": ({"method": "b"}, [0.10, 0.11, 0.12])})
+  claim = {"id": "a-above-b", "paper": "P", "arxiv": "0000.00000", "where": "Fig. 1",
+           "states": "a uses more codes.", "quote": "A beats B.", "test": "greater",
+           "metric": "usage", "a": {"method": "a"}, "b": {"method": "b"},
+           "note": "shown only when not reproduced"}
+  report = ablation.claims_report([claim], rows).splitlines()
+  assert report[0] == ("**a-above-b: reproduced.** P (arXiv 0000.00000, Fig. 1): "
+                       "a uses more codes.")
+  assert report[1] == "- the paper: \u201cA beats B.\u201d"
+  assert report[2].startswith("- ") and "0.91" in report[2]
+  assert not any("note" in line for line in report)
+  refuted = ablation.claims_report([{**claim, "a": claim["b"], "b": claim["a"]}], rows)
+  assert "not reproduced" in refuted and "- note: shown only when not reproduced" in refuted

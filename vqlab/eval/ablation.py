@@ -268,6 +268,8 @@ def claims_report(claims: Sequence[dict], rows: Sequence[dict]) -> str:
     result = check_claim(c, rows)
     src = f"{c.get('paper', '')} (arXiv {c.get('arxiv', '?')}, {c.get('where', '')})"
     out.append(f"**{c.get('id', '?')}: {result['verdict']}.** {src}: {c.get('states', '')}")
+    if c.get("quote"):
+      out.append(f"- the paper: \u201c{c['quote']}\u201d")
     out += [f"- {line}" for line in result["measured"]]
     if result["verdict"] != REPRODUCED and c.get("note"):
       out.append(f"- note: {c['note']}")

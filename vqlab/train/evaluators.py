@@ -233,6 +233,16 @@ def digits_classifier(cache_dir: str | None = None, *, min_accuracy: float = 0.9
   return digits.load(path)
 
 
+def class_balanced_samples(sample_fn, num_classes: int, examples: int, batch_size: int,
+                           seed: int):
+  """Yields (labels, sample_fn(labels, key)) batch by batch until `examples` samples are
+  made, the labels cycling through the classes so that every class is equally
+  represented (the last batch is full; the caller trims to `examples`)."""
+  for i in range(math.ceil(examples / batch_size)):
+    labels = (i * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_classes
+    yield labels, sample_fn(labels, jax.random.key(seed + i))
+
+
 def digits_sample_metrics(sample_fn, num_classes: int, examples: int, batch_size: int,
                           seed: int) -> dict[str, Any]:
   """Digits FID / precision / recall against the 500 test digits and class accuracy of
@@ -240,9 +250,9 @@ def digits_sample_metrics(sample_fn, num_classes: int, examples: int, batch_size
   params, meta = digits_classifier()
   _, (test_x, _) = digits_split()
   samples, labels = [], []
-  for i in range(math.ceil(examples / batch_size)):
-    y = (i * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_classes
-    samples.append(np.asarray(sample_fn(y, jax.random.key(seed + 2_000_003 + i))))
+  for y, images in class_balanced_samples(sample_fn, num_classes, examples, batch_size,
+                                          seed + 2_000_003):
+    samples.append(np.asarray(images))
     labels.append(np.asarray(y))
   samples, labels = np.concatenate(samples)[:examples], np.concatenate(labels)[:examples]
   out = digits.sample_metrics(params, test_x, samples, labels if num_classes > 1 else None)

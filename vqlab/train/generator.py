@@ -220,9 +220,9 @@ def sample_metrics(sampler, state, tok_state, tok_config, num_classes: int,
     if sum(map(len, real)) >= examples:
       break
   fake, logits = [], []
-  for i in range(math.ceil(examples / batch_size)):
-    labels = (i * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_classes
-    _, images = sampler(state, tok_state, labels, jax.random.key(seed + 1_000_003 + i))
+  sample_fn = lambda labels, key: sampler(state, tok_state, labels, key)[1]
+  for _, images in evaluators.class_balanced_samples(sample_fn, num_classes, examples,
+                                                     batch_size, seed + 1_000_003):
     f = _features(inception_params, jnp.clip(images, -1.0, 1.0))
     fake.append(np.asarray(f))
     logits.append(np.asarray(inception.logits(inception_params, f)))
