@@ -49,6 +49,9 @@ def get_config(arg: str | None = None):
   c.disc = ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11), stft_resolutions=((1024, 256), (2048, 512), (512, 128)),
       width=16, max_width=128))  # HiFi-GAN's period discriminators widen to 1024
+  # WER of PocketSphinx's transcripts of up to this many whole held-out utterances that
+  # have a transcript, at every number of levels (0: none; needs `pip install pocketsphinx`)
+  c.eval = ml_collections.ConfigDict(dict(wer_utterances=64))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(
@@ -76,4 +79,5 @@ def get_config(arg: str | None = None):
     c.loss.update(disc_start=1, stft=1.0)
     c.disc.update(width=4, stft_resolutions=((512, 128),))
     c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8)
+    c.eval.update(wer_utterances=2)
   return c

@@ -16,7 +16,7 @@ from configs import audio_codec as codec_config
 from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data.pipeline import iterate
-from vqlab.eval import audio_metrics
+from vqlab.eval import audio_metrics, speech_recognition
 from vqlab.train import codec, runs
 from vqlab.train.common import read_jsonl
 
@@ -42,6 +42,11 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
     bits = n * np.log2(config.model.quantizer.args.codebook_size)
     assert summary["bitrate@n"][n] == pytest.approx(config.data.sample_rate / hop * bits)
     assert 0 < summary[f"level{n - 1}/usage"] <= 1
+  if speech_recognition.available():  # vqlab[audio]: whole transcribed utterances
+    assert summary["wer_utterances"] == config.eval.wer_utterances == 2
+    for key in ["wer_original"] + [f"wer@{n}" for n in range(1, levels + 1)]:
+      assert 0 <= summary[key] <= 10, key  # insertions can take a WER past 1
+    assert summary["wer@1"] >= 0.5  # after two steps the words are lost
   saved = json.load(open(tmp_path / "summary.json"))
   assert saved["mel_distance"] == summary["mel_distance"]
   audio = tmp_path / "audio" / "step_0000002"

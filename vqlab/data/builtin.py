@@ -107,7 +107,8 @@ class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
   """Speech: espeak-ng utterances (train, synth_test) and real recordings (test), int16 at
   their native rates (vqlab.data.speech)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "the real recordings (test) carry their transcripts"}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({

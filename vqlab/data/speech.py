@@ -148,8 +148,30 @@ def write_wav(path: str, wave_t: np.ndarray, sample_rate: int) -> None:
     w.writeframes(pcm.astype("<i2").tobytes())
 
 
+def transcripts() -> dict[str, str]:
+  """Path -> what is said, for the real recordings: the transcription files that ship
+  with pocketsphinx-testdata ("<s> ten of clubs </s> (001)") and, for alsa-utils'
+  channel announcements, the channel in the file name ("Front_Center.wav")."""
+  out = {}
+  for pattern in RECORDINGS:
+    folder = os.path.dirname(pattern)
+    for listing in glob.glob(os.path.join(folder, "*transcription")):
+      with open(listing) as f:
+        for line in f:
+          m = re.match(r"\s*(.*?)\s*\(([^()]+)\)\s*$", line)
+          if m:
+            text = re.sub(r"</?s>", " ", m.group(1))
+            out[os.path.join(folder, m.group(2) + ".wav")] = " ".join(text.split())
+    if "alsa" in folder:
+      for path in glob.glob(pattern):
+        out[path] = os.path.basename(path)[:-4].replace("_", " ").lower()
+  return out
+
+
 def recorded_split():
+  said = transcripts()
   for path in recordings():
     audio, rate = read_wav(path)
     name = os.path.relpath(path, "/usr/share")
-    yield name, {"audio": audio, "sample_rate": rate, "text": "", "speaker": name}
+    yield name, {"audio": audio, "sample_rate": rate, "text": said.get(path, ""),
+                 "speaker": name}

@@ -6,7 +6,8 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
   Inception weights are given;
 - audio (`evaluate_audio`): held-out clips reconstructed with 1 .. L residual levels:
   SI-SDR, mel distance, PESQ / STOI (when installed) and the bitrate of each; code usage
-  per level.
+  per level; word error rate of whole transcribed utterances at each number of levels
+  (`eval.wer_utterances`, PocketSphinx when installed).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vqlab import parallel
-from vqlab.data import splits
-from vqlab.data.pipeline import iterate
-from vqlab.eval import audio_metrics, digits, inception
+from vqlab.data import builtin, splits
+from vqlab.data.pipeline import PrepareAudio, iterate
+from vqlab.eval import audio_metrics, digits, inception, speech_recognition
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import usage_metrics
@@ -144,6 +146,71 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   out["bitrate@n"] = {n: b for n, b in audio_codec.bitrate_table(model)}
   out.update(examples=seen, levels=levels, frame_rate=model.frame_rate,
              codebook_size=int(model.quantizer.codebook_size))
+  utterances = config.get("eval", {}).get("wer_utterances", 0)
+  if utterances:
+    out.update(evaluate_wer(config, graphdef, state, mesh, split=split,
+                            max_utterances=utterances))
+  return out
+
+
+def transcribed_utterances(config: ml_collections.ConfigDict, split: str,
+                           max_utterances: int) -> tuple[list[np.ndarray], list[str]]:
+  """Whole utterances of `split` that have a transcript (resampled and loudness-
+  normalised as the codec sees them), and their transcripts; at most `max_utterances`."""
+  d = config.data
+  source = builtin.load(d.name, d.data_dir, split)
+  prepare = PrepareAudio(d.key, d.sample_rate, d.target_dbfs if d.normalize else None,
+                         d.source_rate)
+  waves, texts = [], []
+  for i in range(len(source)):
+    example = source[i]
+    text = example.get("text", b"")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    if speech_recognition.normalize_text(text):
+      waves.append(prepare.map(example)["audio"])
+      texts.append(text)
+    if len(texts) == max_utterances:
+      break
+  return waves, texts
+
+
+def evaluate_wer(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
+                 max_utterances: int, batch_size: int = 4) -> dict[str, Any]:
+  """Word error rate of PocketSphinx's transcripts of whole held-out utterances, the
+  originals (`wer_original`, the recogniser's floor) and the reconstructions with 1 .. L
+  levels (`wer@n`); nothing (and a message) without pocketsphinx or transcripts."""
+  if not speech_recognition.available():
+    print("WER: skipped, pocketsphinx is not installed (pip install pocketsphinx)")
+    return {}
+  waves, texts = transcribed_utterances(config, split, max_utterances)
+  if not texts:
+    print(f"WER: skipped, no utterance of {config.data.name} {split} has a transcript")
+    return {}
+  model = eval_model(graphdef, state)
+  rate, levels = config.data.sample_rate, model.num_levels
+  # One padded length and batch for every utterance: one compiled reconstruction. Zeros
+  # after the end change nothing before it in a causal codec; in a centred one they
+  # touch the last half-window only.
+  length = audio_codec.num_frames(max(map(len, waves)), model.hop) * model.hop
+  recognizer = speech_recognition.Recognizer()
+  heard = {"original": [recognizer.transcribe(w, rate) for w in waves]}
+  replicated = NamedSharding(mesh, P())
+  for start in range(0, len(waves), batch_size):
+    part = waves[start:start + batch_size]
+    batch = np.zeros((batch_size, length), np.float32)
+    for i, w in enumerate(part):
+      batch[i, :len(w)] = w
+    audio = parallel.put(batch, replicated)
+    for n in range(1, levels + 1):
+      recon, _ = reconstruct_audio(state, audio, jnp.int32(n), graphdef=graphdef)
+      recon = parallel.to_host(recon)[..., 0]
+      heard.setdefault(n, []).extend(recognizer.transcribe(r[:len(w)], rate)
+                                     for r, w in zip(recon, part))
+  out = {f"wer@{n}": speech_recognition.word_error_rate(texts, heard[n])
+         for n in range(1, levels + 1)}
+  out.update(wer_original=speech_recognition.word_error_rate(texts, heard["original"]),
+             wer_utterances=len(texts),
+             wer_words=sum(len(speech_recognition.normalize_text(t)) for t in texts))
   return out
 
 
@@ -154,8 +221,13 @@ def describe_audio(r: dict[str, Any]) -> str:
                     if f"{m}@{n}" in r)
           for n in range(1, r["levels"] + 1)]
   usage = ", ".join(f"{r[f'level{l}/usage']:.0%}" for l in range(r["levels"]))
-  return "\n".join(rows + [f"  code usage per level ({r['codebook_size']} codes): {usage} "
-                           f"({r['examples']} clips, {r['frame_rate']:g} frames/s)"])
+  rows.append(f"  code usage per level ({r['codebook_size']} codes): {usage} "
+              f"({r['examples']} clips, {r['frame_rate']:g} frames/s)")
+  if "wer_original" in r:
+    wer = ", ".join(f"{n}: {r[f'wer@{n}']:.0%}" for n in range(1, r["levels"] + 1))
+    rows.append(f"  WER (PocketSphinx, {r['wer_utterances']} whole utterances, "
+                f"{r['wer_words']} words): originals {r['wer_original']:.0%}; levels {wer}")
+  return "\n".join(rows)
 
 
 def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
