@@ -17,7 +17,7 @@ from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data.pipeline import iterate
 from vqlab.eval import audio_metrics, speech_recognition
-from vqlab.train import codec, runs
+from vqlab.train import codec, evaluators, runs
 from vqlab.train.common import read_jsonl
 
 
@@ -42,6 +42,11 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
     bits = n * np.log2(config.model.quantizer.args.codebook_size)
     assert summary["bitrate@n"][n] == pytest.approx(config.data.sample_rate / hop * bits)
     assert 0 < summary[f"level{n - 1}/usage"] <= 1
+  # the bottleneck diagnostics: the unquantized latent decoded, what each depth misses
+  assert np.isfinite(summary["mel_distance@unquantized"])
+  assert 1 <= summary["latent_rank"] <= config.model.shape.latent_dim
+  missed = [summary[f"latent_error@{n}"] for n in range(1, levels + 1)]
+  assert all(0 <= m < 10 for m in missed), missed
   if speech_recognition.available():  # vqlab[audio]: whole transcribed utterances
     assert summary["wer_utterances"] == config.eval.wer_utterances == 2
     for key in ["wer_original"] + [f"wer@{n}" for n in range(1, levels + 1)]:
@@ -184,3 +189,31 @@ def test_vqlab_eval_on_a_codec_run_gives_its_summary(speech_chain):
     tokenizer_eval.evaluate_workdir(codec_dir, inception_weights="random")
   with pytest.raises(ValueError, match="expected a run of tokenizer, got a codec run"):
     runs.load_tokenizer(codec_dir)
+
+
+def test_effective_rank_counts_the_directions_a_latent_uses():
+  rng = np.random.default_rng(0)
+  line = rng.normal(size=(4000, 1)) * rng.normal(size=(1, 16))  # one direction in 16-d
+  assert evaluators.effective_rank(line + 1e-6 * rng.normal(size=line.shape)) < 1.01
+  iso = rng.normal(size=(4000, 16))
+  assert evaluators.effective_rank(iso) == pytest.approx(16, rel=0.02)
+  two = np.concatenate([rng.normal(size=(4000, 2)), np.zeros((4000, 14))], axis=1)
+  assert evaluators.effective_rank(two) == pytest.approx(2, rel=0.02)
+
+
+def test_latent_ladder_measures_what_each_depth_misses(speech_chain):
+  """On a trained (2-step) codec: the share of the latent's variance the first n levels
+  miss equals |z - q_n|^2 / |z - mean z|^2 computed directly from the model."""
+  workdir, _, _ = speech_chain
+  _, graphdef, state, _ = runs.restore(workdir)
+  model = runs.eval_model(graphdef, state)
+  audio = jnp.asarray(np.random.default_rng(1).normal(0, 0.1, (2, 8000)), jnp.float32)
+  recon, z, errors, variance = evaluators.latent_ladder(state, audio, graphdef=graphdef)
+  z_direct = model.encoder(model.pad(audio))
+  np.testing.assert_allclose(z, z_direct, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(recon, model.decoder(z_direct)[:, :8000], rtol=1e-4, atol=1e-5)
+  centred = np.sum(np.square(z_direct - z_direct.mean(axis=(0, 1))))
+  np.testing.assert_allclose(variance, centred, rtol=1e-4)
+  for n in range(1, model.num_levels + 1):
+    q = model.quantizer(z_direct, num_levels=n).quantized
+    np.testing.assert_allclose(errors[n - 1], np.sum(np.square(z_direct - q)), rtol=1e-4)

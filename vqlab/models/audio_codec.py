@@ -78,10 +78,12 @@ class AudioCodec(nnx.Module):
   def encode(self, wav: Array, num_levels: int | Array | None = None) -> QuantizerOutput:
     """Waveform -> quantizer output over F frames (indices (B, F, levels))."""
     z = self.encoder(self.pad(wav))
-    return self._quantize(z, num_levels)
+    return self.quantize(z, num_levels)
 
-  def _quantize(self, z: Array, num_levels) -> QuantizerOutput:
-    if num_levels is None:
+  def quantize(self, z: Array, num_levels: int | Array | None = None) -> QuantizerOutput:
+    """The encoder's latent (B, F, latent_dim) quantized with the first `num_levels`
+    levels (default: all, or a random number per example under quantizer dropout)."""
+    if num_levels is None or not hasattr(self.quantizer, "num_levels"):
       return self.quantizer(z)
     return self.quantizer(z, num_levels=num_levels)
 

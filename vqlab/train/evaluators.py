@@ -54,6 +54,31 @@ def reconstruct_audio(state, audio, num_levels=None, *, graphdef):
   return recon, q.indices
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def latent_ladder(state, audio, *, graphdef):
+  """Where a codec's bottleneck is: the reconstruction from the encoder's latent with no
+  quantization (the ceiling any number of levels approaches), and per number of levels n
+  the squared error of the quantized latent summed over the batch, with the latent's
+  total variance (their ratio is the share of the latent the first n levels miss)."""
+  model = eval_model(graphdef, state)
+  length = audio.shape[1]
+  z = model.encoder(model.pad(audio)).astype(jnp.float32)
+  recon = model.decoder(z)[:, :length]
+  errors = jnp.stack([jnp.sum(jnp.square(z - model.quantize(z, n).quantized))
+                      for n in range(1, model.num_levels + 1)])
+  variance = jnp.sum(jnp.square(z - jnp.mean(z, axis=(0, 1))))
+  return recon, z, errors, variance
+
+
+def effective_rank(z: np.ndarray) -> float:
+  """exp(entropy) of the latent's PCA energy spectrum (Roy & Vetterli 2007): 1 when the
+  latent moves along one direction, the latent width when it uses all equally."""
+  z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+  energy = np.linalg.svd(z - z.mean(axis=0), compute_uv=False) ** 2
+  p = energy / max(energy.sum(), 1e-30)
+  return float(np.exp(-np.sum(p * np.log(np.maximum(p, 1e-30)))))
+
+
 @jax.jit
 def _inception_pair(params, x, recon):
   return inception.inception_features(params, x), inception.inception_features(params, recon)
@@ -117,14 +142,26 @@ def describe_images(r: dict[str, Any]) -> str:
 def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
                    num_examples: int) -> dict[str, Any]:
   """Held-out clips reconstructed with 1 .. L residual levels: SI-SDR, mel distance,
-  PESQ / STOI (when installed) and the bitrate of each; code usage per level (all levels)."""
+  PESQ / STOI (when installed) and the bitrate of each; code usage per level (all levels);
+  the same from the unquantized latent, the share of the latent each number of levels
+  misses and the latent's effective rank (`latent_ladder`), which tell whether the
+  quantizer or the autoencoder limits the codec; WER when `eval.wer_utterances`."""
   model = eval_model(graphdef, state)
   levels, rate = model.num_levels, config.data.sample_rate
   sums: dict[str, list] = {}
   counts = np.zeros((levels, model.quantizer.codebook_size), np.int64)
   seen = 0
+  latent_errors, latent_variance, latents = np.zeros(levels), 0.0, []
   for audio in _batches(config, split, num_examples, mesh, "audio", splits.audio_split):
     x = parallel.to_host(audio)
+    unquantized, z, errors, variance = latent_ladder(state, audio, graphdef=graphdef)
+    u = parallel.to_host(unquantized)
+    latents.append(parallel.to_host(z))
+    sums.setdefault("si_sdr@unquantized", []).append(np.asarray(audio_metrics.si_sdr(u, x)))
+    sums.setdefault("mel_distance@unquantized", []).append(
+        np.asarray(audio_metrics.mel_distance(u, x, rate)))
+    latent_errors += np.asarray(parallel.to_host(errors), np.float64)
+    latent_variance += float(parallel.to_host(variance))
     for n in range(1, levels + 1):
       recon, indices = reconstruct_audio(state, audio, jnp.int32(n), graphdef=graphdef)
       r = parallel.to_host(recon)
@@ -141,10 +178,14 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   if not seen:
     raise _no_batch(config, split)
   out = {k: float(np.mean(np.concatenate(v))) for k, v in sums.items()}
+  out.update({f"latent_error@{n}": float(e / max(latent_variance, 1e-30))
+              for n, e in enumerate(latent_errors, 1)})
+  out["latent_rank"] = effective_rank(np.concatenate(latents))
   out.update(audio_metrics.level_usage(counts))
   out["si_sdr"], out["mel_distance"] = out[f"si_sdr@{levels}"], out[f"mel_distance@{levels}"]
   out["bitrate@n"] = {n: b for n, b in audio_codec.bitrate_table(model)}
   out.update(examples=seen, levels=levels, frame_rate=model.frame_rate,
+             latent_width=int(model.shape.latent_dim),
              codebook_size=int(model.quantizer.codebook_size))
   utterances = config.get("eval", {}).get("wer_utterances", 0)
   if utterances:
@@ -221,6 +262,13 @@ def describe_audio(r: dict[str, Any]) -> str:
                     if f"{m}@{n}" in r)
           for n in range(1, r["levels"] + 1)]
   usage = ", ".join(f"{r[f'level{l}/usage']:.0%}" for l in range(r["levels"]))
+  if "mel_distance@unquantized" in r:
+    rows.insert(0, f"  unquantized latent: SI-SDR {r['si_sdr@unquantized']:6.2f} dB, mel "
+                   f"distance {r['mel_distance@unquantized']:.3f} (the ceiling of the levels); "
+                   f"effective rank {r['latent_rank']:.1f} of {r['latent_width']}")
+    missed = ", ".join(f"{r[f'latent_error@{n}']:.1%}" for n in range(1, r["levels"] + 1))
+    rows.append(f"  share of the latent's variance the first 1 .. {r['levels']} levels miss: "
+                f"{missed}")
   rows.append(f"  code usage per level ({r['codebook_size']} codes): {usage} "
               f"({r['examples']} clips, {r['frame_rate']:g} frames/s)")
   if "wer_original" in r:
