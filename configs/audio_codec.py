@@ -79,5 +79,5 @@ def get_config(arg: str | None = None):
     c.loss.update(disc_start=1, stft=1.0)
     c.disc.update(width=4, stft_resolutions=((512, 128),))
     c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8)
-    c.eval.update(wer_utterances=2)
+    c.eval.update(wer_utterances=1)
   return c
