@@ -126,3 +126,13 @@ def test_bad_inputs_fail_with_names():
     audio_codec.make_shape({"chanels": 4})
   with pytest.raises(ValueError, match="num_levels"):
     model.decode(jnp.zeros((1, 2, 3), jnp.int32), num_levels=4)
+
+
+def test_a_one_level_codec_takes_depth_one_only():
+  shape = dict(channels=4, latent_dim=8, strides=(2, 3), dilations=(1, 3))
+  model = audio_codec.build(shape, "vq", dict(codebook_size=16), 16000, rngs=nnx.Rngs(0))
+  model.eval()
+  wav = jnp.asarray(np.random.default_rng(0).normal(0, 0.1, (1, 60)), jnp.float32)
+  np.testing.assert_array_equal(model.encode(wav, num_levels=1).indices, model.encode(wav).indices)
+  with pytest.raises(ValueError, match="num_levels: this codec's quantizer has one level"):
+    model.encode(wav, num_levels=2)

@@ -194,11 +194,11 @@ def test_vqlab_eval_on_a_codec_run_gives_its_summary(speech_chain):
 def test_effective_rank_counts_the_directions_a_latent_uses():
   rng = np.random.default_rng(0)
   line = rng.normal(size=(4000, 1)) * rng.normal(size=(1, 16))  # one direction in 16-d
-  assert evaluators.effective_rank(line + 1e-6 * rng.normal(size=line.shape)) < 1.01
+  assert audio_metrics.effective_rank(line + 1e-6 * rng.normal(size=line.shape)) < 1.01
   iso = rng.normal(size=(4000, 16))
-  assert evaluators.effective_rank(iso) == pytest.approx(16, rel=0.02)
+  assert audio_metrics.effective_rank(iso) == pytest.approx(16, rel=0.02)
   two = np.concatenate([rng.normal(size=(4000, 2)), np.zeros((4000, 14))], axis=1)
-  assert evaluators.effective_rank(two) == pytest.approx(2, rel=0.02)
+  assert audio_metrics.effective_rank(two) == pytest.approx(2, rel=0.02)
 
 
 def test_latent_ladder_measures_what_each_depth_misses(speech_chain):

@@ -7,6 +7,7 @@
   (`pip install vqlab[audio]`); absent packages give no entry, never a made-up number,
   and clips PESQ cannot score (too short, no speech detected) are left out of its mean.
 - `level_usage`: code usage and perplexity per residual level from index counts.
+- `effective_rank`: how many directions a latent uses (a collapsed encoder uses ~1).
 """
 
 from __future__ import annotations
@@ -73,3 +74,12 @@ def level_usage(counts_lk: np.ndarray) -> dict[str, float]:
     out[f"level{l}/usage"] = float(u["usage"])
     out[f"level{l}/perplexity"] = float(u["perplexity"])
   return out
+
+
+def effective_rank(z: np.ndarray) -> float:
+  """exp(entropy) of the latent's PCA energy spectrum (Roy & Vetterli 2007): 1 when the
+  latent moves along one direction, the latent width when it uses all equally."""
+  z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+  energy = np.linalg.svd(z - z.mean(axis=0), compute_uv=False) ** 2
+  p = energy / max(energy.sum(), 1e-30)
+  return float(np.exp(-np.sum(p * np.log(np.maximum(p, 1e-30)))))

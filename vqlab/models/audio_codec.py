@@ -83,7 +83,12 @@ class AudioCodec(nnx.Module):
   def quantize(self, z: Array, num_levels: int | Array | None = None) -> QuantizerOutput:
     """The encoder's latent (B, F, latent_dim) quantized with the first `num_levels`
     levels (default: all, or a random number per example under quantizer dropout)."""
-    if num_levels is None or not hasattr(self.quantizer, "num_levels"):
+    if num_levels is None:
+      return self.quantizer(z)
+    if not hasattr(self.quantizer, "num_levels"):  # one level: 1 is the only depth
+      if not isinstance(num_levels, jax.core.Tracer) and int(num_levels) != 1:
+        raise ValueError(f"num_levels: this codec's quantizer has one level, expected 1, "
+                         f"got {num_levels!r}")
       return self.quantizer(z)
     return self.quantizer(z, num_levels=num_levels)
 

@@ -70,15 +70,6 @@ def latent_ladder(state, audio, *, graphdef):
   return recon, z, errors, variance
 
 
-def effective_rank(z: np.ndarray) -> float:
-  """exp(entropy) of the latent's PCA energy spectrum (Roy & Vetterli 2007): 1 when the
-  latent moves along one direction, the latent width when it uses all equally."""
-  z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
-  energy = np.linalg.svd(z - z.mean(axis=0), compute_uv=False) ** 2
-  p = energy / max(energy.sum(), 1e-30)
-  return float(np.exp(-np.sum(p * np.log(np.maximum(p, 1e-30)))))
-
-
 @jax.jit
 def _inception_pair(params, x, recon):
   return inception.inception_features(params, x), inception.inception_features(params, recon)
@@ -180,7 +171,7 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   out = {k: float(np.mean(np.concatenate(v))) for k, v in sums.items()}
   out.update({f"latent_error@{n}": float(e / max(latent_variance, 1e-30))
               for n, e in enumerate(latent_errors, 1)})
-  out["latent_rank"] = effective_rank(np.concatenate(latents))
+  out["latent_rank"] = audio_metrics.effective_rank(np.concatenate(latents))
   out.update(audio_metrics.level_usage(counts))
   out["si_sdr"], out["mel_distance"] = out[f"si_sdr@{levels}"], out[f"mel_distance@{levels}"]
   out["bitrate@n"] = {n: b for n, b in audio_codec.bitrate_table(model)}
