@@ -23,6 +23,18 @@ def test_splits_hold_synthesized_and_recorded_speech(speech_data_dir):
   assert not texts_train & {held[i]["text"] for i in range(len(held))}  # disjoint sentences
   rates = {int(test[i]["sample_rate"]) for i in range(len(test))}
   assert rates == {16000, 48000}  # pocketsphinx-testdata, alsa-utils
+  # espeak's phonemes: in order, inside the utterance, nearly all of them in PHONEMES
+  ids = []
+  for source in (train, held):
+    for i in range(0, len(source), 7):
+      ex = source[i]
+      starts, symbols = ex["phoneme_starts"], ex["phonemes"].decode().split()
+      assert len(symbols) == len(starts) > 5
+      assert np.all(np.diff(starts) >= 0) and 0 <= starts[0] and starts[-1] <= len(ex["audio"])
+      ids.extend(speech.phoneme_ids(symbols))
+  assert np.mean(np.asarray(ids) == speech.UNKNOWN) < 0.01
+  assert len(set(ids)) > 40
+  assert test[0]["phonemes"].decode() == "" and len(test[0]["phoneme_starts"]) == 0
 
 
 def test_every_voice_variant_exists():
@@ -32,6 +44,45 @@ def test_every_voice_variant_exists():
             for v in speech.VARIANTS}
   assert default.tobytes() not in sounds.values()
   assert len(set(sounds.values())) == len(speech.VARIANTS)
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en-gb-scotland+m3", "en-029+croak",
+                                   "en-gb+nosuch"])  # the last: no such variant
+def test_aligned_synthesis_is_the_espeak_command_bit_for_bit(voice):
+  import io
+  import subprocess
+  import wave
+  text = "Go forward ten meters."
+  out = subprocess.run(["espeak-ng", "-v", voice, "-s", "170", "-p", "40", "--stdout", text],
+                       capture_output=True, check=True).stdout
+  with wave.open(io.BytesIO(out)) as w:
+    rate = w.getframerate()
+  start = out.index(b"data") + 8
+  command = np.frombuffer(out[start:start + (len(out) - start) // 2 * 2], "<i2")
+  audio, got_rate, phonemes = speech.synthesize_aligned(text, voice, 170, 40)
+  assert got_rate == rate
+  np.testing.assert_array_equal(audio, command)
+  symbols = [p for p, _ in phonemes]
+  assert symbols[:2] == ["g", "oU"] and symbols[-1].startswith("_")
+  # the events are where the sound is: silence before the first phoneme and in the
+  # closing pause, speech between
+  starts = [t for _, t in phonemes]
+  pause = starts[-2] if symbols[-2].startswith("_") else starts[-1]
+  rms = lambda x: float(np.sqrt(np.mean(np.square(x.astype(np.float64))))) if len(x) else 0.0
+  speaking = rms(audio[starts[0]:pause])
+  assert rms(audio[:starts[0]]) < 0.05 * speaking and rms(audio[pause:]) < 0.05 * speaking
+
+
+def test_frame_labels_take_the_phoneme_at_each_frame_centre():
+  ids = speech.phoneme_ids(["_:", "g", "oU", "nosuch", "_"])
+  np.testing.assert_array_equal(ids, [speech.SILENCE, speech.PHONEMES.index("g"),
+                                      speech.PHONEMES.index("oU"), speech.UNKNOWN,
+                                      speech.SILENCE])
+  # phonemes start at samples 0, 100, 250, 400, 500 (rate 1000); frames of 0.1 s
+  labels = speech.frame_labels(np.array([0, 100, 250, 400, 500]), ids, 7, 0.1, 1000)
+  np.testing.assert_array_equal(labels, ids[[0, 1, 2, 2, 3, 4, 4]])
+  late = speech.frame_labels(np.array([120]), ids[1:2], 2, 0.1, 1000)
+  np.testing.assert_array_equal(late, [speech.SILENCE, ids[1]])  # before the first: silence
 
 
 def test_synthesize_and_wav_round_trip(tmp_path):

@@ -46,7 +46,9 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   assert np.isfinite(summary["mel_distance@unquantized"])
   assert 1 <= summary["latent_rank"] <= config.model.shape.latent_dim
   missed = [summary[f"latent_error@{n}"] for n in range(1, levels + 1)]
-  assert all(0 <= m < 10 for m in missed), missed
+  # finite and >= 0, not < 1: at initialisation a factorized quantizer's untrained
+  # projections can put its output farther from the latent than zero is (DAC: ~600x)
+  assert all(np.isfinite(m) and m >= 0 for m in missed), missed
   if speech_recognition.available():  # vqlab[audio]: whole transcribed utterances
     assert summary["wer_utterances"] == config.eval.wer_utterances == 1
     for key in ["wer_original"] + [f"wer@{n}" for n in range(1, levels + 1)]:

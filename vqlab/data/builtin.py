@@ -107,14 +107,18 @@ class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
   """Speech: espeak-ng utterances (train, synth_test) and real recordings (test), int16 at
   their native rates (vqlab.data.speech)."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.1.0": "the real recordings (test) carry their transcripts"}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.1.0": "the real recordings (test) carry their transcripts",
+                   "1.2.0": "the espeak-ng utterances carry their phonemes and where each "
+                            "starts (empty for the recordings)"}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
         "sample_rate": tfds.features.Scalar(dtype=np.int32),
-        "text": tfds.features.Text(), "speaker": tfds.features.Text()}))
+        "text": tfds.features.Text(), "speaker": tfds.features.Text(),
+        "phonemes": tfds.features.Text(),  # espeak mnemonics, space-separated
+        "phoneme_starts": tfds.features.Tensor(shape=(None,), dtype=np.int32)}))
 
   def _split_generators(self, dl_manager):
     del dl_manager

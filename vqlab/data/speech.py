@@ -8,6 +8,7 @@ pocketsphinx-testdata alsa-utils`; tests/run.sh and the launch scripts install t
   Python: real English prose that every machine with Python has.
 - synth_test: `TEST_UTTERANCES` more, from sentences and voice settings the training
   split does not use (the same distribution, never trained on).
+  Each carries espeak-ng's phonemes: their mnemonics and the sample each starts at.
 - test: real recorded speech: pocketsphinx-testdata (LibriVox read speech and spoken
   card names, 16 kHz) and alsa-utils' channel announcements (48 kHz).
 Examples are int16 waveforms at their native rate (`sample_rate`); resampling to the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes.util
 import glob
 import importlib
 import inspect
@@ -26,9 +28,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import wave
 
 import numpy as np
+
+from vqlab.data import espeak_events
 
 TRAIN_UTTERANCES = 600
 TEST_UTTERANCES = 48
@@ -48,6 +53,16 @@ CORPUS_MODULES = ("argparse", "asyncio", "base64", "bisect", "calendar", "collec
                   "string", "struct", "tarfile", "tempfile", "textwrap", "threading",
                   "timeit", "typing", "unittest", "urllib.parse", "uuid", "wave",
                   "zipfile", "zlib")
+# espeak-ng's English phoneme mnemonics (what its phoneme events name, in every accent the
+# training voices use), one label per symbol; its pauses ("_", "_:", "_!", "_|") are one
+# label, SILENCE, and a symbol not listed (another espeak version) is UNKNOWN.
+PHONEMES = ("_", "?", "0", "3", "3:", ";", "@", "@-", "@2", "@5", "@L", "A:", "A@", "D", "E",
+            "I", "I#", "I2", "N", "O2", "O:", "O@", "OI", "S", "T", "U", "U@", "V", "VR", "Z",
+            "a", "a#", "aI", "aI2", "aI3", "aI@", "aU", "aa", "b", "d", "dZ", "e@", "eI", "f",
+            "g", "h", "i", "i:", "i@", "i@3", "j", "k", "l", "m", "n", "o@", "oU", "p", "r",
+            "r-", "s", "t", "t#", "t2", "tS", "t[", "u:", "v", "w", "w#", "z")
+SILENCE, UNKNOWN = 0, 1
+_PHONEME_IDS = {p: i for i, p in enumerate(PHONEMES)}
 _SENTENCE = re.compile(r"^[A-Z][A-Za-z ,;'-]+\.$")
 
 
@@ -72,28 +87,56 @@ def corpus() -> list[str]:
   return sorted(found)
 
 
-def _espeak() -> str:
-  path = shutil.which("espeak-ng")
-  if path is None:
-    raise FileNotFoundError("espeak-ng: the built-in speech needs it; install the Debian "
-                            "package (apt-get install espeak-ng)")
-  return path
-
-
 def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50
                ) -> tuple[np.ndarray, int]:
   """(int16 waveform, sample rate) of `text` spoken by espeak-ng."""
-  out = subprocess.run([_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch),
-                        "--stdout", text], capture_output=True, check=True).stdout
-  # espeak-ng writes to a pipe with placeholder sizes in the header: read the format from
-  # the header and take every byte after it as samples.
-  with wave.open(io.BytesIO(out)) as w:
-    rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-  if width != 2 or channels != 1:
-    raise ValueError(f"espeak-ng: expected 16-bit mono, got {8 * width}-bit x {channels}")
-  start = out.index(b"data") + 8
-  samples = np.frombuffer(out[start:start + (len(out) - start) // 2 * 2], "<i2")
-  return samples.copy(), rate
+  audio, rate, _ = synthesize_aligned(text, voice, speed, pitch)
+  return audio, rate
+
+
+def synthesize_aligned(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50
+                       ) -> tuple[np.ndarray, int, list[tuple[str, int]]]:
+  """(int16 waveform, sample rate, phonemes) of `text` spoken by espeak-ng: the samples
+  of `espeak-ng --stdout` and, per phoneme, (espeak mnemonic, first sample). A phoneme
+  lasts until the next one starts; "_" symbols are pauses."""
+  if ctypes.util.find_library("espeak-ng") is None and shutil.which("espeak-ng") is None:
+    raise FileNotFoundError("espeak-ng: the built-in speech needs it; install the Debian "
+                            "package (apt-get install espeak-ng)")
+  # -S: the helper needs only the standard library, and a fresh process (its docstring)
+  run = subprocess.run([sys.executable, "-S", espeak_events.__file__, text, voice,
+                        str(speed), str(pitch)], capture_output=True)
+  if run.returncode != 0:
+    raise RuntimeError(f"espeak-ng: {run.stderr.decode(errors='replace').strip()}")
+  out = run.stdout
+  phonemes, at = [], 0
+  while True:
+    end = out.index(b"\n", at)
+    symbol, value, *rest = out[at:end].decode().split(" ")
+    at = end + 1
+    if symbol == "samples" and rest:
+      rate, count = int(value), int(rest[0])
+      break
+    phonemes.append((symbol, int(value)))
+  audio = np.frombuffer(out[at:at + 2 * count], "<i2")
+  if audio.size != count:
+    raise RuntimeError(f"espeak-ng: expected {count} samples, got {audio.size}")
+  return audio.copy(), rate, phonemes
+
+
+def phoneme_ids(symbols) -> np.ndarray:
+  """int32 label per espeak mnemonic (PHONEMES; pauses SILENCE, others UNKNOWN)."""
+  return np.asarray([SILENCE if s.startswith("_") else _PHONEME_IDS.get(s, UNKNOWN)
+                     for s in symbols], np.int32)
+
+
+def frame_labels(starts: np.ndarray, ids: np.ndarray, num_frames: int, hop_seconds: float,
+                 rate: int) -> np.ndarray:
+  """The phoneme at the centre of each of `num_frames` frames of `hop_seconds`, given each
+  phoneme's first sample at `rate`: before the first one and after the last, SILENCE."""
+  centres = (np.arange(num_frames) + 0.5) * hop_seconds * rate
+  at = np.searchsorted(np.asarray(starts), centres, side="right") - 1
+  labels = np.where(at >= 0, np.asarray(ids, np.int32)[np.maximum(at, 0)], SILENCE)
+  return labels.astype(np.int32)
 
 
 def voice_settings(count: int, seed: int) -> list[tuple[str, int, int]]:
@@ -113,9 +156,11 @@ def synthetic_split(split: str):
                         else (TEST_UTTERANCES, held_out, 2))
   for i, (voice, speed, pitch) in enumerate(voice_settings(count, seed)):
     text = texts[i % len(texts)]
-    audio, rate = synthesize(text, voice, speed, pitch)
+    audio, rate, phonemes = synthesize_aligned(text, voice, speed, pitch)
     yield f"{split}-{i:05d}", {"audio": audio, "sample_rate": rate, "text": text,
-                               "speaker": f"espeak-ng {voice} s{speed} p{pitch}"}
+                               "speaker": f"espeak-ng {voice} s{speed} p{pitch}",
+                               "phonemes": " ".join(p for p, _ in phonemes),
+                               "phoneme_starts": np.asarray([t for _, t in phonemes], np.int32)}
 
 
 def recordings() -> list[str]:
@@ -174,4 +219,4 @@ def recorded_split():
     audio, rate = read_wav(path)
     name = os.path.relpath(path, "/usr/share")
     yield name, {"audio": audio, "sample_rate": rate, "text": said.get(path, ""),
-                 "speaker": name}
+                 "speaker": name, "phonemes": "", "phoneme_starts": np.zeros(0, np.int32)}
