@@ -20,6 +20,8 @@ JOBS = {
     "codec": ("vqlab.train.runs", "codec", "= train, for an audio codec config"),
     "generate": ("vqlab.train.runs", "generator", "= train, for a token generator config"),
     "study": ("vqlab.train.runs", "study", "= train, for a quantizer study config"),
+    "units": ("vqlab.train.runs", "units", "= train, for a speech-units config (k-means units "
+              "of speech features, scored against phonemes)"),
     "sweep": ("vqlab.train.sweep", None, "run an ablation (configs/ablations/): a base job "
               "over variants and seeds; tables, plots and claim verdicts"),
 }

@@ -130,10 +130,11 @@ def phoneme_ids(symbols) -> np.ndarray:
 
 
 def frame_labels(starts: np.ndarray, ids: np.ndarray, num_frames: int, hop_seconds: float,
-                 rate: int) -> np.ndarray:
+                 rate: int, centre: float = 0.5) -> np.ndarray:
   """The phoneme at the centre of each of `num_frames` frames of `hop_seconds`, given each
-  phoneme's first sample at `rate`: before the first one and after the last, SILENCE."""
-  centres = (np.arange(num_frames) + 0.5) * hop_seconds * rate
+  phoneme's first sample at `rate`: before the first one, SILENCE. Frame t is centred at
+  (t + centre) hops: 0.5 for a strided encoder's frames, 0 for a centred STFT's."""
+  centres = (np.arange(num_frames) + centre) * hop_seconds * rate
   at = np.searchsorted(np.asarray(starts), centres, side="right") - 1
   labels = np.where(at >= 0, np.asarray(ids, np.int32)[np.maximum(at, 0)], SILENCE)
   return labels.astype(np.int32)

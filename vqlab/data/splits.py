@@ -12,9 +12,10 @@ import math
 
 import jax
 import ml_collections
+import numpy as np
 
 from vqlab.data import builtin
-from vqlab.data.pipeline import audio_dataset, image_dataset
+from vqlab.data.pipeline import PrepareAudio, audio_dataset, image_dataset
 
 
 def _passes(train: bool, wanted: int, available: int) -> int | None:
@@ -67,3 +68,28 @@ def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
       shuffle=train, num_epochs=_passes(train, wanted, len(source)),
       process_index=jax.process_index() if split_by_process else 0, process_count=processes,
       in_memory=d.in_memory, drop_remainder=drop_remainder)
+
+
+def aligned_speech(config: ml_collections.ConfigDict, split: str,
+                   num_examples: int | None = None) -> list[dict[str, np.ndarray]]:
+  """Whole utterances of a built-in speech split with their espeak-ng phonemes: per
+  utterance {"audio": float32 (T,) at the run's rate, prepared as in training,
+  "phoneme_starts": each phoneme's first sample at that rate, "phoneme_ids": int32}.
+  Label frames with `vqlab.data.speech.frame_labels`."""
+  from vqlab.data import speech
+  d = config.data
+  source = builtin.load(d.name, d.data_dir, split)
+  prepare = PrepareAudio(d.key, d.sample_rate, d.target_dbfs if d.normalize else None,
+                         d.source_rate)
+  out = []
+  for i in range(min(len(source), num_examples or len(source))):
+    ex = source[i]
+    symbols = ex["phonemes"].decode() if isinstance(ex["phonemes"], bytes) else ex["phonemes"]
+    if not symbols:
+      raise ValueError(f"data: split {split!r} of {d.name!r} has no phonemes (espeak-ng's "
+                       "splits train and synth_test have them)")
+    scale = d.sample_rate / int(ex["sample_rate"])
+    out.append({"audio": prepare.map(ex)["audio"],
+                "phoneme_starts": np.round(np.asarray(ex["phoneme_starts"]) * scale).astype(int),
+                "phoneme_ids": speech.phoneme_ids(symbols.split())})
+  return out

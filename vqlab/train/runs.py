@@ -36,6 +36,7 @@ TRAINERS = {
     "codec": "vqlab.train.codec",
     "generator": "vqlab.train.generator",
     "study": "vqlab.train.quantizer_study",
+    "units": "vqlab.train.speech_units",  # no checkpoint: one pass, summary.json at the end
 }
 
 
@@ -45,6 +46,8 @@ def kind(config: ml_collections.ConfigDict) -> str:
     return "generator"
   if "quantizers" in config:
     return "study"
+  if "units" in config:
+    return "units"
   if "sample_rate" in config.get("data", {}):
     return "codec"
   return "tokenizer"
