@@ -18,6 +18,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from vqlab.data import speech
 from vqlab.dsp import resample
 
 
@@ -140,10 +141,13 @@ def normalize_loudness(wave: np.ndarray, target_dbfs: float, peak: float = 0.99)
 class PrepareAudio(grain.transforms.Map):
   """{key: int16 or float waveform, "sample_rate"} -> {"audio": float32 (T,) at `rate`,
   loudness-normalised}. Several channels are averaged; a source without a sample-rate
-  field uses `source_rate`."""
+  field uses `source_rate`. With `phonemes`, also the built-in speech's espeak-ng
+  phonemes: "phoneme_starts" (at `rate`) and "phoneme_ids" (vqlab.data.speech)."""
 
-  def __init__(self, key: str, rate: int, target_dbfs: float | None, source_rate: int = 0):
+  def __init__(self, key: str, rate: int, target_dbfs: float | None, source_rate: int = 0,
+               phonemes: bool = False):
     self.key, self.rate, self.target_dbfs, self.source_rate = key, rate, target_dbfs, source_rate
+    self.phonemes = phonemes
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     wave = np.asarray(element[self.key])
@@ -159,40 +163,59 @@ class PrepareAudio(grain.transforms.Map):
     wave = resample(wave, rate, self.rate)
     if self.target_dbfs is not None:
       wave = normalize_loudness(wave, self.target_dbfs)
-    return {"audio": wave}
+    if not self.phonemes:
+      return {"audio": wave}
+    symbols = element.get("phonemes", b"")
+    symbols = (symbols.decode() if isinstance(symbols, bytes) else str(symbols)).split()
+    if not symbols:
+      raise ValueError("phonemes: expected the built-in speech's espeak-ng phonemes (splits "
+                       "train and synth_test of vqlab_speech); this example has none")
+    starts = np.asarray(element["phoneme_starts"], np.float64) * self.rate / rate
+    return {"audio": wave, "phoneme_starts": np.round(starts).astype(np.int64),
+            "phoneme_ids": speech.phoneme_ids(symbols)}
 
 
 class RandomAudioCrop(grain.transforms.RandomMap):
-  """`length` samples from a random offset; shorter signals are zero-padded at the end."""
+  """`length` samples from a random offset; shorter signals are zero-padded at the end.
+  With `max_phonemes`, the phonemes said in the crop replace the utterance's: "phonemes"
+  (int32 (max_phonemes,), zero-padded) and "phoneme_count" (the same crops either way)."""
 
-  def __init__(self, length: int):
+  def __init__(self, length: int, max_phonemes: int = 0):
     if length < 1:
       raise ValueError(f"length: expected >= 1, got {length}")
-    self.length = length
+    self.length, self.max_phonemes = length, max_phonemes
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     wave = element["audio"]
     if len(wave) < self.length:
-      return {**element, "audio": np.pad(wave, (0, self.length - len(wave)))}
-    start = int(rng.integers(0, len(wave) - self.length + 1))
-    return {**element, "audio": np.ascontiguousarray(wave[start:start + self.length])}
+      start, crop = 0, np.pad(wave, (0, self.length - len(wave)))
+    else:
+      start = int(rng.integers(0, len(wave) - self.length + 1))
+      crop = np.ascontiguousarray(wave[start:start + self.length])
+    if not self.max_phonemes:
+      return {**element, "audio": crop}
+    labels, count = speech.phonemes_in(element["phoneme_starts"], element["phoneme_ids"],
+                                       start, self.length, self.max_phonemes)
+    return {"audio": crop, "phonemes": labels, "phoneme_count": np.int32(count)}
 
 
 def audio_dataset(source, *, batch_size: int, sample_rate: int, length: int, seed: int,
                   key: str = "audio", target_dbfs: float | None = -20.0, source_rate: int = 0,
                   shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, in_memory: bool = False,
-                  drop_remainder: bool = True) -> grain.MapDataset:
+                  drop_remainder: bool = True, max_phonemes: int = 0) -> grain.MapDataset:
   """Batches of {"audio": float32 (batch_size, length)}: each utterance resampled to
   `sample_rate` and loudness-normalised, then a random crop of `length` samples
-  (`key` names the waveform field: "audio" here, "speech" in tfds' librispeech)."""
+  (`key` names the waveform field: "audio" here, "speech" in tfds' librispeech). With
+  `max_phonemes`, also each crop's espeak-ng phonemes (RandomAudioCrop)."""
   _check_batching(batch_size, process_index, process_count)
   ds = grain.MapDataset.source(source).map(PrepareAudio(key, sample_rate, target_dbfs,
-                                                        source_rate))
+                                                        source_rate, bool(max_phonemes)))
   if in_memory:  # resampled once, kept
     ds = grain.MapDataset.source([ds[i] for i in range(len(ds))])
-  return _crops(ds, RandomAudioCrop(length), batch_size=batch_size, seed=seed,
-                shuffle=shuffle, num_epochs=num_epochs, keys=("audio",),
+  keys = ("audio", "phoneme_starts", "phoneme_ids") if max_phonemes else ("audio",)
+  return _crops(ds, RandomAudioCrop(length, max_phonemes), batch_size=batch_size, seed=seed,
+                shuffle=shuffle, num_epochs=num_epochs, keys=keys,
                 process_index=process_index, process_count=process_count,
                 drop_remainder=drop_remainder)
 

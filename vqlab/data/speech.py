@@ -140,6 +140,20 @@ def frame_labels(starts: np.ndarray, ids: np.ndarray, num_frames: int, hop_secon
   return labels.astype(np.int32)
 
 
+def phonemes_in(starts: np.ndarray, ids: np.ndarray, start: int, length: int,
+                max_count: int) -> tuple[np.ndarray, int]:
+  """The phonemes (not pauses or UNKNOWN) whose middle lies in samples [start, start +
+  length), in order: (int32 (max_count,) zero-padded, how many; at most max_count)."""
+  starts, ids = np.asarray(starts), np.asarray(ids)
+  ends = np.append(starts[1:], starts[-1:]) if len(starts) else starts
+  middles = (starts + ends) / 2
+  keep = (middles >= start) & (middles < start + length) & (ids != SILENCE) & (ids != UNKNOWN)
+  found = ids[keep][:max_count]
+  out = np.zeros(max_count, np.int32)
+  out[:len(found)] = found
+  return out, len(found)
+
+
 def voice_settings(count: int, seed: int) -> list[tuple[str, int, int]]:
   """(voice, words per minute, pitch) per utterance."""
   rng = np.random.default_rng(seed)

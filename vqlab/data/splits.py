@@ -76,20 +76,15 @@ def aligned_speech(config: ml_collections.ConfigDict, split: str,
   utterance {"audio": float32 (T,) at the run's rate, prepared as in training,
   "phoneme_starts": each phoneme's first sample at that rate, "phoneme_ids": int32}.
   Label frames with `vqlab.data.speech.frame_labels`."""
-  from vqlab.data import speech
   d = config.data
   source = builtin.load(d.name, d.data_dir, split)
   prepare = PrepareAudio(d.key, d.sample_rate, d.target_dbfs if d.normalize else None,
-                         d.source_rate)
+                         d.source_rate, phonemes=True)
   out = []
   for i in range(min(len(source), num_examples or len(source))):
-    ex = source[i]
-    symbols = ex["phonemes"].decode() if isinstance(ex["phonemes"], bytes) else ex["phonemes"]
-    if not symbols:
+    try:
+      out.append(prepare.map(source[i]))
+    except ValueError as e:
       raise ValueError(f"data: split {split!r} of {d.name!r} has no phonemes (espeak-ng's "
-                       "splits train and synth_test have them)")
-    scale = d.sample_rate / int(ex["sample_rate"])
-    out.append({"audio": prepare.map(ex)["audio"],
-                "phoneme_starts": np.round(np.asarray(ex["phoneme_starts"]) * scale).astype(int),
-                "phoneme_ids": speech.phoneme_ids(symbols.split())})
+                       "splits train and synth_test have them)") from e
   return out

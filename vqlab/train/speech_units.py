@@ -9,6 +9,7 @@ config.json. A finished workdir is not recomputed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -46,14 +47,24 @@ def _dct_matrix(n_in: int, n_out: int) -> np.ndarray:
   return m.astype(np.float32)
 
 
+BUCKET_SECONDS = 1.0  # inputs padded to whole buckets: one compiled shape per bucket
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _log_mel(wave, rate: int, n_fft: int, hop: int, n_mels: int):
+  return jnp.log(mel_spectrogram(wave[None], rate, n_fft, hop, n_mels)[0] + 1e-5)
+
+
 def features(wave: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
   """(frames, dim) features of a waveform: frame t is centred on sample t * hop."""
   u = config.units
   if u.features not in FEATURES:
     raise ValueError(f"units.features: expected one of {FEATURES}, got {u.features!r}")
-  mel = mel_spectrogram(jnp.asarray(wave)[None], config.data.sample_rate, u.n_fft, u.hop,
-                        u.n_mels)[0]
-  logmel = np.asarray(jnp.log(mel + 1e-5))
+  bucket = int(BUCKET_SECONDS * config.data.sample_rate)
+  padded = np.pad(wave, (0, -len(wave) % bucket))
+  frames = 1 + len(wave) // u.hop  # the centred STFT's frames of the unpadded wave
+  logmel = np.asarray(_log_mel(jnp.asarray(padded), config.data.sample_rate, u.n_fft, u.hop,
+                               u.n_mels))[:frames]
   if u.features == "logmel":
     return logmel
   c = logmel @ _dct_matrix(u.n_mels, MFCC_COEFFICIENTS)
@@ -77,8 +88,12 @@ def _split_frames(config, split: str):
 def assign(feats: np.ndarray, mean: np.ndarray, std: np.ndarray, centres: np.ndarray
            ) -> np.ndarray:
   """The unit (nearest centre) of each frame of raw features."""
-  idx, _ = jax.jit(nearest_code)(jnp.asarray((feats - mean) / std), jnp.asarray(centres))
-  return np.asarray(idx)
+  x = (feats - mean) / std
+  idx, _ = _nearest(jnp.asarray(np.pad(x, ((0, -len(x) % 256), (0, 0)))), jnp.asarray(centres))
+  return np.asarray(idx)[:len(x)]
+
+
+_nearest = jax.jit(nearest_code)
 
 
 def _records(per_utterance: list[np.ndarray], length: int):
