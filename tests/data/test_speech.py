@@ -129,3 +129,32 @@ def test_audio_batches_are_crops_at_the_model_rate(speech_data_dir):
   short = audio_dataset(source, **{**kw, "length": 10 ** 6})  # longer than any: zero-padded
   row = next(iter(short))["audio"][0]
   assert row.shape == (10 ** 6,) and np.all(row[-1000:] == 0)
+
+
+def test_crops_carry_the_phonemes_said_in_them():
+  # phonemes g oU f (then a pause and the end marker) at 22,050 Hz; the model runs at 11,025
+  starts = np.array([0, 2000, 6000, 10000, 14000, 20000], np.int32)
+  element = {"audio": (np.sin(np.arange(20000) * 0.01) * 8000).astype(np.int16),
+             "sample_rate": 22050, "phonemes": b"_ g oU f _: _", "phoneme_starts": starts}
+  kwargs = dict(batch_size=1, sample_rate=11025, length=2500, seed=3, target_dbfs=None,
+                num_epochs=1, shuffle=False)
+  plain = next(iter(audio_dataset([element], **kwargs)))
+  with_phonemes = next(iter(audio_dataset([element], max_phonemes=4, **kwargs)))
+  np.testing.assert_array_equal(plain["audio"], with_phonemes["audio"])  # the same crop
+  # where the crop starts: the sample the crop's first value came from
+  full = resample(element["audio"].astype(np.float32) / 32768, 22050, 11025)
+  start = next(s for s in range(len(full) - 2499)
+               if np.array_equal(full[s:s + 2500], plain["audio"][0]))
+  # at the model rate g spans samples 1000-3000, oU 3000-5000, f 5000-7000: their middles
+  middles = {"g": 2000, "oU": 4000, "f": 6000}
+  said = [p for p, m in middles.items() if start <= m < start + 2500]
+  count = int(with_phonemes["phoneme_count"][0])
+  assert count == len(said)
+  np.testing.assert_array_equal(with_phonemes["phonemes"][0][:count], speech.phoneme_ids(said))
+  assert np.all(with_phonemes["phonemes"][0][count:] == 0)
+  # at most max_phonemes, in order
+  labels, n = speech.phonemes_in(starts, speech.phoneme_ids("_ g oU f _: _".split()), 0,
+                                 20000, 2)
+  assert n == 2 and list(labels) == list(speech.phoneme_ids(["g", "oU"]))
+  with pytest.raises(ValueError, match="phonemes: expected the built-in speech"):
+    next(iter(audio_dataset([{**element, "phonemes": b""}], max_phonemes=4, **kwargs)))

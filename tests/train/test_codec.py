@@ -129,7 +129,8 @@ def test_sharded_step_matches_one_device(speech_data_dir):
   c = config.loss
   loss = codec.LossSpec(config.data.sample_rate, c.wave_l1, c.mel, c.stft, c.quantizer,
                         c.adversarial, c.feature)
-  step = functools.partial(codec.train_step, graphdef=graphdef, loss=loss, gan=True)
+  step = lambda state, audio: codec.train_step(state, {"audio": audio}, graphdef=graphdef,
+                                               loss=loss, gan=True)
   one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
   ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
                                          parallel.batch_sharding(one)))

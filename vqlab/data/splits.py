@@ -52,10 +52,12 @@ def crop_length(config: ml_collections.ConfigDict, seconds: float) -> int:
 
 def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
                 batch_size: int, num_examples: int | None = None,
-                drop_remainder: bool = True, split_by_process: bool = True):
+                drop_remainder: bool = True, split_by_process: bool = True,
+                max_phonemes: int = 0):
   """Batches {"audio": float32 (b, T)}: random crops of `crop_seconds`, shuffled and
   endless for training; else crops of `eval_seconds` fixed by the evaluation seed,
-  enough passes for `num_examples` (default one per utterance)."""
+  enough passes for `num_examples` (default one per utterance). `max_phonemes` adds each
+  crop's espeak-ng phonemes ("phonemes", "phoneme_count"; the built-in speech only)."""
   d = config.data
   source = builtin.load(d.name, d.data_dir, split)
   processes = jax.process_count() if split_by_process else 1
@@ -67,7 +69,7 @@ def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
       target_dbfs=d.target_dbfs if d.normalize else None, source_rate=d.source_rate,
       shuffle=train, num_epochs=_passes(train, wanted, len(source)),
       process_index=jax.process_index() if split_by_process else 0, process_count=processes,
-      in_memory=d.in_memory, drop_remainder=drop_remainder)
+      in_memory=d.in_memory, drop_remainder=drop_remainder, max_phonemes=max_phonemes)
 
 
 def aligned_speech(config: ml_collections.ConfigDict, split: str,

@@ -34,8 +34,12 @@ def num_frames(length: int, hop: int) -> int:
 
 class AudioCodec(nnx.Module):
 
+  """`phoneme_classes` > 0 adds `phoneme_head`, a linear map from the first level's
+  quantized vectors to per-frame phoneme logits (semantic distillation,
+  vqlab.losses.semantic); it is a training aid and plays no part in coding."""
+
   def __init__(self, shape: SEANetShape, quantizer: nnx.Module, sample_rate: int,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, phoneme_classes: int = 0):
     shape.check()
     if quantizer.dim != shape.latent_dim:
       raise ValueError(f"quantizer: expected input dim {shape.latent_dim}, got {quantizer.dim}")
@@ -43,6 +47,14 @@ class AudioCodec(nnx.Module):
     self.encoder = SEANetEncoder(shape, rngs)
     self.quantizer = quantizer
     self.decoder = SEANetDecoder(shape, rngs)
+    self.phoneme_head = (nnx.Linear(shape.latent_dim, phoneme_classes, rngs=rngs)
+                         if phoneme_classes else None)
+
+  def phoneme_logits(self, q: QuantizerOutput) -> Array:
+    """(B, F, phoneme_classes) logits read from the first level of a quantizer output."""
+    if self.phoneme_head is None:
+      raise ValueError("phoneme_logits: this codec has no phoneme head (phoneme_classes=0)")
+    return self.phoneme_head(q.aux.get("first_level", q.quantized).astype(jnp.float32))
 
   # ------------------------------------------------------------------ arithmetic
   @property
@@ -164,11 +176,11 @@ def make_shape(shape: Mapping[str, Any]) -> SEANetShape:
 
 
 def build(shape: Mapping[str, Any], quantizer_kind: str, quantizer_args: Mapping[str, Any],
-          sample_rate: int, *, rngs: nnx.Rngs) -> AudioCodec:
+          sample_rate: int, *, rngs: nnx.Rngs, phoneme_classes: int = 0) -> AudioCodec:
   shape = make_shape(shape)
   shape.check()
   quantizer = factory.build(quantizer_kind, shape.latent_dim, rngs=rngs, **dict(quantizer_args))
-  return AudioCodec(shape, quantizer, sample_rate, rngs)
+  return AudioCodec(shape, quantizer, sample_rate, rngs, phoneme_classes)
 
 
 def bitrate_table(model: AudioCodec) -> list[tuple[int, float]]:

@@ -121,6 +121,7 @@ class ResidualQuantizer(nnx.Module):
       q_l = jnp.where(active[..., None], out.quantized * scale, 0).astype(z.dtype)
       residual = residual - q_l
       total = total + q_l
+      first = q_l if l == 0 else first
       outputs.append(out)
       indices.append(jnp.where(active, out.indices, -1))
     metrics = _merge_metrics(outputs, "level")
@@ -128,7 +129,8 @@ class ResidualQuantizer(nnx.Module):
     return QuantizerOutput(
         quantized=total, indices=jnp.stack(indices, axis=-1),
         loss=sum(o.loss for o in outputs), metrics=metrics,
-        aux={"num_levels": n_b.reshape(-1), "residual": residual})
+        # first_level: level 0's output (always active), what semantic distillation reads
+        aux={"num_levels": n_b.reshape(-1), "residual": residual, "first_level": first})
 
   def decode(self, indices: Array, num_levels: int | None = None) -> Array:
     """Indices (..., L) -> vectors (..., dim); levels >= num_levels and -1 entries (a

@@ -13,13 +13,16 @@ Generator loss: wave_l1 |x - x^|_1 + mel * DAC's multi-scale log-mel L1 + stft *
 multi-scale STFT loss + quantizer * the quantizer's loss, and from `disc_start` on,
 adversarial * hinge (multi-period + multi-scale STFT discriminators) + feature *
 relative feature matching. Quantizer dropout (in the quantizer's args) trains one model
-for every bitrate.
+for every bitrate. `phoneme_ctc` > 0 distils content into the first level: CTC of a linear
+phoneme head on level 1's vectors against espeak-ng's phonemes of each crop
+(vqlab.losses.semantic; the built-in speech only).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from typing import Any
 
@@ -31,10 +34,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vqlab import parallel
-from vqlab.data import splits
+from vqlab.data import speech, splits
 from vqlab.data.pipeline import iterate
 from vqlab.eval import audio_metrics
-from vqlab.losses import spectral
+from vqlab.losses import semantic, spectral
 from vqlab.models import audio_codec
 from vqlab.models import audio_discriminators as discs
 from vqlab.quantizers import factory
@@ -53,6 +56,8 @@ class LossSpec:
   quantizer: float
   adversarial: float
   feature: float
+  phoneme_ctc: float = 0.0
+  blank_id: int = 0
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -70,6 +75,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name, value in config.loss.items():
     if value < 0:
       raise ValueError(f"loss.{name}: expected >= 0, got {value}")
+  if phoneme_classes(config) and (d.name != "vqlab_speech"
+                                  or d.train_split not in ("train", "synth_test")):
+    raise ValueError(f"loss.phoneme_ctc: needs espeak-ng's phonemes, i.e. data.name "
+                     f"'vqlab_speech' and train_split 'train' or 'synth_test'; got "
+                     f"{d.name!r}, {d.train_split!r}")
+
+
+# Phonemes per second a crop can hold: espeak-ng at 220 words a minute says ~17.
+MAX_PHONEME_RATE = 30
+
+
+def phoneme_classes(config: ml_collections.ConfigDict) -> int:
+  """Outputs of the phoneme head: espeak-ng's phonemes + the CTC blank (0: no head)."""
+  return len(speech.PHONEMES) + 1 if config.loss.get("phoneme_ctc", 0.0) > 0 else 0
+
+
+def max_phonemes(config: ml_collections.ConfigDict) -> int:
+  return math.ceil(config.data.crop_seconds * MAX_PHONEME_RATE) if phoneme_classes(config) else 0
 
 
 # ----------------------------------------------------------------------------- state
@@ -78,7 +101,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def build_model(config: ml_collections.ConfigDict, seed: int) -> audio_codec.AudioCodec:
   m = config.model
   return audio_codec.build(m.shape.to_dict(), m.quantizer.kind, factory.spec_args(m.quantizer),
-                           config.data.sample_rate, rngs=nnx.Rngs(seed))
+                           config.data.sample_rate, rngs=nnx.Rngs(seed),
+                           phoneme_classes=phoneme_classes(config))
 
 
 def build_discriminator(config: ml_collections.ConfigDict) -> discs.AudioDiscriminator:
@@ -108,9 +132,11 @@ def reconstruction_terms(x, recon, loss: LossSpec) -> dict[str, jax.Array]:
   return terms
 
 
-def train_step(state, audio, *, graphdef, loss: LossSpec, gan: bool):
-  """One codec (+ discriminator when `gan`) update on audio (B, T); (state, metrics)."""
+def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool):
+  """One codec (+ discriminator when `gan`) update on batch["audio"] (B, T) (and its
+  "phonemes" / "phoneme_count" under phoneme_ctc); (state, metrics)."""
   model, disc, opt_g, opt_d = nnx.merge(graphdef, state["nnx"])
+  audio = batch["audio"]
   x = audio[..., None].astype(jnp.float32)
   disc_graph, disc_state = nnx.split(disc)
   frozen_disc = lambda y: nnx.merge(disc_graph, disc_state, copy=True)(y)
@@ -121,6 +147,10 @@ def train_step(state, audio, *, graphdef, loss: LossSpec, gan: bool):
     total = (loss.wave_l1 * terms["wave_l1"] + loss.mel * terms["mel_loss"]
              + loss.stft * terms.get("stft_loss", 0.0) + loss.quantizer * q.loss)
     terms.update(quantizer_loss=q.loss, **{f"q/{k}": v for k, v in q.metrics.items()})
+    if loss.phoneme_ctc:
+      terms["phoneme_ctc"] = semantic.phoneme_ctc(model.phoneme_logits(q), batch["phonemes"],
+                                                  batch["phoneme_count"], loss.blank_id)
+      total = total + loss.phoneme_ctc * terms["phoneme_ctc"]
     if gan:
       fake_out, real_out = frozen_disc(recon), frozen_disc(x)
       terms["adversarial_loss"] = discs.generator_hinge(fake_out)
@@ -165,16 +195,16 @@ class CodecJob(evaluators.TokenizerJob):
 
   def train_data(self, batch_size):
     c = self.config
-    return splits.audio_split(c, c.data.train_split, train=True, batch_size=batch_size)
+    return splits.audio_split(c, c.data.train_split, train=True, batch_size=batch_size,
+                              max_phonemes=max_phonemes(c))
 
   def compile(self, graphdef, shardings):
     c = self.config.loss
     loss = LossSpec(self.config.data.sample_rate, c.wave_l1, c.mel, c.stft, c.quantizer,
-                    c.adversarial, c.feature)
+                    c.adversarial, c.feature, c.get("phoneme_ctc", 0.0), len(speech.PHONEMES))
 
     def step(gan):
-      fn = functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan)
-      return lambda state, batch: fn(state, batch["audio"])
+      return functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan)
 
     return {gan: loop.jit_step(step(gan), self.config, shardings, self.mesh)
             for gan in (False, True)}
@@ -184,9 +214,14 @@ class CodecJob(evaluators.TokenizerJob):
 
   def abstract_batch(self):
     c = self.config
-    length = splits.crop_length(c, c.data.crop_seconds)
-    return {"audio": jax.ShapeDtypeStruct((c.train.batch_size, length), jnp.float32,
-                                          sharding=parallel.batch_sharding(self.mesh))}
+    length, b = splits.crop_length(c, c.data.crop_seconds), c.train.batch_size
+    sharding = parallel.batch_sharding(self.mesh)
+    batch = {"audio": jax.ShapeDtypeStruct((b, length), jnp.float32, sharding=sharding)}
+    if max_phonemes(c):
+      batch["phonemes"] = jax.ShapeDtypeStruct((b, max_phonemes(c)), jnp.int32,
+                                               sharding=sharding)
+      batch["phoneme_count"] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding)
+    return batch
 
   def started(self, graphdef, state):
     if self.main_process:
