@@ -10,6 +10,9 @@ on real recordings (vqlab_speech's test split). Variants:
 - `:encodec`: EnCodec's 24 kHz model (strides 2 4 5 8 -> 75 frames/s, 2-layer LSTM,
   32 base channels, 32 levels of 1,024 codes, discriminators from the start).
 - `:dac`: DAC-style factorized codes (8-dim l2-normalised lookups) and Snake activations.
+- `:semantic`: the first level distilled to carry what is said (SpeechTokenizer / Mimi):
+  CTC of a linear phoneme head on level 1 against espeak-ng's phonemes of each crop,
+  weight `loss.phoneme_ctc` (1.0: one choice, not tuned).
 Add `,runlocal` for a 2-step smoke run with every loss term on.
 """
 
@@ -24,7 +27,7 @@ SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, known=("encodec", "dac"))
+  args = parse_arg(arg, known=("encodec", "dac", "semantic"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
@@ -45,13 +48,17 @@ def get_config(arg: str | None = None):
   # DAC's weights (mel 15, adversarial 1, feature matching 2); wave L1 as EnCodec's 0.1
   c.loss = ml_collections.ConfigDict(dict(
       wave_l1=0.1, mel=15.0, stft=0.0, quantizer=1.0, adversarial=1.0, feature=2.0,
-      disc_start=1150))  # the discriminators cost ~4x a step on CPU: the last 50 steps
+      disc_start=1150,  # the discriminators cost ~4x a step on CPU: the last 50 steps
+      phoneme_ctc=0.0))  # > 0: distil espeak-ng's phonemes into level 1 (`:semantic`)
   c.disc = ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11), stft_resolutions=((1024, 256), (2048, 512), (512, 128)),
       width=16, max_width=128))  # HiFi-GAN's period discriminators widen to 1024
   # WER of PocketSphinx's transcripts of up to this many whole held-out utterances that
   # have a transcript, at every number of levels (0: none; needs `pip install pocketsphinx`)
-  c.eval = ml_collections.ConfigDict(dict(wer_utterances=64))
+  # and a phoneme probe on each level's tokens, fitted on this many espeak-ng training
+  # utterances for probe_steps Adam steps, scored on synth_test (0: none)
+  c.eval = ml_collections.ConfigDict(dict(wer_utterances=64, probe_utterances=200,
+                                          probe_steps=400))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(
@@ -70,6 +77,8 @@ def get_config(arg: str | None = None):
     c.model.shape.update(activation="snake")
     c.model.quantizer.args.update(code_dim=8, metric="cosine", codebook="learned",
                                   kmeans_init=False, dead_code_threshold=0.0, beta=0.25)
+  if "semantic" in args:
+    c.loss.phoneme_ctc = 1.0
   if "runlocal" in args:
     c.model.shape.update(channels=4, latent_dim=16, strides=(2, 4), dilations=(1, 3),
                          lstm_layers=min(c.model.shape.lstm_layers, 1))
@@ -79,5 +88,5 @@ def get_config(arg: str | None = None):
     c.loss.update(disc_start=1, stft=1.0)
     c.disc.update(width=4, stft_resolutions=((512, 128),))
     c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8)
-    c.eval.update(wer_utterances=1)
+    c.eval.update(wer_utterances=1, probe_utterances=4, probe_steps=5)
   return c

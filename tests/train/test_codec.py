@@ -1,7 +1,6 @@
 """The audio-codec trainer end to end: every config runs, a short run on the built-in
 speech learns, the outputs a person listens to are written, bad configs fail early."""
 
-import functools
 import importlib
 import json
 import os
@@ -22,7 +21,8 @@ from vqlab.train.common import read_jsonl
 
 
 # the variants and the learning / resume runs are CI's slow step (.ci/run): minutes each
-@pytest.mark.parametrize("arg", ["runlocal",
+# the default run's variant also distils phonemes into level 1 (`:semantic`)
+@pytest.mark.parametrize("arg", ["semantic,runlocal",
                                  pytest.param("encodec,runlocal", marks=pytest.mark.slow),
                                  pytest.param("dac,runlocal", marks=pytest.mark.slow)])
 def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
@@ -35,6 +35,10 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   assert rows[1]["feature_loss"] > 0 and rows[1]["adversarial_loss"] > 0
   for r in rows:
     assert all(np.isfinite(v) for v in r.values()), r
+  semantic = config.loss.phoneme_ctc > 0
+  assert all(("phoneme_ctc" in r) == semantic for r in rows)
+  if semantic:  # CTC per phoneme starts near log(classes) and above
+    assert rows[0]["phoneme_ctc"] > 1.0
   levels = config.model.quantizer.args.num_levels
   hop = int(np.prod(config.model.shape.strides))
   for n in range(1, levels + 1):
@@ -54,6 +58,11 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
     for key in ["wer_original"] + [f"wer@{n}" for n in range(1, levels + 1)]:
       assert 0 <= summary[key] <= 10, key  # insertions can take a WER past 1
     assert summary["wer@1"] >= 0.5  # after two steps the words are lost
+  # the phoneme probe on each level's tokens (4 training utterances, all 48 held out)
+  assert summary["probe_utterances"] == 4 and summary["probe_held_out"] == 48
+  for n in range(1, levels + 1):
+    assert 0 < summary[f"phone_error@level{n}"] <= 1
+  assert 0.5 < summary["phone_error@majority"] < 1  # pauses are the commonest "phoneme"
   saved = json.load(open(tmp_path / "summary.json"))
   assert saved["mel_distance"] == summary["mel_distance"]
   audio = tmp_path / "audio" / "step_0000002"

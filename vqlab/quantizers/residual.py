@@ -121,7 +121,8 @@ class ResidualQuantizer(nnx.Module):
       q_l = jnp.where(active[..., None], out.quantized * scale, 0).astype(z.dtype)
       residual = residual - q_l
       total = total + q_l
-      first = q_l if l == 0 else first
+      if l == 0:
+        first = q_l
       outputs.append(out)
       indices.append(jnp.where(active, out.indices, -1))
     metrics = _merge_metrics(outputs, "level")

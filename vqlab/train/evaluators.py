@@ -7,7 +7,9 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
 - audio (`evaluate_audio`): held-out clips reconstructed with 1 .. L residual levels:
   SI-SDR, mel distance, PESQ / STOI (when installed) and the bitrate of each; code usage
   per level; word error rate of whole transcribed utterances at each number of levels
-  (`eval.wer_utterances`, PocketSphinx when installed).
+  (`eval.wer_utterances`, PocketSphinx when installed); and on the built-in speech, a
+  phoneme probe on each level's frozen tokens (`eval.probe_utterances`): how much of
+  what is said each level carries (SpeechTokenizer's disentanglement measure).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vqlab import parallel
-from vqlab.data import builtin, splits
+from vqlab.data import builtin, speech, splits
 from vqlab.data.pipeline import PrepareAudio, iterate
-from vqlab.eval import audio_metrics, digits, inception, speech_recognition
+from vqlab.eval import audio_metrics, digits, inception, probe, speech_recognition
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import usage_metrics
@@ -52,6 +54,12 @@ def reconstruct_audio(state, audio, num_levels=None, *, graphdef):
   (an int or an int32 array: one compiled function serves every bitrate)."""
   recon, q = eval_model(graphdef, state)(audio, num_levels)
   return recon, q.indices
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def encode_audio(state, audio, *, graphdef):
+  """Indices (B, F, levels) of audio (B, T), every level, evaluation weights."""
+  return eval_model(graphdef, state).encode(audio).indices
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -182,6 +190,61 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   if utterances:
     out.update(evaluate_wer(config, graphdef, state, mesh, split=split,
                             max_utterances=utterances))
+  if config.get("eval", {}).get("probe_utterances", 0):
+    out.update(evaluate_phoneme_probes(config, graphdef, state, mesh))
+  return out
+
+
+def level_tokens(config: ml_collections.ConfigDict, graphdef, state, mesh, split: str,
+                 num_utterances: int, batch_size: int = 8
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Per whole utterance of a built-in speech split: its codes (frames, levels) and the
+  espeak-ng phoneme at each frame's centre."""
+  model = eval_model(graphdef, state)
+  rate, hop = config.data.sample_rate, model.hop
+  utterances = splits.aligned_speech(config, split, num_utterances)
+  # one padded length for all: one compiled encoder (zeros after the end do not reach
+  # back in a causal codec; in a centred one they touch the last half-window only)
+  length = audio_codec.num_frames(max(len(u["audio"]) for u in utterances), hop) * hop
+  replicated = NamedSharding(mesh, P())
+  codes, labels = [], []
+  for start in range(0, len(utterances), batch_size):
+    part = utterances[start:start + batch_size]
+    batch = np.zeros((batch_size, length), np.float32)
+    for i, u in enumerate(part):
+      batch[i, :len(u["audio"])] = u["audio"]
+    indices = parallel.to_host(encode_audio(state, parallel.put(batch, replicated),
+                                            graphdef=graphdef))
+    for i, u in enumerate(part):
+      frames = audio_codec.num_frames(len(u["audio"]), hop)
+      codes.append(indices[i, :frames])
+      labels.append(speech.frame_labels(u["phoneme_starts"], u["phoneme_ids"], frames,
+                                        hop / rate, rate, centre=0.5))
+  return codes, labels
+
+
+def evaluate_phoneme_probes(config: ml_collections.ConfigDict, graphdef, state, mesh
+                            ) -> dict[str, Any]:
+  """Frame phone error rate of a probe on each level's frozen tokens alone
+  (`phone_error@level{l}`), fitted on `eval.probe_utterances` espeak-ng training
+  utterances and scored on the held-out synth_test split; `phone_error@majority` is the
+  floor of a probe that always names the commonest phoneme."""
+  e = config.eval
+  if config.data.name != "vqlab_speech":
+    print(f"phoneme probe: skipped, it needs the built-in speech's espeak-ng phonemes "
+          f"(data.name 'vqlab_speech'), got {config.data.name!r}")
+    return {}
+  codebook = int(eval_model(graphdef, state).quantizer.codebook_size)
+  fit_codes, fit_labels = level_tokens(config, graphdef, state, mesh, "train",
+                                       e.probe_utterances)
+  codes, labels = level_tokens(config, graphdef, state, mesh, "synth_test", 0)
+  held = np.concatenate(labels)
+  out = {"phone_error@majority": float(1 - np.bincount(held).max() / len(held)),
+         "probe_utterances": len(fit_codes), "probe_held_out": len(codes)}
+  for l in range(fit_codes[0].shape[1]):
+    out[f"phone_error@level{l + 1}"] = probe.phone_error_rate(
+        [c[:, l] for c in fit_codes], fit_labels, [c[:, l] for c in codes], labels, codebook,
+        len(speech.PHONEMES), steps=e.get("probe_steps", 400), seed=config.seed)
   return out
 
 
@@ -266,6 +329,11 @@ def describe_audio(r: dict[str, Any]) -> str:
     wer = ", ".join(f"{n}: {r[f'wer@{n}']:.0%}" for n in range(1, r["levels"] + 1))
     rows.append(f"  WER (PocketSphinx, {r['wer_utterances']} whole utterances, "
                 f"{r['wer_words']} words): originals {r['wer_original']:.0%}; levels {wer}")
+  if "phone_error@majority" in r:
+    per = ", ".join(f"{l}: {r[f'phone_error@level{l}']:.0%}" for l in range(1, r["levels"] + 1))
+    rows.append(f"  phoneme probe on each level's tokens (frame error; fitted on "
+                f"{r['probe_utterances']} espeak-ng utterances, {r['probe_held_out']} held "
+                f"out): levels {per}; the commonest phoneme alone {r['phone_error@majority']:.0%}")
   return "\n".join(rows)
 
 

@@ -25,18 +25,13 @@ from vqlab.data import splits, tokens
 from vqlab.data.pipeline import iterate
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import INVALID
-from vqlab.train import runs
+from vqlab.train import evaluators, runs
 from vqlab.train.common import run_app, to_unit
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_images(state, images, *, graphdef):
   return runs.eval_model(graphdef, state).encode(to_unit(images)).indices
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode_audio(state, audio, *, graphdef):
-  return runs.eval_model(graphdef, state).encode(audio).indices
 
 
 def _records(ds, key: str, encode, batch_size: int, total: float, sharding):
@@ -78,7 +73,7 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
       config.data.eval_seconds = seconds
     ds = splits.audio_split(config, split, train=False, batch_size=batch_size,
                             num_examples=examples, drop_remainder=False)
-    key, encode = "audio", functools.partial(_encode_audio, state, graphdef=graphdef)
+    key, encode = "audio", functools.partial(evaluators.encode_audio, state, graphdef=graphdef)
     length = splits.crop_length(config, config.data.eval_seconds)
     meta.update(modality="audio", frames=audio_codec.num_frames(length, model.hop),
                 levels=model.num_levels, sample_rate=model.sample_rate,
