@@ -57,8 +57,9 @@ def get_config(arg: str | None = None):
   # have a transcript, at every number of levels (0: none; needs `pip install pocketsphinx`)
   # and a phoneme probe on each level's tokens, fitted on this many espeak-ng training
   # utterances for probe_steps Adam steps, scored on synth_test (0: none)
+  # (probe_held_out of them; 0: all 48)
   c.eval = ml_collections.ConfigDict(dict(wer_utterances=64, probe_utterances=200,
-                                          probe_steps=400))
+                                          probe_steps=400, probe_held_out=0))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(
@@ -88,5 +89,5 @@ def get_config(arg: str | None = None):
     c.loss.update(disc_start=1, stft=1.0)
     c.disc.update(width=4, stft_resolutions=((512, 128),))
     c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8)
-    c.eval.update(wer_utterances=1, probe_utterances=4, probe_steps=5)
+    c.eval.update(wer_utterances=1, probe_utterances=4, probe_steps=5, probe_held_out=8)
   return c

@@ -56,9 +56,14 @@ def build_once(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def speech_data_dir(build_once):
-  """A tfds data dir with the built-in speech prepared (espeak-ng + recordings), shared
-  by the session's workers."""
+def speech_data_dir():
+  """A tfds data dir with the built-in speech prepared (espeak-ng + recordings), kept in
+  VQLAB_CACHE like the compilation cache: CI's two pytest steps and the workers build it
+  once (tfds rebuilds on a new dataset version; the first worker builds under a lock)."""
   from vqlab.data import builtin
-  root = build_once("speech_tfds", lambda d: builtin.load("vqlab_speech", str(d), "test"))
-  return str(root)
+  root = os.path.join(os.environ["VQLAB_CACHE"], "speech_tfds")
+  os.makedirs(root, exist_ok=True)
+  with open(root + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builtin.load("vqlab_speech", root, "test")
+  return root

@@ -19,7 +19,7 @@ def get_config(arg=None):
   runlocal = "runlocal" in parse_arg(arg)
   seeds, schedules, steps = (0, 1, 2), ("cosine", "linear", "square"), (4, 8, 16)
   if runlocal:
-    seeds, schedules, steps = (0,), ("cosine", "linear"), (2, 4)
+    seeds, schedules, steps = (0,), ("cosine", "linear"), (2,)
   settings = [{"schedule": s, "steps": n} for s, n in itertools.product(schedules, steps)]
   over = {"eval.sample_settings": settings}
   run = chain.generator("maskgit", runlocal, {"model": "maskgit"}, over, name="maskgit")

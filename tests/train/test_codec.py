@@ -28,6 +28,8 @@ from vqlab.train.common import read_jsonl
 def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   config = importlib.import_module("configs.audio_codec").get_config(arg)
   config.data.data_dir = speech_data_dir
+  if "semantic" not in arg:  # WER and the probe: checked once, in the default run's variant
+    config.eval.update(wer_utterances=0, probe_utterances=0)
   summary = codec.train(config, str(tmp_path))
   rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]
@@ -53,16 +55,16 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   # finite and >= 0, not < 1: at initialisation a factorized quantizer's untrained
   # projections can put its output farther from the latent than zero is (DAC: ~600x)
   assert all(np.isfinite(m) and m >= 0 for m in missed), missed
-  if speech_recognition.available():  # vqlab[audio]: whole transcribed utterances
+  if speech_recognition.available() and config.eval.wer_utterances:  # vqlab[audio]
     assert summary["wer_utterances"] == config.eval.wer_utterances == 1
     for key in ["wer_original"] + [f"wer@{n}" for n in range(1, levels + 1)]:
       assert 0 <= summary[key] <= 10, key  # insertions can take a WER past 1
     assert summary["wer@1"] >= 0.5  # after two steps the words are lost
-  # the phoneme probe on each level's tokens (4 training utterances, all 48 held out)
-  assert summary["probe_utterances"] == 4 and summary["probe_held_out"] == 48
-  for n in range(1, levels + 1):
-    assert 0 < summary[f"phone_error@level{n}"] <= 1
-  assert 0.5 < summary["phone_error@majority"] < 1  # pauses are the commonest "phoneme"
+  if config.eval.probe_utterances:  # the phoneme probe on each level (4 fit, 8 held out)
+    assert summary["probe_utterances"] == 4 and summary["probe_held_out"] == 8
+    for n in range(1, levels + 1):
+      assert 0 < summary[f"phone_error@level{n}"] <= 1
+    assert 0.5 < summary["phone_error@majority"] < 1  # pauses: the commonest "phoneme"
   saved = json.load(open(tmp_path / "summary.json"))
   assert saved["mel_distance"] == summary["mel_distance"]
   audio = tmp_path / "audio" / "step_0000002"
@@ -96,6 +98,7 @@ def test_short_run_on_speech_learns(speech_data_dir, tmp_path):
   config.train.update(steps=200, batch_size=8, lr=2e-3, warmup_steps=20)
   config.loss.update(disc_start=10_000, stft=0.0)  # reconstruction only: the GAN has its test
   config.log.update(every=50, audio_every=1000, checkpoint_every=1000, eval_examples=32)
+  config.eval.update(wer_utterances=0, probe_utterances=0)  # checked in runlocal
   summary = codec.train(config, str(tmp_path))
   clips = np.concatenate([b["audio"] for b in iterate(runs.datasets(
       config, "synth_test", train=False, batch_size=8, num_examples=32), threads=0)])[:32]
@@ -134,7 +137,7 @@ def test_sharded_step_matches_one_device(speech_data_dir):
   config.loss.stft = 0.0  # log |X| of near-silent bins amplifies summation-order rounding
   graphdef, state = codec.init_state(config)
   it = iterate(runs.datasets(config, "train", train=True, batch_size=8), threads=0)
-  batches = [next(it)["audio"] for _ in range(3)]
+  batches = [next(it)["audio"] for _ in range(2)]  # step 1 tightly, step 2 loosely
   c = config.loss
   loss = codec.LossSpec(config.data.sample_rate, c.wave_l1, c.mel, c.stft, c.quantizer,
                         c.adversarial, c.feature)
@@ -170,6 +173,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
     c.data.data_dir = speech_data_dir
     c.train.steps = steps
     c.log.update(eval_examples=8, audio_every=100)
+    c.eval.update(wer_utterances=0, probe_utterances=0)
     return c
 
   codec.train(config(2), str(tmp_path / "resumed"))

@@ -227,7 +227,8 @@ def evaluate_phoneme_probes(config: ml_collections.ConfigDict, graphdef, state, 
                             ) -> dict[str, Any]:
   """Frame phone error rate of a probe on each level's frozen tokens alone
   (`phone_error@level{l}`), fitted on `eval.probe_utterances` espeak-ng training
-  utterances and scored on the held-out synth_test split; `phone_error@majority` is the
+  utterances and scored on the held-out synth_test split (`eval.probe_held_out` of it, 0:
+  all); `phone_error@majority` is the
   floor of a probe that always names the commonest phoneme."""
   e = config.eval
   if config.data.name != "vqlab_speech":
@@ -237,7 +238,8 @@ def evaluate_phoneme_probes(config: ml_collections.ConfigDict, graphdef, state, 
   codebook = int(eval_model(graphdef, state).quantizer.codebook_size)
   fit_codes, fit_labels = level_tokens(config, graphdef, state, mesh, "train",
                                        e.probe_utterances)
-  codes, labels = level_tokens(config, graphdef, state, mesh, "synth_test", 0)
+  codes, labels = level_tokens(config, graphdef, state, mesh, "synth_test",
+                               e.get("probe_held_out", 0))
   held = np.concatenate(labels)
   out = {"phone_error@majority": float(1 - np.bincount(held).max() / len(held)),
          "probe_utterances": len(fit_codes), "probe_held_out": len(codes)}
