@@ -3,6 +3,7 @@
   vqlab convert var --vae vae_ch160v4096z32.pth --var var_d16.pth --out var_samples.png
   vqlab convert lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg16.npz
   vqlab convert inception --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
+  vqlab convert hubert --weights pytorch_model.bin --out hubert_base.npz
 
 Each converter is a module here with `main(argv)`; file formats (PyTorch state dicts,
 read by `state_dict.read_state_dict`) stay out of models/, losses/ and eval/.
@@ -17,6 +18,7 @@ CONVERTERS = {
     "var": ("vqlab.convert.var", "VAR's released VQVAE + transformer: sample a grid"),
     "lpips": ("vqlab.convert.lpips", "LPIPS-VGG16 (torchvision VGG16 + LPIPS linear layers)"),
     "inception": ("vqlab.convert.inception", "pytorch-fid's InceptionV3 (FID, IS)"),
+    "hubert": ("vqlab.convert.hubert", "HuBERT (transformers' layout): semantic teacher"),
 }
 
 
