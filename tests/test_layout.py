@@ -12,7 +12,7 @@ from vqlab.train import runs
 
 PACKAGE = os.path.dirname(vqlab.__file__)
 TRAINERS = {"tokenizer", "codec", "generator", "quantizer_study", "export_tokens",
-            "tokenizer_eval", "sweep"}
+            "tokenizer_eval", "sweep", "speech_units"}
 
 
 def _imports(path):
@@ -73,5 +73,7 @@ def test_a_runs_kind_is_read_from_its_config():
   assert runs.kind(audio_codec.get_config()) == "codec"
   assert runs.kind(generator_quickstart.get_config("delay")) == "generator"
   assert runs.kind(quantizer_study.get_config()) == "study"
+  from configs import speech_units
+  assert runs.kind(speech_units.get_config()) == "units"
   with pytest.raises(ValueError, match="kind: expected one of"):
     runs.trainer("video")
