@@ -124,6 +124,7 @@ def test_bad_configs_fail_before_the_workdir(speech_data_dir, tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.slow  # two GAN steps with the LSTM compiled twice: minutes (the default budget)
 def test_sharded_step_matches_one_device(speech_data_dir):
   # the discriminators on, on data x fsdp x tensor (conv kernels split over fsdp and
   # tensor, the LSTM's over tensor): step 1 equals one device's; later steps stay close.

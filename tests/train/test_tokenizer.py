@@ -114,9 +114,10 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
         jnp.issubdtype(y.dtype, jax.dtypes.prng_key) else y))
 
 
-@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "fsdp": 4},
+# (data only is the case the two others contain: the budget of the default run)
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 4},
                                         {"data": 2, "fsdp": 2, "tensor": 2}],
-                         ids=["data", "data+fsdp", "data+fsdp+tensor"])
+                         ids=["data+fsdp", "data+fsdp+tensor"])
 def test_sharded_step_matches_one_device(mesh_shape, data_dir):
   # three steps (GAN, LeCam and EMA on): the loss trajectory on 8 devices equals 1 device's
   config = small_config(data_dir)
