@@ -57,23 +57,23 @@ def fit(tokens: Sequence[np.ndarray], labels: Sequence[np.ndarray], vocab: int,
   if flat.max() >= vocab or y.max() >= num_labels or min(flat.min(), y.min()) < 0:
     raise ValueError(f"tokens / labels: expected tokens in [0, {vocab}) and labels in "
                      f"[0, {num_labels})")
-  key = jax.random.key(seed)
-  params = _init(key, vocab, num_labels, context, width)
-  optimizer = optax.adam(lr)
-  opt_state = optimizer.init(params)
-
-  @jax.jit
-  def step(params, opt_state, xb, yb):
-    loss, grads = jax.value_and_grad(lambda p: jnp.mean(
-        optax.softmax_cross_entropy_with_integer_labels(_logits(p, xb), yb)))(params)
-    updates, opt_state = optimizer.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
-
+  params = _init(jax.random.key(seed), vocab, num_labels, context, width)
+  opt_state = optax.adam(lr).init(params)
   rng = np.random.default_rng(seed)
   for _ in range(steps):
     pick = rng.integers(0, len(x), min(batch_size, len(x)))
-    params, opt_state, _ = step(params, opt_state, jnp.asarray(x[pick]), jnp.asarray(y[pick]))
+    params, opt_state = _step(params, opt_state, jnp.asarray(x[pick]), jnp.asarray(y[pick]),
+                              lr=lr)
   return {"params": params, "vocab": vocab, "context": context}
+
+
+# module level, so that fitting a probe per codec level compiles the step once
+@functools.partial(jax.jit, static_argnames=("lr",))
+def _step(params, opt_state, xb, yb, *, lr: float):
+  grads = jax.grad(lambda p: jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(_logits(p, xb), yb)))(params)
+  updates, opt_state = optax.adam(lr).update(grads, opt_state)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def error_rate(probe, tokens: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
@@ -84,7 +84,7 @@ def error_rate(probe, tokens: Sequence[np.ndarray], labels: Sequence[np.ndarray]
   return float(np.mean(predicted != y))
 
 
-@functools.partial(jax.jit)
+@jax.jit
 def _predict(params, x):
   return jnp.argmax(_logits(params, x), axis=-1)
 

@@ -195,6 +195,21 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   return out
 
 
+def _whole_utterance_batches(waves: list[np.ndarray], hop: int, batch_size: int, mesh):
+  """(the utterances of a batch, their batch (batch_size, length) zero-padded, replicated
+  on the mesh) for whole utterances of any lengths. One padded length for all: one
+  compiled function. Zeros after the end change nothing before it in a causal codec; in a
+  centred one they touch the last half-window only."""
+  length = audio_codec.num_frames(max(map(len, waves)), hop) * hop
+  replicated = NamedSharding(mesh, P())
+  for start in range(0, len(waves), batch_size):
+    part = waves[start:start + batch_size]
+    batch = np.zeros((batch_size, length), np.float32)
+    for i, w in enumerate(part):
+      batch[i, :len(w)] = w
+    yield part, parallel.put(batch, replicated)
+
+
 def level_tokens(config: ml_collections.ConfigDict, graphdef, state, mesh, split: str,
                  num_utterances: int, batch_size: int = 8
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -203,23 +218,13 @@ def level_tokens(config: ml_collections.ConfigDict, graphdef, state, mesh, split
   model = eval_model(graphdef, state)
   rate, hop = config.data.sample_rate, model.hop
   utterances = splits.aligned_speech(config, split, num_utterances)
-  # one padded length for all: one compiled encoder (zeros after the end do not reach
-  # back in a causal codec; in a centred one they touch the last half-window only)
-  length = audio_codec.num_frames(max(len(u["audio"]) for u in utterances), hop) * hop
-  replicated = NamedSharding(mesh, P())
-  codes, labels = [], []
-  for start in range(0, len(utterances), batch_size):
-    part = utterances[start:start + batch_size]
-    batch = np.zeros((batch_size, length), np.float32)
-    for i, u in enumerate(part):
-      batch[i, :len(u["audio"])] = u["audio"]
-    indices = parallel.to_host(encode_audio(state, parallel.put(batch, replicated),
-                                            graphdef=graphdef))
-    for i, u in enumerate(part):
-      frames = audio_codec.num_frames(len(u["audio"]), hop)
-      codes.append(indices[i, :frames])
-      labels.append(speech.frame_labels(u["phoneme_starts"], u["phoneme_ids"], frames,
-                                        hop / rate, rate, centre=0.5))
+  waves = [u["audio"] for u in utterances]
+  codes = []
+  for part, audio in _whole_utterance_batches(waves, hop, batch_size, mesh):
+    indices = parallel.to_host(encode_audio(state, audio, graphdef=graphdef))
+    codes.extend(indices[i, :audio_codec.num_frames(len(w), hop)] for i, w in enumerate(part))
+  labels = [speech.frame_labels(u["phoneme_starts"], u["phoneme_ids"], len(c), hop / rate,
+                                rate, centre=0.5) for u, c in zip(utterances, codes)]
   return codes, labels
 
 
@@ -228,8 +233,8 @@ def evaluate_phoneme_probes(config: ml_collections.ConfigDict, graphdef, state, 
   """Frame phone error rate of a probe on each level's frozen tokens alone
   (`phone_error@level{l}`), fitted on `eval.probe_utterances` espeak-ng training
   utterances and scored on the held-out synth_test split (`eval.probe_held_out` of it, 0:
-  all); `phone_error@majority` is the
-  floor of a probe that always names the commonest phoneme."""
+  all); `phone_error@majority` is the floor of a probe that always names the commonest
+  phoneme."""
   e = config.eval
   if config.data.name != "vqlab_speech":
     print(f"phoneme probe: skipped, it needs the built-in speech's espeak-ng phonemes "
@@ -285,19 +290,9 @@ def evaluate_wer(config: ml_collections.ConfigDict, graphdef, state, mesh, *, sp
     return {}
   model = eval_model(graphdef, state)
   rate, levels = config.data.sample_rate, model.num_levels
-  # One padded length and batch for every utterance: one compiled reconstruction. Zeros
-  # after the end change nothing before it in a causal codec; in a centred one they
-  # touch the last half-window only.
-  length = audio_codec.num_frames(max(map(len, waves)), model.hop) * model.hop
   recognizer = speech_recognition.Recognizer()
   heard = {"original": [recognizer.transcribe(w, rate) for w in waves]}
-  replicated = NamedSharding(mesh, P())
-  for start in range(0, len(waves), batch_size):
-    part = waves[start:start + batch_size]
-    batch = np.zeros((batch_size, length), np.float32)
-    for i, w in enumerate(part):
-      batch[i, :len(w)] = w
-    audio = parallel.put(batch, replicated)
+  for part, audio in _whole_utterance_batches(waves, model.hop, batch_size, mesh):
     for n in range(1, levels + 1):
       recon, _ = reconstruct_audio(state, audio, jnp.int32(n), graphdef=graphdef)
       recon = parallel.to_host(recon)[..., 0]

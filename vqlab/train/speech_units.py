@@ -85,15 +85,15 @@ def _split_frames(config, split: str):
   return out
 
 
+_nearest = jax.jit(nearest_code)
+
+
 def assign(feats: np.ndarray, mean: np.ndarray, std: np.ndarray, centres: np.ndarray
            ) -> np.ndarray:
   """The unit (nearest centre) of each frame of raw features."""
   x = (feats - mean) / std
   idx, _ = _nearest(jnp.asarray(np.pad(x, ((0, -len(x) % 256), (0, 0)))), jnp.asarray(centres))
-  return np.asarray(idx)[:len(x)]
-
-
-_nearest = jax.jit(nearest_code)
+  return np.asarray(idx)[:len(x)]  # frames padded to a multiple of 256: few compiled shapes
 
 
 def _records(per_utterance: list[np.ndarray], length: int):
