@@ -9,7 +9,8 @@ one model. Trained on espeak-ng speech, evaluated
 on real recordings (vqlab_speech's test split). Variants:
 - `:encodec`: EnCodec's 24 kHz model (strides 2 4 5 8 -> 75 frames/s, 2-layer LSTM,
   32 base channels, 32 levels of 1,024 codes, discriminators from the start).
-- `:dac`: DAC-style factorized codes (8-dim l2-normalised lookups) and Snake activations.
+- `:dac`: DAC-style factorized codes (8-dim l2-normalised lookups), Snake activations, and
+  DAC's quantizer dropout on half of the examples.
 - `:semantic`: the first level distilled to carry what is said (SpeechTokenizer / Mimi):
   CTC of a linear phoneme head on level 1 against espeak-ng's phonemes of each crop,
   weight `loss.phoneme_ctc` (1.0: one choice, not tuned).
@@ -32,8 +33,9 @@ def get_config(arg: str | None = None):
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
   c.model = ml_collections.ConfigDict(dict(shape=dict(SHAPE)))
+  # quantizer_dropout: the share of examples that draw their depth (SoundStream 1.0, DAC 0.5)
   c.model.quantizer = quantizer_spec("rvq", codebook_size=1024, num_levels=8,
-                                     quantizer_dropout=True, codebook="ema", kmeans_init=True,
+                                     quantizer_dropout=1.0, codebook="ema", kmeans_init=True,
                                      dead_code_threshold=0.1, beta=1.0)
   c.data = ml_collections.ConfigDict(dict(
       name="vqlab_speech", data_dir="~/tensorflow_datasets", train_split="train",
@@ -77,7 +79,8 @@ def get_config(arg: str | None = None):
   if "dac" in args:
     c.model.shape.update(activation="snake")
     c.model.quantizer.args.update(code_dim=8, metric="cosine", codebook="learned",
-                                  kmeans_init=False, dead_code_threshold=0.0, beta=0.25)
+                                  kmeans_init=False, dead_code_threshold=0.0, beta=0.25,
+                                  quantizer_dropout=0.5)
   if "semantic" in args:
     c.loss.phoneme_ctc = 1.0
   if "runlocal" in args:

@@ -42,6 +42,18 @@ def test_quantizer_dropout_keeps_a_prefix_of_levels_per_example():
   assert (np.asarray(fixed.indices)[..., 2:] == -1).all()
 
 
+def test_quantizer_dropout_probability_keeps_every_level_for_the_rest():
+  """DAC's dropout: a fraction p of the examples draw their depth, the others keep all L."""
+  rvq = ResidualVQ(8, 32, 4, quantizer_dropout=0.5, rngs=nnx.Rngs(0))
+  n = np.asarray(rvq(_z(1, (4000, 8))).aux["num_levels"])
+  # all 4 levels: the 50% not dropped plus a quarter of the dropped ones (62.5%)
+  np.testing.assert_allclose(np.mean(n == 4), 0.5 + 0.5 / 4, atol=0.03)
+  for k in (1, 2, 3):
+    np.testing.assert_allclose(np.mean(n == k), 0.5 / 4, atol=0.03)
+  with pytest.raises(ValueError, match="quantizer_dropout: expected a probability"):
+    ResidualVQ(8, 32, 4, quantizer_dropout=1.5, rngs=nnx.Rngs(0))
+
+
 def test_straight_through_gradient_to_the_input_is_the_identity():
   """As in EnCodec the residual is not stopped: d(sum of levels)/dz = I, not L * I."""
   rvq = ResidualVQ(8, 32, 3, rngs=nnx.Rngs(0))

@@ -37,6 +37,7 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
   assert rows[1]["feature_loss"] > 0 and rows[1]["adversarial_loss"] > 0
   for r in rows:
     assert all(np.isfinite(v) for v in r.values()), r
+    assert 1 <= r["latent_rank"] <= config.model.shape.latent_dim  # each batch's latent
   semantic = config.loss.phoneme_ctc > 0
   assert all(("phoneme_ctc" in r) == semantic for r in rows)
   if semantic:  # CTC per phoneme starts near log(classes) and above

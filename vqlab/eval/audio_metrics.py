@@ -76,10 +76,11 @@ def level_usage(counts_lk: np.ndarray) -> dict[str, float]:
   return out
 
 
-def effective_rank(z: np.ndarray) -> float:
+def effective_rank(z: Array) -> Array:
   """exp(entropy) of the latent's PCA energy spectrum (Roy & Vetterli 2007): 1 when the
-  latent moves along one direction, the latent width when it uses all equally."""
-  z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
-  energy = np.linalg.svd(z - z.mean(axis=0), compute_uv=False) ** 2
-  p = energy / max(energy.sum(), 1e-30)
-  return float(np.exp(-np.sum(p * np.log(np.maximum(p, 1e-30)))))
+  latent moves along one direction, the latent width when it uses all equally. A scalar
+  array; jit-able, so a trainer can log it for every batch."""
+  z = jnp.asarray(z, jnp.float32).reshape(-1, z.shape[-1])
+  energy = jnp.square(jnp.linalg.svd(z - z.mean(axis=0), compute_uv=False))
+  p = energy / jnp.maximum(energy.sum(), 1e-30)
+  return jnp.exp(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30))))

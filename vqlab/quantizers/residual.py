@@ -5,7 +5,9 @@
   model for many bitrates: each example keeps a uniformly drawn number of levels in
   [1, L] (SoundStream), and `aux["num_levels"]` says how many. As in EnCodec's code the
   residual is not stopped, so the straight-through gradient to the input is the identity
-  (not L times it).
+  (not L times it). DAC (Kumar et al. 2023, https://arxiv.org/abs/2306.06546, sec. 3.2)
+  drops levels for only a fraction of the examples (0.5): `quantizer_dropout` is that
+  probability (True = 1.0, SoundStream's), the other examples use every level.
 - Grouped / product (e.g. HiFi-Codec's grouped residual VQ, Yang et al. 2023,
   https://arxiv.org/abs/2305.02765): the channels split into groups, each quantized
   by its own quantizer; indices get a group axis.
@@ -47,12 +49,13 @@ class ResidualQuantizer(nnx.Module):
 
   scales: optional per-level divisors of the residual (scalar or per-axis), as in
     residual FSQ; level l sees residual / scale_l and contributes q_l * scale_l.
-  quantizer_dropout: train with a random number of levels per example (needs `rngs`).
+  quantizer_dropout: the probability (True = 1.0) that a training example keeps a uniformly
+    drawn number of levels instead of all (needs `rngs` when > 0).
   Input (B, ..., dim); dropout draws along the leading axis.
   """
 
   def __init__(self, levels: Sequence[nnx.Module], *, scales: Sequence | None = None,
-               quantizer_dropout: bool = False, rngs: nnx.Rngs | None = None):
+               quantizer_dropout: float = 0.0, rngs: nnx.Rngs | None = None):
     if not levels:
       raise ValueError("levels: expected at least one quantizer, got none")
     dims = {q.dim for q in levels}
@@ -60,6 +63,10 @@ class ResidualQuantizer(nnx.Module):
       raise ValueError(f"levels: expected quantizers of one input dim, got dims {sorted(dims)}")
     if scales is not None and len(scales) != len(levels):
       raise ValueError(f"scales: expected {len(levels)} entries, got {len(scales)}")
+    quantizer_dropout = float(quantizer_dropout)
+    if not 0.0 <= quantizer_dropout <= 1.0:
+      raise ValueError(f"quantizer_dropout: expected a probability in [0, 1] (or a bool), "
+                       f"got {quantizer_dropout}")
     if quantizer_dropout and rngs is None:
       raise ValueError("rngs: quantizer_dropout needs an nnx.Rngs, got None")
     self.levels = nnx.List(levels)
@@ -103,8 +110,12 @@ class ResidualQuantizer(nnx.Module):
     lead = z.shape[:-1]
     if num_levels is None:
       if self.quantizer_dropout and not self.deterministic:
-        num_levels = jax.random.randint(self.rngs.quantizer(), (lead[0],), 1,
-                                        self.num_levels + 1)
+        key = self.rngs.quantizer()
+        num_levels = jax.random.randint(key, (lead[0],), 1, self.num_levels + 1)
+        if self.quantizer_dropout < 1.0:
+          dropped = jax.random.bernoulli(jax.random.fold_in(key, 1), self.quantizer_dropout,
+                                         (lead[0],))
+          num_levels = jnp.where(dropped, num_levels, self.num_levels)
       else:
         num_levels = self.num_levels
     n_b = jnp.broadcast_to(jnp.asarray(num_levels, jnp.int32), (lead[0],))
@@ -202,7 +213,7 @@ class ResidualVQ(ResidualQuantizer):
   """Residual VQ (SoundStream / EnCodec). `vq_kwargs` go to every `VectorQuantizer`."""
 
   def __init__(self, dim: int, codebook_size: int, num_levels: int, *,
-               shared_codebook: bool = False, quantizer_dropout: bool = False,
+               shared_codebook: bool = False, quantizer_dropout: float = 0.0,
                rngs: nnx.Rngs, **vq_kwargs):
     num_levels = as_int("num_levels", num_levels)
     if shared_codebook:
@@ -229,7 +240,7 @@ class GroupedResidualVQ(GroupedQuantizer):
   """Grouped residual VQ (HiFi-Codec): indices (..., groups, num_levels)."""
 
   def __init__(self, dim: int, codebook_size: int, groups: int, num_levels: int, *,
-               shared_codebook: bool = False, quantizer_dropout: bool = False,
+               shared_codebook: bool = False, quantizer_dropout: float = 0.0,
                rngs: nnx.Rngs, **vq_kwargs):
     groups = as_int("groups", groups)
     if dim % groups:
@@ -244,7 +255,7 @@ class ResidualFSQ(ResidualQuantizer):
   """Residual FSQ: symmetric hard-clamped FSQ at every level, level l at scale levels^-l."""
 
   def __init__(self, levels: Sequence[int], num_levels: int, *, dim: int | None = None,
-               quantizer_dropout: bool = False, rngs: nnx.Rngs | None = None):
+               quantizer_dropout: float = 0.0, rngs: nnx.Rngs | None = None):
     """`dim`, when given, must be len(levels): residual FSQ works in its code axes."""
     levels = check_levels(levels, symmetric=True)
     if dim is not None and dim != len(levels):

@@ -142,8 +142,12 @@ def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool):
   frozen_disc = lambda y: nnx.merge(disc_graph, disc_state, copy=True)(y)
 
   def generator_loss(model):
-    recon, q = model(x)
+    z = model.encoder(model.pad(x))
+    q = model.quantize(z)
+    recon = model.decoder(q.quantized)[:, :x.shape[1]]
     terms = reconstruction_terms(x, recon, loss)
+    # how many directions the latent uses: a collapsing encoder shows here first
+    terms["latent_rank"] = jax.lax.stop_gradient(audio_metrics.effective_rank(z))
     total = (loss.wave_l1 * terms["wave_l1"] + loss.mel * terms["mel_loss"]
              + loss.stft * terms.get("stft_loss", 0.0) + loss.quantizer * q.loss)
     terms.update(quantizer_loss=q.loss, **{f"q/{k}": v for k, v in q.metrics.items()})

@@ -179,7 +179,7 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   out = {k: float(np.mean(np.concatenate(v))) for k, v in sums.items()}
   out.update({f"latent_error@{n}": float(e / max(latent_variance, 1e-30))
               for n, e in enumerate(latent_errors, 1)})
-  out["latent_rank"] = audio_metrics.effective_rank(np.concatenate(latents))
+  out["latent_rank"] = float(audio_metrics.effective_rank(np.concatenate(latents)))
   out.update(audio_metrics.level_usage(counts))
   out["si_sdr"], out["mel_distance"] = out[f"si_sdr@{levels}"], out[f"mel_distance@{levels}"]
   out["bitrate@n"] = {n: b for n, b in audio_codec.bitrate_table(model)}
