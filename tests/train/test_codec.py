@@ -51,6 +51,7 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
     assert 0 < summary[f"level{n - 1}/usage"] <= 1
   # the bottleneck diagnostics: the unquantized latent decoded, what each depth misses
   assert np.isfinite(summary["mel_distance@unquantized"])
+  assert np.isfinite(summary["mel_distance@top_direction"])
   assert 1 <= summary["latent_rank"] <= config.model.shape.latent_dim
   missed = [summary[f"latent_error@{n}"] for n in range(1, levels + 1)]
   # finite and >= 0, not < 1: at initialisation a factorized quantizer's untrained
@@ -226,10 +227,20 @@ def test_latent_ladder_measures_what_each_depth_misses(speech_chain):
   _, graphdef, state, _ = runs.restore(workdir)
   model = runs.eval_model(graphdef, state)
   audio = jnp.asarray(np.random.default_rng(1).normal(0, 0.1, (2, 8000)), jnp.float32)
-  recon, z, errors, variance = evaluators.latent_ladder(state, audio, graphdef=graphdef)
+  recon, z, errors, variance, one_direction = evaluators.latent_ladder(state, audio,
+                                                                       graphdef=graphdef)
   z_direct = model.encoder(model.pad(audio))
   np.testing.assert_allclose(z, z_direct, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(recon, model.decoder(z_direct)[:, :8000], rtol=1e-4, atol=1e-5)
+  # the top principal direction by numpy's PCA of the batch's frames (its sign is free)
+  frames = np.asarray(z_direct, np.float64).reshape(-1, z_direct.shape[-1])
+  mean = frames.mean(axis=0)
+  _, singular, directions = np.linalg.svd(frames - mean, full_matrices=False)
+  assert singular[0] > 1.5 * singular[1]  # a well-defined top direction (here ~5x)
+  top = directions[0]
+  on_top = (mean + np.outer((frames - mean) @ top, top)).reshape(z_direct.shape)
+  expected = model.decoder(jnp.asarray(on_top, jnp.float32))[:, :8000]
+  np.testing.assert_allclose(one_direction, expected, rtol=1e-3, atol=1e-4)
   centred = np.sum(np.square(z_direct - z_direct.mean(axis=(0, 1))))
   np.testing.assert_allclose(variance, centred, rtol=1e-4)
   for n in range(1, model.num_levels + 1):

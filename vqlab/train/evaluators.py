@@ -67,15 +67,21 @@ def latent_ladder(state, audio, *, graphdef):
   """Where a codec's bottleneck is: the reconstruction from the encoder's latent with no
   quantization (the ceiling any number of levels approaches), and per number of levels n
   the squared error of the quantized latent summed over the batch, with the latent's
-  total variance (their ratio is the share of the latent the first n levels miss)."""
+  total variance (their ratio is the share of the latent the first n levels miss); and
+  the reconstruction from the latent cut to its top principal direction (over the
+  batch's frames): when it matches the unquantized one, the decoder reads one scalar per
+  frame and no number of levels can add anything."""
   model = eval_model(graphdef, state)
   length = audio.shape[1]
   z = model.encoder(model.pad(audio)).astype(jnp.float32)
   recon = model.decoder(z)[:, :length]
   errors = jnp.stack([jnp.sum(jnp.square(z - model.quantize(z, n).quantized))
                       for n in range(1, model.num_levels + 1)])
-  variance = jnp.sum(jnp.square(z - jnp.mean(z, axis=(0, 1))))
-  return recon, z, errors, variance
+  mean = jnp.mean(z, axis=(0, 1))
+  variance = jnp.sum(jnp.square(z - mean))
+  top = jnp.linalg.svd((z - mean).reshape(-1, z.shape[-1]), full_matrices=False)[2][0]
+  on_top = mean + jnp.einsum("bfd,d->bf", z - mean, top)[..., None] * top
+  return recon, z, errors, variance, model.decoder(on_top)[:, :length]
 
 
 @jax.jit
@@ -153,12 +159,15 @@ def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, 
   latent_errors, latent_variance, latents = np.zeros(levels), 0.0, []
   for audio in _batches(config, split, num_examples, mesh, "audio", splits.audio_split):
     x = parallel.to_host(audio)
-    unquantized, z, errors, variance = latent_ladder(state, audio, graphdef=graphdef)
+    unquantized, z, errors, variance, one_direction = latent_ladder(state, audio,
+                                                                    graphdef=graphdef)
     u = parallel.to_host(unquantized)
     latents.append(parallel.to_host(z))
     sums.setdefault("si_sdr@unquantized", []).append(np.asarray(audio_metrics.si_sdr(u, x)))
     sums.setdefault("mel_distance@unquantized", []).append(
         np.asarray(audio_metrics.mel_distance(u, x, rate)))
+    sums.setdefault("mel_distance@top_direction", []).append(np.asarray(
+        audio_metrics.mel_distance(parallel.to_host(one_direction), x, rate)))
     latent_errors += np.asarray(parallel.to_host(errors), np.float64)
     latent_variance += float(parallel.to_host(variance))
     for n in range(1, levels + 1):
@@ -320,6 +329,10 @@ def describe_audio(r: dict[str, Any]) -> str:
     missed = ", ".join(f"{r[f'latent_error@{n}']:.1%}" for n in range(1, r["levels"] + 1))
     rows.append(f"  share of the latent's variance the first 1 .. {r['levels']} levels miss: "
                 f"{missed}")
+    if "mel_distance@top_direction" in r:
+      rows.append(f"  the latent cut to its top principal direction: mel distance "
+                  f"{r['mel_distance@top_direction']:.3f} (close to the unquantized one: the "
+                  f"decoder reads one scalar per frame)")
   rows.append(f"  code usage per level ({r['codebook_size']} codes): {usage} "
               f"({r['examples']} clips, {r['frame_rate']:g} frames/s)")
   if "wer_original" in r:
