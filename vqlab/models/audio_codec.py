@@ -114,9 +114,16 @@ class AudioCodec(nnx.Module):
   def __call__(self, wav: Array, num_levels: int | Array | None = None
                ) -> tuple[Array, QuantizerOutput]:
     """Reconstruction (B, T, C) trimmed to the input length, and the quantizer output."""
+    recon, q, _ = self.reconstruct(wav, num_levels)
+    return recon, q
+
+  def reconstruct(self, wav: Array, num_levels: int | Array | None = None
+                  ) -> tuple[Array, QuantizerOutput, Array]:
+    """`self(wav, num_levels)` and the encoder's latent (B, F, latent_dim) it quantized."""
     length = self._as_btc(wav).shape[1]
-    q = self.encode(wav, num_levels)
-    return self.decoder(q.quantized)[:, :length], q
+    z = self.encoder(self.pad(wav))
+    q = self.quantize(z, num_levels)
+    return self.decoder(q.quantized)[:, :length], q, z
 
   # ------------------------------------------------------------------ streaming
   def _check_streaming(self) -> None:

@@ -142,9 +142,7 @@ def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool):
   frozen_disc = lambda y: nnx.merge(disc_graph, disc_state, copy=True)(y)
 
   def generator_loss(model):
-    z = model.encoder(model.pad(x))
-    q = model.quantize(z)
-    recon = model.decoder(q.quantized)[:, :x.shape[1]]
+    recon, q, z = model.reconstruct(x)
     terms = reconstruction_terms(x, recon, loss)
     # how many directions the latent uses: a collapsing encoder shows here first
     terms["latent_rank"] = jax.lax.stop_gradient(audio_metrics.effective_rank(z))

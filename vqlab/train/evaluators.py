@@ -331,8 +331,8 @@ def describe_audio(r: dict[str, Any]) -> str:
                 f"{missed}")
     if "mel_distance@top_direction" in r:
       rows.append(f"  the latent cut to its top principal direction: mel distance "
-                  f"{r['mel_distance@top_direction']:.3f} (close to the unquantized one: the "
-                  f"decoder reads one scalar per frame)")
+                  f"{r['mel_distance@top_direction']:.3f} (if it matches the unquantized one, "
+                  f"the decoder reads one scalar per frame)")
   rows.append(f"  code usage per level ({r['codebook_size']} codes): {usage} "
               f"({r['examples']} clips, {r['frame_rate']:g} frames/s)")
   if "wer_original" in r:
