@@ -60,6 +60,7 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
       steps=100_000, batch_size=32, lr=1e-4, disc_lr=1e-4, b1=0.5, b2=0.9,
       weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0,
       ema_decay=0.0,  # 0: no EMA of the generator
+      compute_dtype="float32",  # or "bfloat16": float32 parameters, bf16 matmuls / convs
       # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
       # (stopping after max_skips in a row)
       nonfinite="stop", max_skips=20))
@@ -112,6 +113,7 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=256, lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_steps=0, schedule="constant", grad_clip=1.0, label_dropout=0.1, ema_decay=0.0,
+      compute_dtype="float32",  # or "bfloat16": float32 parameters, bf16 matmuls
       # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
       # (stopping after max_skips in a row)
       nonfinite="stop", max_skips=20))

@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=32))  # conv channels of the autoencoder
   c.train = ml_collections.ConfigDict(dict(
       steps=300, batch_size=32, lr=2e-3,  # plain Adam
+      compute_dtype="float32",  # or "bfloat16" (the quantizers stay float32)
       # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
       # (stopping after max_skips in a row)
       nonfinite="stop", max_skips=20))

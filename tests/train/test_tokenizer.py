@@ -20,7 +20,7 @@ from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin, tokens
 from vqlab.data.pipeline import iterate
-from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval
+from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
 # The f16 config's runlocal trains for minutes: CI's slow step (the default-suite budget)
@@ -104,7 +104,7 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
   whole = read_jsonl(str(tmp_path / "whole" / "metrics.jsonl"))
   parts = read_jsonl(str(tmp_path / "parts" / "metrics.jsonl"))
   assert [r["step"] for r in parts] == [1, 2, 3, 4]
-  drop = lambda r: {k: v for k, v in r.items() if k != "steps_per_second"}
+  drop = utilisation.without_timing
   assert [drop(r) for r in whole] == [drop(r) for r in parts]
   (s1, a), (s2, b) = _final_params(str(tmp_path / "whole")), _final_params(str(tmp_path / "parts"))
   assert s1 == s2 == 4

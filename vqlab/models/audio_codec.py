@@ -108,7 +108,7 @@ class AudioCodec(nnx.Module):
              num_levels: int | None = None) -> Array:
     """Indices (B, F, levels) -> waveform (B, length or F hop, C)."""
     kw = {} if num_levels is None else {"num_levels": num_levels}
-    wav = self.decoder(self.quantizer.decode(indices, **kw))
+    wav = self.decoder(self.quantizer.decode(indices, **kw)).astype(jnp.float32)
     return wav if length is None else wav[:, :length]
 
   def __call__(self, wav: Array, num_levels: int | Array | None = None
@@ -123,7 +123,7 @@ class AudioCodec(nnx.Module):
     length = self._as_btc(wav).shape[1]
     z = self.encoder(self.pad(wav))
     q = self.quantize(z, num_levels)
-    return self.decoder(q.quantized)[:, :length], q, z
+    return self.decoder(q.quantized)[:, :length].astype(jnp.float32), q, z
 
   # ------------------------------------------------------------------ streaming
   def _check_streaming(self) -> None:

@@ -40,7 +40,7 @@ class ConvAutoencoder(nnx.Module):
     h = nnx.swish(self.from_latent(z))
     for layer in self.decoder:
       h = nnx.swish(layer(h))
-    return self.to_image(h)
+    return self.to_image(h).astype(jnp.float32)  # float32 whatever the compute dtype
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, QuantizerOutput]:
     q = self.quantizer(self.encode(x))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from vqlab.models import vit_vqgan, vqgan
@@ -49,8 +50,8 @@ class ImageTokenizer(nnx.Module):
     return self.quantizer(self.encoder(x))
 
   def decode(self, indices: Array) -> Array:
-    """Indices as `encode` gives them -> images."""
-    return self.decoder(self.quantizer.decode(indices))
+    """Indices as `encode` gives them -> images (float32 whatever the compute dtype)."""
+    return self.decoder(self.quantizer.decode(indices)).astype(jnp.float32)
 
   def features(self, x: Array) -> tuple[Array, QuantizerOutput]:
     """The decoder's features before its last layer, and the quantizer output: the
@@ -60,7 +61,7 @@ class ImageTokenizer(nnx.Module):
 
   def __call__(self, x: Array) -> tuple[Array, QuantizerOutput]:
     q = self.encode(x)
-    return self.decoder(q.quantized), q
+    return self.decoder(q.quantized).astype(jnp.float32), q
 
 
 def make_shape(arch: str, shape: Mapping[str, Any]):

@@ -95,7 +95,9 @@ class AttnBlock(nnx.Module):
     b, h, w, c = x.shape
     y = self.norm(x)
     q, k, v = (f(y).reshape(b, h * w, c) for f in (self.q, self.k, self.v))
-    attn = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) * c**-0.5, axis=-1)
+    # Logits and softmax in float32 whatever the compute dtype.
+    logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
+    attn = jax.nn.softmax(logits * c**-0.5, axis=-1).astype(v.dtype)
     return x + self.proj(jnp.einsum("bqk,bkc->bqc", attn, v).reshape(b, h, w, c))
 
 

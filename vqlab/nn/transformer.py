@@ -181,7 +181,8 @@ class Attention(nnx.Module):
       k_levels = jax.lax.dynamic_update_slice(cl, levels.astype(jnp.int32), (0, offset))
       cache = (k, v, k_levels)
     logit_scale = 1.0 if self.qk_norm == "l2" else self.head_dim ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32)
     logits = jnp.where(attention_mask(levels, k_levels), logits * logit_scale, -1e30)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, -1)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vqlab.nn.precision import float32_softmax_attention
 from vqlab.nn.transformer import linear
 
 Array = jax.Array
@@ -50,7 +51,8 @@ class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp_ratio: int = 4, *, rngs: nnx.Rngs):
     self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs,
+                                       attention_fn=float32_softmax_attention)
     self.norm2 = nnx.LayerNorm(width, rngs=rngs)
     self.up = linear(width, mlp_ratio * width, ("embed", "mlp"), rngs)
     self.down = linear(mlp_ratio * width, width, ("mlp", "embed"), rngs)

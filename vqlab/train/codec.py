@@ -40,6 +40,7 @@ from vqlab.eval import audio_metrics
 from vqlab.losses import semantic, spectral
 from vqlab.models import audio_codec
 from vqlab.models import audio_discriminators as discs
+from vqlab.nn import precision
 from vqlab.quantizers import factory
 from vqlab.train import evaluators, loop
 from vqlab.train.common import make_optimizer, save_audio
@@ -114,6 +115,8 @@ def build_discriminator(config: ml_collections.ConfigDict) -> discs.AudioDiscrim
 def init_state(config: ml_collections.ConfigDict):
   """(graphdef, {"nnx": codec, discriminators and both optimizers})."""
   model, disc = build_model(config, config.seed), build_discriminator(config)
+  for module in (model, disc):
+    precision.set_compute_dtype(module, config.train.compute_dtype)
   opt_g = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=nnx.Param)
   opt_d = nnx.Optimizer(disc, make_optimizer(config, config.train.disc_lr), wrt=nnx.Param)
   graphdef, state = nnx.split((model, disc, opt_g, opt_d))
@@ -213,6 +216,10 @@ class CodecJob(evaluators.TokenizerJob):
 
   def variant(self, step):
     return uses_gan(self.config, step)
+
+  def units(self, batch):
+    audio = batch["audio"]
+    return {"audio_seconds": audio.shape[0] * audio.shape[1] / self.config.data.sample_rate}
 
   def abstract_batch(self):
     c = self.config

@@ -40,6 +40,7 @@ from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, inception
 from vqlab.models import sampling
 from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator,
                                      NextScaleGenerator, NextTokenGenerator, drop_labels)
+from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (ema_update, make_optimizer, save_audio, save_image_grid,
@@ -129,7 +130,7 @@ def init_state(config: ml_collections.ConfigDict, tok=None, meta: dict | None = 
   those of `config.tokenizer_workdir` and `config.tokens_dir`)."""
   tok = runs.load_token_model(config.tokenizer_workdir) if tok is None else tok
   meta = TokenSource(config.tokens_dir).meta if meta is None else meta
-  model = build_model(config, tok, meta)
+  model = precision.set_compute_dtype(build_model(config, tok, meta), config.train.compute_dtype)
   optimizer = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=nnx.Param)
   graphdef, nnx_state = nnx.split((model, optimizer))
   ema = (jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if config.train.ema_decay
@@ -271,6 +272,9 @@ class GeneratorJob(loop.Job):
 
   def step_args(self):
     return (self.q_state,)
+
+  def units(self, batch):
+    return {"tokens": batch["tokens"].size}
 
   def abstract_batch(self):
     example = FlatTokens().map(self.source[0])  # one example as the input pipeline gives it

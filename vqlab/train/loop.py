@@ -27,6 +27,8 @@ from tqdm import tqdm
 from vqlab import parallel
 from vqlab.checkpoint import CheckpointMismatch, Checkpointer
 from vqlab.data.pipeline import iterate
+from vqlab.nn import precision
+from vqlab.train import utilisation
 from vqlab.train.common import (MetricWriter, WorkdirLock, check_free_space, check_workdir,
                                 local_batch_size, read_jsonl)
 
@@ -259,10 +261,12 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
         start: int, total: int, ckpt: Checkpointer, writer: MetricWriter, log_every: int,
         checkpoint_every: int, periodic: Iterable[tuple[int, Callable[[dict, int], None]]] = (),
         postfix: Sequence[str] = ("loss",), nonfinite: str = "stop", max_skips: int = 20,
-        report: dict | None = None) -> dict:
+        report: dict | None = None, throughput: utilisation.Throughput | None = None) -> dict:
   """Steps start+1 .. total: `step_fn(state, batch, step)` -> (state, metrics); every
-  `log_every` the metrics (+ steps/s) go to the writer and the bar; each (every, fn) of
-  `periodic` runs fn(state, step); checkpoints every `checkpoint_every` and at the end.
+  `log_every` the metrics and the timing of `throughput` (steps/s, and the `perf/`
+  numbers step_fn feeds it) go to the writer and the bar; each (every, fn) of `periodic`
+  runs fn(state, step); checkpoints every `checkpoint_every` and at the end. The timing
+  leaves out periodic work and checkpoint writes: it is the steps' own.
 
   Non-finite steps (the `nonfinite` flag of `guard_nonfinite`, else the loss) are read at
   every log and save step: `nonfinite` "stop" ends the run at the first (`Diverged`),
@@ -272,14 +276,18 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
   The checkpointer is closed (async saves finished) whatever happens."""
   check_nonfinite_mode(nonfinite)
   health = _Health(nonfinite, max_skips)
-  window_start, window_steps, save_due = time.perf_counter(), 0, False
+  save_due = False
+  own_throughput = throughput is None
+  throughput = utilisation.Throughput() if own_throughput else throughput
+  throughput.restart()
   bar = tqdm(range(start, total), initial=start, total=total, desc="train",
              disable=jax.process_index() != 0, mininterval=2, dynamic_ncols=True)
   try:
     with _TermFlag() as term:
       for step in bar:
         state, metrics = step_fn(state, next(it), step)
-        window_steps += 1
+        if own_throughput:
+          throughput.add()
         done = step + 1
         health.add(done, metrics)
         stop = term.any_process()
@@ -290,11 +298,10 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
           health.check(ckpt)
         if log:
           scalars = {k: float(v) for k, v in metrics.items()}
-          now = time.perf_counter()
-          scalars["steps_per_second"] = window_steps / (now - window_start)
-          window_start, window_steps = now, 0
+          scalars.update(throughput.scalars())
           writer.write(done, scalars)
           bar.set_postfix({k: f"{scalars[k]:.4g}" for k in postfix if k in scalars})
+        aside = time.perf_counter()
         if not stop:
           for every, fn in periodic:
             if done % every == 0 or last:
@@ -305,6 +312,7 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
                   f"last {done - health.streak_from + 1} steps were skipped as non-finite)")
           ckpt.save(done, to_checkpoint(state), it.get_state())
           save_due = False
+        throughput.exclude(time.perf_counter() - aside)
         if stop:
           if jax.process_index() == 0:
             print(f"\nSIGTERM: step {done} finished and checkpointed; the same command "
@@ -380,6 +388,9 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   if t.steps < 1 or t.batch_size < 1:
     raise ValueError(f"train.steps, train.batch_size: expected >= 1, got {t.steps}, "
                      f"{t.batch_size}")
+  if t.compute_dtype not in precision.COMPUTE_DTYPES:
+    raise ValueError(f"train.compute_dtype: expected one of {precision.COMPUTE_DTYPES}, got "
+                     f"{t.compute_dtype!r}")
   if t.get("schedule") == "cosine" and t.warmup_steps >= t.steps:
     raise ValueError(f"train.warmup_steps: expected fewer than train.steps={t.steps} for "
                      f"the cosine schedule, got {t.warmup_steps}")
@@ -449,6 +460,11 @@ class Job:
     """One global batch as `jax.ShapeDtypeStruct`s on the batch sharding (dry runs)."""
     raise NotImplementedError
 
+  def units(self, batch: dict) -> dict[str, float]:
+    """What one global batch holds besides examples, for the throughput logs:
+    {"tokens": ...} or {"audio_seconds": ...}; logged as perf/<unit>_per_second."""
+    return {}
+
   def started(self, graphdef, state) -> None:
     """Once the state is placed (before resuming): a report for the console."""
 
@@ -486,7 +502,7 @@ def last_logged_step(workdir: str) -> dict[str, float]:
   """The train metrics of the last logged step in metrics.jsonl ({} without one)."""
   path = os.path.join(workdir, "metrics.jsonl")
   rows = [r for r in read_jsonl(path) if "loss" in r] if os.path.exists(path) else []
-  return {k: v for k, v in rows[-1].items() if k not in ("step", "steps_per_second")} \
+  return {k: v for k, v in utilisation.without_timing(rows[-1]).items() if k != "step"} \
       if rows else {}
 
 
@@ -501,11 +517,23 @@ def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
   steps, args = job.compile(graphdef, shardings), job.step_args()
   job.started(graphdef, state)
   data_sharding = parallel.batch_sharding(mesh)
+  peak, _ = utilisation.peak_flops(jax.devices()[0], config.train.compute_dtype)
+  throughput = utilisation.Throughput(peak, jax.device_count())
+  flops = {}  # per variant, from the first step that runs it
 
   def step_fn(state, batch, step):
     batch = {k: jax.make_array_from_process_local_data(data_sharding, v)
              for k, v in batch.items()}
-    state, job.last_metrics = steps[job.variant(step)](state, batch, *args)
+    variant = job.variant(step)
+    first = variant not in flops
+    if first:
+      flops[variant] = utilisation.step_flops(steps[variant], state, batch, *args)
+    state, job.last_metrics = steps[variant](state, batch, *args)
+    if first:  # this step compiled: its time is not the step's
+      jax.block_until_ready(state)
+      throughput.restart()
+    else:
+      throughput.add(flops[variant], config.train.batch_size, job.units(batch))
     return state, job.last_metrics
 
   ckpt = checkpointer(workdir, config.log.keep_checkpoints)
@@ -526,7 +554,8 @@ def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
               writer=job.writer, log_every=config.log.every,
               checkpoint_every=config.log.checkpoint_every, periodic=periodic,
               postfix=job.postfix, nonfinite=config.train.nonfinite,
-              max_skips=config.train.get("max_skips", 20), report=report)
+              max_skips=config.train.get("max_skips", 20), report=report,
+              throughput=throughput)
   summary = {"step": config.train.steps, **job.evaluate(graphdef, state)}
   if report["skipped_steps"]:
     summary["skipped_steps"] = report["skipped_steps"]

@@ -32,9 +32,10 @@ from PIL import Image
 from vqlab import parallel
 from vqlab.data.digits import load_mnist_digits, train_eval_split
 from vqlab.models.conv_autoencoder import ConvAutoencoder, image_to_unit
+from vqlab.nn import precision
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import MAX_TRACKED_CODES, usage_metrics
-from vqlab.train import loop, runs
+from vqlab.train import loop, runs, utilisation
 from vqlab.train.common import check_workdir, labeled_grid, read_jsonl, to_pixels
 
 
@@ -182,7 +183,8 @@ class QuantizerJob(loop.Job):
     self.train_images, self.eval_images = digits(self.config)
 
   def init_state(self):
-    model = build_model(self.config, self.name, self.config.seed)
+    model = precision.set_compute_dtype(build_model(self.config, self.name, self.config.seed),
+                                        self.config.train.compute_dtype)
     optimizer = nnx.Optimizer(model, optax.adam(self.config.train.lr), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     # unique buffers: the step donates its state
@@ -232,14 +234,13 @@ def train_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
 
 def speed(workdir: str, steps: int) -> dict[str, Any]:
-  """Steps/s and training seconds from the run's logged windows, leaving out the first
-  (it holds the compilation); and the logged history."""
+  """Steps/s and training seconds from the run's logged windows (the loop leaves the
+  compiling step out of them); and the logged history without its timing."""
   history = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  rates = [r["steps_per_second"] for r in history[1:]] or [history[0]["steps_per_second"]]
-  rate = float(np.mean(rates))
+  rates = [r["steps_per_second"] for r in history if "steps_per_second" in r]
+  rate = float(np.mean(rates)) if rates else float("nan")
   return {"train_seconds": steps / rate, "steps_per_second": rate,
-          "history": [{k: v for k, v in r.items() if k != "steps_per_second"}
-                      for r in history]}
+          "history": [utilisation.without_timing(r) for r in history]}
 
 
 def reconstruction_grid(models: dict[str, ConvAutoencoder], images: np.ndarray) -> Image.Image:

@@ -38,6 +38,7 @@ from vqlab.losses import adversarial
 from vqlab.losses.perceptual import LPIPS
 from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
+from vqlab.nn import precision
 from vqlab.quantizers import factory
 from vqlab.train import evaluators, loop
 from vqlab.train.common import (ema_update, make_optimizer, save_image_grid, to_pixels,
@@ -117,6 +118,8 @@ def init_state(config: ml_collections.ConfigDict):
   model = build_model(config, config.seed)
   disc = PatchGAN(model.channels, config.disc.width, config.disc.n_layers,
                   norm=config.disc.norm, rngs=nnx.Rngs(config.seed + 1))
+  for module in (model, disc):
+    precision.set_compute_dtype(module, config.train.compute_dtype)
   opt_g = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=nnx.Param)
   opt_d = nnx.Optimizer(disc, make_optimizer(config, config.train.disc_lr), wrt=nnx.Param)
   graphdef, nnx_state = nnx.split((model, disc, opt_g, opt_d))
@@ -139,7 +142,7 @@ def load_lpips(config: ml_collections.ConfigDict):
   lpips = LPIPS(nnx.Rngs(config.seed + 2))
   if config.loss.lpips_weights != "random":
     lpips.load_npz(config.loss.lpips_weights)
-  return nnx.split(lpips)
+  return nnx.split(precision.set_compute_dtype(lpips, config.train.compute_dtype))
 
 
 # ----------------------------------------------------------------------------- step
