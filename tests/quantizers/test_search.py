@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqlab.quantizers.search import block_shape, nearest_code, nearest_code_naive
+from vqlab.quantizers.search import (block_shape, first_argmin, nearest_code, nearest_code_naive,
+                                     squared_distances)
+from vqlab.quantizers.search_pallas import nearest_code_fused
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
@@ -67,3 +69,44 @@ def test_bad_shapes_name_the_argument():
     nearest_code(jnp.zeros((3, 4)), jnp.zeros((5, 4)), "manhattan")
   with pytest.raises(ValueError, match="block_size"):
     block_shape(10, 10, 0)
+
+
+def test_first_argmin_is_argmin_with_ties_to_the_first():
+  """Few distinct values: most rows hold their minimum many times, across groups."""
+  scores = jax.random.randint(jax.random.key(5), (300, 64 * 9), 0, 6).astype(jnp.float32)
+  best, idx = first_argmin(scores, group=64)
+  np.testing.assert_array_equal(idx, jnp.argmin(scores, -1))
+  np.testing.assert_array_equal(best, jnp.min(scores, -1))
+  _, idx = first_argmin(scores[:, :100], group=64)  # not a multiple: plain argmin
+  np.testing.assert_array_equal(idx, jnp.argmin(scores[:, :100], -1))
+
+
+@pytest.mark.parametrize("n,k,d", [(100, 300, 8), (257, 1000, 5), (64, 64, 32)])
+def test_fused_kernel_equals_naive_on_exact_arithmetic(n, k, d):
+  """Integer-valued inputs make every float32 distance exact in any summation order,
+  so the fused kernel (here interpreted on CPU) must return the naive search's indices
+  bit for bit, ties (there are many) to the lowest index; the tiles do not divide the
+  rows, the codes or (below 16, zero-padded) the dimension."""
+  kz, kc = jax.random.split(jax.random.key(n * k + d))
+  z = jax.random.randint(kz, (n, d), -2, 3).astype(jnp.float32)
+  c = jax.random.randint(kc, (k, d), -2, 3).astype(jnp.float32)
+  ref_idx, ref_dist = nearest_code_naive(z, c)
+  idx, dist = nearest_code_fused(z, c, bn=32, bk=64, interpret=True)
+  np.testing.assert_array_equal(idx, ref_idx)
+  np.testing.assert_array_equal(dist, ref_dist)
+  full = np.asarray(squared_distances(z, c))
+  ties = np.sum(full == full.min(1, keepdims=True), axis=1) > 1
+  assert ties.mean() > 0.05  # rows whose minimum is held by several codes
+
+
+def test_fused_kernel_through_nearest_code_with_cosine():
+  kz, kc = jax.random.split(jax.random.key(11))
+  z, c = jax.random.normal(kz, (200, 12)), jax.random.normal(kc, (700, 12))
+  idx, dist = nearest_code(z, c, "cosine", kernel="pallas")
+  ref_idx, ref_dist = nearest_code_naive(z, c, "cosine")
+  assert np.mean(np.asarray(idx) == np.asarray(ref_idx)) > 0.99  # near-ties may differ
+  np.testing.assert_allclose(dist, ref_dist, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="kernel: expected one of"):
+    nearest_code(z, c, kernel="triton")
+  with pytest.raises(ValueError, match="bk: expected a power of two"):
+    nearest_code_fused(z, c, bk=48, interpret=True)
