@@ -10,6 +10,11 @@
 2. Peak memory of the exact nearest-code search at K = 2^18, D = 16, N = 65,536 (XLA's
    compiled temp allocation, against the (N, K) float32 matrix a naive search needs),
    and its time.
+3. Exact nearest-code search, N = 65,536 rows, K in 2^13, 2^16, 2^18 codes, D in 8, 16,
+   32: vqlab's XLA kernel, the fused Pallas kernel (GPUs), FAISS's IndexFlatL2 (when
+   faiss-cpu is installed; CPU), each as seconds and as FLOP/s (2 N K D) against a
+   float32 matmul measured in the same run; on a GPU also how many indices the fused
+   kernel and XLA's disagree on (near-ties: two matmul kernels round differently).
 Prints markdown tables; the README quotes them.
 """
 
@@ -23,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from timing import median_time
+from timing import matmul_flops_per_second, median_time
 from vqlab.quantizers import BSQ, FSQ, LFQ, ResidualVQ, VectorQuantizer, nearest_code
+from vqlab.quantizers import search_pallas
 
 N, D, K = 65536, 32, 8192
 FSQ_LEVELS = [8, 8, 8, 4, 4]  # 8,192 codes
@@ -112,18 +118,65 @@ def search_memory(repeats: int) -> dict:
   z = jax.random.normal(jax.random.key(2), (n, d))
   c = jax.random.normal(jax.random.key(3), (k, d))
   compiled = jax.jit(nearest_code, static_argnames=("metric", "block_size")).lower(
-      z, c, block_size=2**22).compile()
+      z, c).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   seconds = median_time(lambda: jax.block_until_ready(compiled(z, c)), repeats)
   return {"temp_bytes": temp, "naive_bytes": n * k * 4, "seconds": seconds}
+
+
+def search_table(n: int, repeats: int) -> None:
+  """Section 3: one row per (K, D)."""
+  try:
+    import faiss
+  except ImportError:
+    faiss = None
+  gpu = search_pallas.available()
+  matmul = matmul_flops_per_second(repeats)
+  print(f"\n# Exact nearest-code search, N={n:,}; float32 matmul here: "
+        f"{matmul / 1e9:.0f} GFLOP/s\n")
+  cols = ["K", "D", "vqlab XLA s"] + (["vqlab fused (Pallas) s", "fused vs XLA",
+                                       "indices differing"] if gpu else [])
+  cols += ["FAISS s", "vqlab / FAISS time"] if faiss else []
+  cols += ["vqlab GFLOP/s", "% of matmul"]
+  print("| " + " | ".join(cols) + " |")
+  print("|" + "---|" * len(cols))
+  xla = jax.jit(nearest_code, static_argnames=("metric", "block_size", "kernel"))
+  for log_k in (13, 16, 18):
+    for d in (8, 16, 32):
+      k = 2**log_k
+      z = jax.random.normal(jax.random.key(4), (n, d))
+      c = jax.random.normal(jax.random.key(5), (k, d))
+      t_xla = median_time(lambda: jax.block_until_ready(xla(z, c, kernel="xla")), repeats)
+      best = t_xla
+      cells = [f"2^{log_k}", str(d), f"{t_xla:.3g}"]
+      if gpu:
+        t_fused = median_time(lambda: jax.block_until_ready(xla(z, c, kernel="pallas")),
+                              repeats)
+        best = min(best, t_fused)
+        differ = int(jnp.sum(xla(z, c, kernel="pallas")[0] != xla(z, c, kernel="xla")[0]))
+        cells += [f"{t_fused:.3g}", f"{t_xla / t_fused:.2f}x faster", str(differ)]
+      if faiss:
+        index = faiss.IndexFlatL2(d)
+        index.add(np.asarray(c))
+        zn = np.asarray(z)
+        t_faiss = median_time(lambda: index.search(zn, 1), repeats)
+        cells += [f"{t_faiss:.3g}", f"{best / t_faiss:.2f}"]
+      flops = 2 * n * k * d / best
+      cells += [f"{flops / 1e9:.0f}", f"{100 * flops / matmul:.0f}%"]
+      print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip-search", action="store_true")
+  parser.add_argument("--only-search", action="store_true", help="section 3 alone")
+  parser.add_argument("--search-rows", type=int, default=65536)
   args = parser.parse_args()
 
+  if args.only_search:
+    search_table(args.search_rows, args.repeats)
+    return
   z = np.random.default_rng(0).normal(size=(N // 1024, 1024, D)).astype(np.float32)
   print(f"# Quantizer forward+backward, N={N} vectors, D={D}, K={K}; "
         f"{jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores\n")
@@ -139,12 +192,14 @@ def main():
 
   if not args.skip_search:
     mem = search_memory(args.repeats)
-    print("\n# Exact nearest-code search, N=65,536, K=2^18, D=16 (block 2^22 distances)\n")
+    print("\n# Exact nearest-code search, N=65,536, K=2^18, D=16 (default block: 2^20 "
+          "distances)\n")
     print("| | bytes | time s |")
     print("|---|---:|---:|")
     print(f"| blocked search, XLA temp allocation | {mem['temp_bytes'] / 2**20:.0f} MiB | "
           f"{mem['seconds']:.3g} |")
     print(f"| naive (N, K) float32 distance matrix | {mem['naive_bytes'] / 2**30:.0f} GiB | - |")
+    search_table(args.search_rows, args.repeats)
 
 
 if __name__ == "__main__":

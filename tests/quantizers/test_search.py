@@ -7,6 +7,7 @@ import pytest
 
 from vqlab.quantizers.search import (block_shape, first_argmin, nearest_code, nearest_code_naive,
                                      squared_distances)
+from vqlab.quantizers import search_pallas
 from vqlab.quantizers.search_pallas import nearest_code_fused
 
 
@@ -81,17 +82,18 @@ def test_first_argmin_is_argmin_with_ties_to_the_first():
   np.testing.assert_array_equal(idx, jnp.argmin(scores[:, :100], -1))
 
 
+@pytest.mark.parametrize("interpret", [True] + ([False] if search_pallas.available() else []))
 @pytest.mark.parametrize("n,k,d", [(100, 300, 8), (257, 1000, 5), (64, 64, 32)])
-def test_fused_kernel_equals_naive_on_exact_arithmetic(n, k, d):
+def test_fused_kernel_equals_naive_on_exact_arithmetic(n, k, d, interpret):
   """Integer-valued inputs make every float32 distance exact in any summation order,
-  so the fused kernel (here interpreted on CPU) must return the naive search's indices
-  bit for bit, ties (there are many) to the lowest index; the tiles do not divide the
-  rows, the codes or (below 16, zero-padded) the dimension."""
+  so the fused kernel (interpreted on CPU; compiled too on a GPU) must return the naive
+  search's indices bit for bit, ties (there are many) to the lowest index; the tiles do
+  not divide the rows, the codes or (below 16, zero-padded) the dimension."""
   kz, kc = jax.random.split(jax.random.key(n * k + d))
   z = jax.random.randint(kz, (n, d), -2, 3).astype(jnp.float32)
   c = jax.random.randint(kc, (k, d), -2, 3).astype(jnp.float32)
   ref_idx, ref_dist = nearest_code_naive(z, c)
-  idx, dist = nearest_code_fused(z, c, bn=32, bk=64, interpret=True)
+  idx, dist = nearest_code_fused(z, c, bn=32, bk=64, interpret=interpret)
   np.testing.assert_array_equal(idx, ref_idx)
   np.testing.assert_array_equal(dist, ref_dist)
   full = np.asarray(squared_distances(z, c))

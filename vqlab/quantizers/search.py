@@ -26,7 +26,11 @@ from vqlab.quantizers.core import EXACT, l2_normalize
 
 Array = jax.Array
 
-DEFAULT_BLOCK_SIZE = 2**22  # distances held at once: 16 MiB of float32
+# Distances held at once: 4 MiB of float32, as 128 rows x 8,192 codes. Measured on a
+# 2-core x86 CPU (N = 8,192; K = 2^13, 2^16; D = 8, 16, 32): 64-256 rows x 8-16k codes
+# run 1.3-2.5x faster than 1,024 rows or 2^22 distances; 64-128 columns per argmin group.
+DEFAULT_BLOCK_SIZE = 2**20
+ROWS_PER_BLOCK = 128
 METRICS = ("l2", "cosine")
 KERNELS = ("auto", "xla", "pallas")
 
@@ -96,7 +100,7 @@ def block_shape(n: int, k: int, block_size: int) -> tuple[int, int]:
   """(rows, codes) per block, with rows * codes <= max(block_size, 1 row of 1 code)."""
   if block_size < 1:
     raise ValueError(f"block_size: expected a positive number of distances, got {block_size}")
-  bk = min(k, max(1, block_size // min(n, 256)))
+  bk = min(k, max(1, block_size // min(n, ROWS_PER_BLOCK)))
   bn = min(n, max(1, block_size // bk))
   return bn, bk
 
