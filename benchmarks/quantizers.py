@@ -166,14 +166,37 @@ def search_table(n: int, repeats: int) -> None:
       print("| " + " | ".join(cells) + " |", flush=True)
 
 
+def tune_fused(n: int, repeats: int) -> None:
+  """Tile shapes and warps of the fused kernel at K = 2^18, D = 16 (GPUs)."""
+  from vqlab.quantizers.search_pallas import nearest_code_fused
+  z = jax.random.normal(jax.random.key(4), (n, 16))
+  c = jax.random.normal(jax.random.key(5), (2**18, 16))
+  print(f"\n# Fused kernel tiles, N={n:,}, K=2^18, D=16\n\n| bn | bk | warps | stages | s |")
+  print("|---:|---:|---:|---:|---:|")
+  for bn in (32, 64, 128):
+    for bk in (64, 128, 256):
+      for warps in (4, 8):
+        for stages in (2, 3):
+          try:
+            t = median_time(lambda: jax.block_until_ready(nearest_code_fused(
+                z, c, bn=bn, bk=bk, num_warps=warps, num_stages=stages)), repeats)
+            print(f"| {bn} | {bk} | {warps} | {stages} | {t:.4g} |", flush=True)
+          except Exception as e:  # a tile that does not fit: say so, try the next
+            print(f"| {bn} | {bk} | {warps} | {stages} | {type(e).__name__} |", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip-search", action="store_true")
   parser.add_argument("--only-search", action="store_true", help="section 3 alone")
   parser.add_argument("--search-rows", type=int, default=65536)
+  parser.add_argument("--tune-fused", action="store_true", help="the fused kernel's tiles")
   args = parser.parse_args()
 
+  if args.tune_fused:
+    tune_fused(args.search_rows, args.repeats)
+    return
   if args.only_search:
     search_table(args.search_rows, args.repeats)
     return
