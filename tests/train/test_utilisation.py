@@ -40,6 +40,41 @@ def test_step_flops_counts_a_matmul_exactly():
   assert utilisation.step_flops(jax.jit(jnp.matmul), a, b) == 2 * 64 * 48 * 32
 
 
+def test_step_flops_of_a_training_step_are_the_analytic_ones():
+  """An MLP (B x i -> h -> o) and a conv layer, value and gradient w.r.t. the weights:
+  forward 2B(ih + ho); backward dW2, dh, dW1 (no gradient for the input) = 2B(2ho + ih).
+  The conv (NHWC, k x k, stride 1, SAME) costs 2 N H W k^2 Ci Co forward and the same
+  again for its kernel's gradient. A scan of 3 steps counts its body 3 times."""
+  b, i, h, o = 16, 24, 40, 8
+
+  def mlp(w, x):
+    return jnp.sum(jnp.tanh(x @ w["w1"]) @ w["w2"])
+  w = {"w1": jnp.ones((i, h)), "w2": jnp.ones((h, o))}
+  step = jax.jit(jax.value_and_grad(mlp))
+  assert utilisation.step_flops(step, w, jnp.ones((b, i))) == \
+      2 * b * (i * h + h * o) + 2 * b * (2 * h * o + i * h)
+
+  def conv(k, x):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(y ** 2)
+  n, hw, ks, ci, co = 2, 8, 3, 4, 6
+  forward = 2 * n * hw * hw * ks * ks * ci * co
+  got = utilisation.step_flops(jax.jit(jax.grad(conv)), jnp.ones((ks, ks, ci, co)),
+                               jnp.ones((n, hw, hw, ci)))
+  assert got == 2 * forward
+  strided = lambda k, x: jnp.sum(jax.lax.conv_general_dilated(
+      x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+  x = jnp.ones((n, hw, hw, ci))  # gradients for the input and the kernel: each = forward
+  got = utilisation.step_flops(jax.jit(jax.grad(strided, argnums=(0, 1))),
+                               jnp.ones((ks, ks, ci, co)), x)
+  assert got == 3 * forward / 4
+
+  def scanned(x):
+    return jax.lax.scan(lambda c, _: (c @ jnp.ones((i, i)), None), x, None, length=3)[0]
+  assert utilisation.step_flops(jax.jit(scanned), jnp.ones((b, i))) == 3 * 2 * b * i * i
+
+
 def test_peak_flops_from_the_table_or_a_measured_matmul():
   assert utilisation.peak_flops(FakeDevice("NVIDIA H100 80GB HBM3"), "bfloat16") == \
       (989e12, "datasheet")
