@@ -92,7 +92,7 @@ def generator_step(config, mesh, latent: int):
   state = parallel.put(state, shardings)
   c = config
   spec = generator.StepSpec(c.paradigm, c.model.num_classes, c.train.label_dropout,
-                            c.train.ema_decay)
+                            c.train.ema_decay, c.train.grad_accum_steps)
   from flax import nnx
   q_graphdef, q_state = nnx.split(tok.quantizer)
   fn = functools.partial(generator.train_step, graphdef=graphdef, quantizer_graphdef=q_graphdef,

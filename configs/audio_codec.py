@@ -32,6 +32,7 @@ def get_config(arg: str | None = None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
+  c.profile_steps = ()  # (first, last): a jax.profiler trace of those steps (TensorBoard)
   c.model = ml_collections.ConfigDict(dict(shape=dict(SHAPE)))
   # quantizer_dropout: the share of examples that draw their depth (SoundStream 1.0, DAC 0.5)
   c.model.quantizer = quantizer_spec("rvq", codebook_size=1024, num_levels=8,

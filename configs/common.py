@@ -47,6 +47,7 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
+  c.profile_steps = ()  # (first, last): a jax.profiler trace of those steps (TensorBoard)
   c.model = ml_collections.ConfigDict(dict(arch=arch, shape=shape))
   c.model.quantizer = quantizer
   c.data = ml_collections.ConfigDict(dict(
@@ -97,6 +98,7 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
+  c.profile_steps = ()  # (first, last): a jax.profiler trace of those steps (TensorBoard)
   c.paradigm = paradigm  # "raster" (next token), "var" (next scale), "maskgit" (masked)
   c.tokenizer_workdir = ""  # the tokenizer run: its decoder draws samples, VAR uses its quantizer
   c.tokens_dir = ""  # tokens exported from it: vqlab tokens --workdir ... --out ...
@@ -114,6 +116,8 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       steps=100_000, batch_size=256, lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_steps=0, schedule="constant", grad_clip=1.0, label_dropout=0.1, ema_decay=0.0,
       compute_dtype="float32",  # or "bfloat16": float32 parameters, bf16 matmuls
+      grad_accum_steps=1,  # micro-batches per step (a divisor of batch_size): their
+      # gradients summed give the large batch's, at one micro-batch's activation memory
       # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
       # (stopping after max_skips in a row)
       nonfinite="stop", max_skips=20))

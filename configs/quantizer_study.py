@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init, the train/eval split and the order of the training digits
   c.dry_run = False  # compile each quantizer's step, print memory and FLOPs, train nothing
+  c.profile_steps = ()  # (first, last): a jax.profiler trace of those steps (TensorBoard)
   c.quantizers = "vq_ste,vq_rotation,vq_ema_restart,simvq,fsq,lfq,bsq,rvq"  # names in q
   c.q = quantizer_specs()  # name -> quantizer spec (kind + every argument of every kind)
   c.model = ml_collections.ConfigDict(dict(

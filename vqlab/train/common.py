@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 from PIL import Image, ImageDraw
 
 
@@ -161,6 +162,46 @@ def local_batch_size(global_batch: int, mesh) -> int:
                      f"({shards}) and of the processes ({jax.process_count()}), got "
                      f"{global_batch}")
   return global_batch // jax.process_count()
+
+
+def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int):
+  """`nnx.value_and_grad(loss_fn, has_aux=True)(model, inputs)` over `micro_batches`
+  equal slices of the batch axis of `inputs`, one after another in a `lax.scan`: only one
+  slice's activations are alive at a time, the peak memory of a micro-batch step.
+
+  `loss_fn(model, slice) -> (loss, aux)` must return its slice's share of the whole
+  batch's loss (a sum over the slice's examples divided by a total over the batch), so
+  that the summed losses, aux values and gradients are the large-batch ones. The
+  model's other state (RNG streams, statistics) is carried from slice to slice."""
+  grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+  if micro_batches == 1:
+    return grad_fn(model, inputs)
+  rows = {k: v.shape[0] for k, v in inputs.items()}
+  if any(r % micro_batches for r in rows.values()):
+    raise ValueError(f"train.grad_accum_steps: expected a divisor of the batch {rows}, got "
+                     f"{micro_batches}")
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  # Slice i holds rows i, i + m, i + 2m, ...: with the batch split over devices in
+  # contiguous blocks, every slice has rows on every device (data parallelism holds).
+  slices = jax.tree.map(
+      lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), inputs)
+
+  def pure_loss(params, rest, piece):
+    m = nnx.merge(graphdef, params, rest)
+    loss, aux = loss_fn(m, piece)
+    return loss, (aux, nnx.state(m, nnx.Not(nnx.Param)))
+
+  def one(carry, piece):  # the parameters ride in the carry: scan traces them itself
+    total, params, rest = carry
+    (loss, (aux, rest)), grads = jax.value_and_grad(pure_loss, has_aux=True)(
+        params, rest, piece)
+    out = ((loss, aux), grads)
+    return (out if total is None else jax.tree.map(jnp.add, total, out), params, rest), None
+
+  carry, _ = one((None, params, rest), jax.tree.map(lambda x: x[0], slices))
+  (out, _, rest), _ = jax.lax.scan(one, carry, jax.tree.map(lambda x: x[1:], slices))
+  nnx.update(model, rest)
+  return out
 
 
 def ema_update(ema, params, decay: float):

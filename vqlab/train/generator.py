@@ -39,12 +39,13 @@ from vqlab.eval import inception
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, inception_score
 from vqlab.models import sampling
 from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator,
-                                     NextScaleGenerator, NextTokenGenerator, drop_labels)
+                                     NextScaleGenerator, NextTokenGenerator, delay_pattern,
+                                     drop_labels)
 from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import evaluators, loop, runs
-from vqlab.train.common import (ema_update, make_optimizer, save_audio, save_image_grid,
-                                to_pixels, to_unit)
+from vqlab.train.common import (accumulated_value_and_grad, ema_update, make_optimizer,
+                                save_audio, save_image_grid, to_pixels, to_unit)
 
 PARADIGMS = ("raster", "var", "maskgit", "delay")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -56,6 +57,7 @@ class StepSpec:
   num_classes: int
   label_dropout: float
   ema_decay: float
+  grad_accum_steps: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                        f"got {setting!r}")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
+  accum = config.train.grad_accum_steps
+  if accum < 1 or config.train.batch_size % accum:
+    raise ValueError(f"train.grad_accum_steps: expected a divisor of train.batch_size="
+                     f"{config.train.batch_size}, got {accum}")
   loop.check_train_config(config)
   if config.paradigm == "delay" and config.eval.inception:
     raise ValueError("eval.inception: gFID / IS are image metrics; expected '' for the "
@@ -142,12 +148,11 @@ def init_state(config: ml_collections.ConfigDict, tok=None, meta: dict | None = 
                     "rng": state["rng"]}
 
 
-def _cross_entropy(logits, targets, weights=None):
+def _cross_entropy(logits, targets, weights, total):
+  """(cross-entropy, accuracy) summed over the weighted targets and divided by `total`,
+  the weight of the whole batch: a micro-batch's share of the batch mean."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  if weights is None:
-    return jnp.mean(ce), jnp.mean(hit)
-  total = jnp.maximum(jnp.sum(weights), 1.0)
   return jnp.sum(ce * weights) / total, jnp.sum(hit * weights) / total
 
 
@@ -156,22 +161,35 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
   rng, k_labels, k_mask = jax.random.split(state["rng"], 3)
   tokens, labels = batch["tokens"], batch["label"]
   labels = drop_labels(labels, k_labels, spec.label_dropout, spec.num_classes)
+  # Everything random or batch-wide is drawn for the whole batch first, so that any
+  # number of micro-batches gives the large-batch loss and gradients.
+  inputs = {"tokens": tokens, "labels": labels}
   if spec.paradigm == "var":  # VAR's inputs: the tokenizer's frozen quantizer
-    features = nnx.merge(quantizer_graphdef, quantizer_state).teacher_forcing_input(tokens)
+    inputs["features"] = nnx.merge(quantizer_graphdef,
+                                   quantizer_state).teacher_forcing_input(tokens)
+  if spec.paradigm == "maskgit":
+    inputs["weights"] = sampling.random_mask(k_mask, *tokens.shape).astype(jnp.float32)
+  elif spec.paradigm == "delay":  # targets where the delay pattern holds a code
+    codes = tokens.reshape(tokens.shape[0], model.frames, model.levels)
+    inputs["weights"] = (delay_pattern(codes, model.pad_id) != model.pad_id).astype(jnp.float32)
+  else:
+    inputs["weights"] = jnp.ones(tokens.shape, jnp.float32)
+  total = jnp.maximum(jnp.sum(inputs["weights"]), 1.0)
 
-  def loss_fn(model):
+  def loss_fn(model, x):
     if spec.paradigm == "raster":
-      return _cross_entropy(model(tokens, labels), tokens)
+      return _cross_entropy(model(x["tokens"], x["labels"]), x["tokens"], x["weights"], total)
     if spec.paradigm == "var":
-      return _cross_entropy(model(labels, features), tokens)
-    if spec.paradigm == "delay":  # targets where the delay pattern holds a code
-      logits, pattern = model(tokens.reshape(tokens.shape[0], model.frames, model.levels), labels)
-      return _cross_entropy(logits, pattern, (pattern != model.pad_id).astype(jnp.float32))
-    mask = sampling.random_mask(k_mask, *tokens.shape)
-    logits = model(jnp.where(mask, model.mask_id, tokens), labels)
-    return _cross_entropy(logits, tokens, mask.astype(jnp.float32))
+      return _cross_entropy(model(x["labels"], x["features"]), x["tokens"], x["weights"], total)
+    if spec.paradigm == "delay":
+      codes = x["tokens"].reshape(x["tokens"].shape[0], model.frames, model.levels)
+      logits, pattern = model(codes, x["labels"])
+      return _cross_entropy(logits, pattern, x["weights"], total)
+    masked = jnp.where(x["weights"] > 0, model.mask_id, x["tokens"])
+    return _cross_entropy(model(masked, x["labels"]), x["tokens"], x["weights"], total)
 
-  (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  (loss, accuracy), grads = accumulated_value_and_grad(loss_fn, model, inputs,
+                                                       spec.grad_accum_steps)
   optimizer.update(model, grads)
   ema = ema_update(state["ema"], nnx.state(model, nnx.Param), spec.ema_decay)
   metrics = {"loss": loss, "bits_per_token": loss / math.log(2), "accuracy": accuracy,
@@ -265,7 +283,8 @@ class GeneratorJob(loop.Job):
 
   def compile(self, graphdef, shardings):
     c = self.config
-    spec = StepSpec(c.paradigm, c.model.num_classes, c.train.label_dropout, c.train.ema_decay)
+    spec = StepSpec(c.paradigm, c.model.num_classes, c.train.label_dropout, c.train.ema_decay,
+                    c.train.grad_accum_steps)
     fn = functools.partial(train_step, graphdef=graphdef, quantizer_graphdef=self.q_graphdef,
                            spec=spec)
     return {None: loop.jit_step(fn, c, shardings, self.mesh, num_args=1)}

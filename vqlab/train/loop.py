@@ -261,12 +261,14 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
         start: int, total: int, ckpt: Checkpointer, writer: MetricWriter, log_every: int,
         checkpoint_every: int, periodic: Iterable[tuple[int, Callable[[dict, int], None]]] = (),
         postfix: Sequence[str] = ("loss",), nonfinite: str = "stop", max_skips: int = 20,
-        report: dict | None = None, throughput: utilisation.Throughput | None = None) -> dict:
+        report: dict | None = None, throughput: utilisation.Throughput | None = None,
+        profile: tuple[int, int, str] | None = None) -> dict:
   """Steps start+1 .. total: `step_fn(state, batch, step)` -> (state, metrics); every
   `log_every` the metrics and the timing of `throughput` (steps/s, and the `perf/`
   numbers step_fn feeds it) go to the writer and the bar; each (every, fn) of `periodic`
   runs fn(state, step); checkpoints every `checkpoint_every` and at the end. The timing
-  leaves out periodic work and checkpoint writes: it is the steps' own.
+  leaves out periodic work and checkpoint writes: it is the steps' own. `profile` =
+  (first, last, directory): a `jax.profiler` trace of steps first .. last (1-based).
 
   Non-finite steps (the `nonfinite` flag of `guard_nonfinite`, else the loss) are read at
   every log and save step: `nonfinite` "stop" ends the run at the first (`Diverged`),
@@ -285,7 +287,14 @@ def run(state: dict, it, step_fn: Callable[[dict, Any, int], tuple[dict, dict]],
   try:
     with _TermFlag() as term:
       for step in bar:
+        if profile and step + 1 == profile[0]:
+          jax.profiler.start_trace(profile[2])
         state, metrics = step_fn(state, next(it), step)
+        if profile and step + 1 == profile[1]:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          print(f"\nwrote a profile of steps {profile[0]}..{profile[1]} to {profile[2]} "
+                f"(tensorboard --logdir {profile[2]})")
         if own_throughput:
           throughput.add()
         done = step + 1
@@ -388,6 +397,10 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   if t.steps < 1 or t.batch_size < 1:
     raise ValueError(f"train.steps, train.batch_size: expected >= 1, got {t.steps}, "
                      f"{t.batch_size}")
+  profile = config.get("profile_steps", ())
+  if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+    raise ValueError(f"profile_steps: expected (first, last) steps with 1 <= first <= last, "
+                     f"got {tuple(profile)}")
   if t.compute_dtype not in precision.COMPUTE_DTYPES:
     raise ValueError(f"train.compute_dtype: expected one of {precision.COMPUTE_DTYPES}, got "
                      f"{t.compute_dtype!r}")
@@ -555,7 +568,9 @@ def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
               checkpoint_every=config.log.checkpoint_every, periodic=periodic,
               postfix=job.postfix, nonfinite=config.train.nonfinite,
               max_skips=config.train.get("max_skips", 20), report=report,
-              throughput=throughput)
+              throughput=throughput,
+              profile=(*config.profile_steps, os.path.join(workdir, "profile"))
+              if config.get("profile_steps") else None)
   summary = {"step": config.train.steps, **job.evaluate(graphdef, state)}
   if report["skipped_steps"]:
     summary["skipped_steps"] = report["skipped_steps"]
