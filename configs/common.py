@@ -104,7 +104,8 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.tokens_dir = ""  # tokens exported from it: vqlab tokens --workdir ... --out ...
   c.model = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_ratio=4.0, norm="rms", mlp="swiglu", qk_norm="none",
-      adaln=False, qkv_bias=False, dropout=0.0, positions="rope2d", num_classes=1000))
+      adaln=False, qkv_bias=False, dropout=0.0, positions="rope2d", num_classes=1000,
+      remat="none"))  # "block" / "full": recompute each block's activations in backward
   if paradigm == "var":  # VAR's block: AdaLN, LayerNorm, GELU MLP, l2 QK-norm, q/v biases
     c.model.update(norm="layer", mlp="gelu", qk_norm="l2", adaln=True, qkv_bias=True,
                    positions="learned")

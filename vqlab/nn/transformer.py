@@ -24,6 +24,7 @@ Attention logits and softmax run in float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,12 @@ Array = jax.Array
 NORMS = ("rms", "layer")
 MLPS = ("swiglu", "gelu")
 QK_NORMS = ("none", "rms", "l2")
+# Activation rematerialisation per block (jax.checkpoint): "block" keeps the matmul
+# outputs and recomputes the rest (norms, activations, softmax); "full" keeps only each
+# block's input and recomputes the whole block in the backward pass.
+REMAT_POLICIES = {"none": None,
+                  "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 UNSEEN = jnp.iinfo(jnp.int32).max  # the level of an empty cache slot: no query sees it
 
 
@@ -48,10 +55,12 @@ class TransformerShape:
   adaln: bool = False       # condition every block on a vector (class embedding)
   qkv_bias: bool = False    # q and v biases, no k bias (VAR / BEiT: it cancels in softmax)
   dropout: float = 0.0
+  remat: str = "none"       # training: "block" / "full" recompute each block in backward
 
   def check(self) -> None:
     for name, value, allowed in (("norm", self.norm, NORMS), ("mlp", self.mlp, MLPS),
-                                 ("qk_norm", self.qk_norm, QK_NORMS)):
+                                 ("qk_norm", self.qk_norm, QK_NORMS),
+                                 ("remat", self.remat, tuple(REMAT_POLICIES))):
       if value not in allowed:
         raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
     if self.width % self.heads or (self.width // self.heads) % 2:
@@ -232,6 +241,24 @@ class Block(nnx.Module):
     return x + self.dropout(self.mlp(self.norm2(x))), cache
 
 
+def _checkpointed_block(block: Block, remat: str, x, levels, cond, angles) -> Array:
+  """`block(x, ...)` under `jax.checkpoint` with the remat policy; the block's state
+  updates (its dropout RNG streams, advanced only when dropout is on) are carried out
+  of the checkpoint."""
+  graphdef, state = nnx.split(block)
+
+  @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[remat])
+  def run(state, x, levels, cond, angles):
+    b = nnx.merge(graphdef, state)
+    out, _ = b(x, levels, cond, angles)
+    return out, nnx.state(b)
+
+  out, state = run(state, x, levels, cond, angles)
+  if block.dropout.rate > 0:
+    nnx.update(block, state)
+  return out
+
+
 class Transformer(nnx.Module):
   """Blocks + final norm (AdaLN-modulated when `adaln`). Embeddings and heads belong to
   the models."""
@@ -248,8 +275,12 @@ class Transformer(nnx.Module):
                angles: Array | None = None, cache: KVCache | None = None,
                offset: Array | int = 0) -> tuple[Array, KVCache | None]:
     new_k, new_v = [], []
+    remat = self.shape.remat != "none" and cache is None  # decoding keeps nothing for backward
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.levels)
+      if remat:
+        x = _checkpointed_block(block, self.shape.remat, x, levels, cond, angles)
+        continue
       x, layer_cache = block(x, levels, cond, angles, layer_cache, offset)
       if cache is not None:
         new_k.append(layer_cache[0])

@@ -186,16 +186,11 @@ def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int)
   slices = jax.tree.map(
       lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), inputs)
 
-  def pure_loss(params, rest, piece):
-    m = nnx.merge(graphdef, params, rest)
-    loss, aux = loss_fn(m, piece)
-    return loss, (aux, nnx.state(m, nnx.Not(nnx.Param)))
-
   def one(carry, piece):  # the parameters ride in the carry: scan traces them itself
     total, params, rest = carry
-    (loss, (aux, rest)), grads = jax.value_and_grad(pure_loss, has_aux=True)(
-        params, rest, piece)
-    out = ((loss, aux), grads)
+    m = nnx.merge(graphdef, params, rest)
+    out = grad_fn(m, piece)
+    rest = nnx.state(m, nnx.Not(nnx.Param))
     return (out if total is None else jax.tree.map(jnp.add, total, out), params, rest), None
 
   carry, _ = one((None, params, rest), jax.tree.map(lambda x: x[0], slices))
