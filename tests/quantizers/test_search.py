@@ -33,8 +33,9 @@ def test_ties_go_to_the_lowest_index_across_blocks():
 
 def test_block_shape_respects_the_budget():
   for n, k, budget in [(65536, 2**18, 2**22), (10, 10, 1), (1000, 7, 64)]:
-    bn, bk = block_shape(n, k, budget)
-    assert bn * bk <= max(budget, 1) and 1 <= bn <= n and 1 <= bk <= k
+    for platform in ("cpu", "gpu"):
+      bn, bk = block_shape(n, k, budget, platform)
+      assert bn * bk <= max(budget, 1) and 1 <= bn <= n and 1 <= bk <= k
 
 
 def test_bf16_input_gives_the_int32_indices_of_its_float32_value():
