@@ -47,17 +47,19 @@ def test_image_tokenizers_compute_in_bf16_close_to_float32(config):
                                                  rngs=nnx.Rngs(0)))
   size = f32.image_size
   x = jax.random.uniform(jax.random.key(1), (4, size, size, f32.channels), minval=-1, maxval=1)
-  z32, z16 = f32.encoder(x), bf16.encoder(x)
+  encode = nnx.jit(lambda m, x: m.encoder(x))
+  z32, z16 = encode(f32, x), encode(bf16, x)
   assert z16.dtype == jnp.bfloat16 and z32.dtype == jnp.float32
   assert rel_err(z16, z32) < 0.04
-  codes = f32.encode(x).indices
-  y32, y16 = f32.decode(codes), bf16.decode(codes)
+  codes = nnx.jit(lambda m, x: m.encode(x).indices)(f32, x)
+  decode = nnx.jit(lambda m, codes: m.decode(codes))
+  y32, y16 = decode(f32, codes), decode(bf16, codes)
   assert y16.dtype == jnp.float32  # outputs are float32 whatever the compute dtype
   assert rel_err(y16, y32) < 0.04
 
   def loss(model):  # decoder gradients from the same codes (squared error: L1's sign
     return jnp.mean(jnp.square(model.decode(codes) - x))  # flips where y ~ x)
-  g32, g16 = (nnx.grad(loss)(m) for m in (f32, bf16))
+  g32, g16 = (nnx.jit(nnx.grad(loss))(m) for m in (f32, bf16))
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(g16))  # float32 parameters
   assert cosine(g16, g32) > 0.99
 
@@ -67,11 +69,13 @@ def test_codec_computes_in_bf16_close_to_float32():
   f32, bf16 = pair(lambda: audio_codec.build(shape, "rvq", dict(codebook_size=16, num_levels=3),
                                              16000, rngs=nnx.Rngs(0)))
   wav = 0.1 * jax.random.normal(jax.random.key(1), (2, 800))
-  codes = f32.encode(wav).indices
-  y32, y16 = f32.decode(codes), bf16.decode(codes)
+  codes = nnx.jit(lambda m, w: m.encode(w).indices)(f32, wav)
+  decode = nnx.jit(lambda m, codes: m.decode(codes))
+  y32, y16 = decode(f32, codes), decode(bf16, codes)
   assert y16.dtype == jnp.float32 and rel_err(y16, y32) < 0.04
   loss = lambda m: jnp.mean(jnp.square(m.decode(codes, length=800)[..., 0] - wav))
-  assert cosine(nnx.grad(loss)(bf16), nnx.grad(loss)(f32)) > 0.99
+  grad = nnx.jit(nnx.grad(loss))
+  assert cosine(grad(bf16), grad(f32)) > 0.99
 
 
 def test_generator_computes_in_bf16_with_float32_logits():
@@ -80,14 +84,17 @@ def test_generator_computes_in_bf16_with_float32_logits():
                                               rngs=nnx.Rngs(0)))
   tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 64)
   labels = jnp.arange(4)
-  l32, l16 = f32(tokens, labels), bf16(tokens, labels)
+  logits = nnx.jit(lambda m: m(tokens, labels))
+  l32, l16 = logits(f32), logits(bf16)
   assert l16.dtype == jnp.float32 and rel_err(l16, l32) < 0.04
 
   def loss(model):
     logp = jax.nn.log_softmax(model(tokens, labels))
     return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
-  assert abs(loss(bf16) - loss(f32)) < 0.01 * loss(f32)
-  assert cosine(nnx.grad(loss)(bf16), nnx.grad(loss)(f32)) > 0.99
+  value_and_grad = nnx.jit(nnx.value_and_grad(loss))
+  (v16, g16), (v32, g32) = value_and_grad(bf16), value_and_grad(f32)
+  assert abs(v16 - v32) < 0.01 * v32
+  assert cosine(g16, g32) > 0.99
 
 
 def test_quantizers_stay_float32_inside_a_bf16_model():
