@@ -115,3 +115,14 @@ def test_a_bf16_run_learns_like_the_float32_run_and_logs_its_utilisation(tmp_pat
     assert 0 < r["perf/mfu"] <= 1
     assert r["perf/examples_per_second"] == pytest.approx(32 * r["steps_per_second"])
     assert np.isfinite(r["perf/flops_per_second"])
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
+  config = study_config.get_config("runlocal")
+  config.quantizers, config.profile_steps = "fsq", (2, 3)
+  quantizer_study.run(config, str(tmp_path))
+  traces = list((tmp_path / "fsq" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 1000
+  config.profile_steps = (3, 2)
+  with pytest.raises(ValueError, match="profile_steps: expected"):
+    quantizer_study.run(config, str(tmp_path / "bad"))
