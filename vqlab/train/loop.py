@@ -368,13 +368,11 @@ def abstract_state(init: Callable[[], tuple[Any, Any]], mesh, mesh_config):
 def dry_run(jitted: Callable, mesh, abstract, shardings, *other_args) -> dict:
   """Lower and compile a jitted step `(state, *other_args)` for the abstract state on
   `shardings`, run nothing; prints the placement and returns memory per device (XLA's
-  analysis) and FLOPs per step."""
+  analysis) and model FLOPs per step (the count the logs' MFU uses)."""
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        abstract, shardings)
   compiled = jitted.lower(state, *other_args).compile()
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  out = {"flops_per_step": float(cost.get("flops", float("nan")))}
+  out = {"flops_per_step": utilisation.step_flops(jitted, state, *other_args)}
   mem = compiled.memory_analysis()
   if mem is not None:
     for name in ("argument", "output", "temp", "generated_code"):
