@@ -13,6 +13,7 @@ import dataclasses
 import jax
 from flax import nnx
 
+from vqlab.nn.transformer import REMAT_POLICIES, checkpointed
 from vqlab.nn.vit import EncoderBlock, patchify, sincos_2d, unpatchify
 
 Array = jax.Array
@@ -28,6 +29,7 @@ class ViTShape:
   mlp_ratio: int = 4
   latent_dim: int = 768
   channels: int = 3
+  remat: str = "none"  # training: "block" / "full" recompute each block (nn/transformer.py)
 
   @property
   def grid(self) -> int:
@@ -40,11 +42,19 @@ class ViTShape:
     if self.width % self.heads or self.width % 4:
       raise ValueError(f"width: expected a multiple of heads={self.heads} and of 4, got "
                        f"{self.width}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
 
 
 # ViT-VQGAN's "Base" (encoder and decoder alike) and a CPU-sized one.
 BASE = ViTShape()
 TINY = ViTShape(image_size=32, patch_size=4, width=64, depth=2, heads=4, latent_dim=32)
+
+
+def run_blocks(blocks, h: Array, remat: str) -> Array:
+  for block in blocks:  # the blocks hold no state that a call changes
+    h = block(h) if remat == "none" else checkpointed(block, remat, lambda b, h: b(h), h)
+  return h
 
 
 class ViTEncoder(nnx.Module):
@@ -64,8 +74,7 @@ class ViTEncoder(nnx.Module):
       raise ValueError(f"x: expected (B, {s.image_size}, {s.image_size}, {s.channels}), got "
                        f"{x.shape}")
     h = self.embed(patchify(x, s.patch_size)) + sincos_2d(s.grid, s.grid, s.width)
-    for block in self.blocks:
-      h = block(h)
+    h = run_blocks(self.blocks, h, s.remat)
     return self.to_latent(self.norm(h)).reshape(x.shape[0], s.grid, s.grid, s.latent_dim)
 
 
@@ -84,9 +93,7 @@ class ViTDecoder(nnx.Module):
     s = self.shape
     h = self.from_latent(z.reshape(z.shape[0], s.grid * s.grid, s.latent_dim))
     h = h + sincos_2d(s.grid, s.grid, s.width)
-    for block in self.blocks:
-      h = block(h)
-    return self.norm(h)
+    return self.norm(run_blocks(self.blocks, h, s.remat))
 
   def last_layer(self, h: Array, kernel: Array) -> Array:
     """`to_pixels` with its kernel given, then unpatchify (for the adaptive GAN weight)."""

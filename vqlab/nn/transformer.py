@@ -241,21 +241,21 @@ class Block(nnx.Module):
     return x + self.dropout(self.mlp(self.norm2(x))), cache
 
 
-def _checkpointed_block(block: Block, remat: str, x, levels, cond, angles) -> Array:
-  """`block(x, ...)` under `jax.checkpoint` with the remat policy; the block's state
-  updates (its dropout RNG streams, advanced only when dropout is on) are carried out
-  of the checkpoint."""
-  graphdef, state = nnx.split(block)
+def checkpointed(module: nnx.Module, remat: str, call, *args, keep_state: bool = False):
+  """`call(module, *args)` under `jax.checkpoint` with `REMAT_POLICIES[remat]`. With
+  `keep_state` the module's state updates (dropout RNG streams) are carried out of the
+  checkpoint; without, the call must change none (then it also runs under plain JAX
+  transforms, which may not mutate a module from an outer trace)."""
+  graphdef, state = nnx.split(module)
 
   @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[remat])
-  def run(state, x, levels, cond, angles):
-    b = nnx.merge(graphdef, state)
-    out, _ = b(x, levels, cond, angles)
-    return out, nnx.state(b)
+  def run(state, *args):
+    m = nnx.merge(graphdef, state)
+    return call(m, *args), nnx.state(m)
 
-  out, state = run(state, x, levels, cond, angles)
-  if block.dropout.rate > 0:
-    nnx.update(block, state)
+  out, state = run(state, *args)
+  if keep_state:
+    nnx.update(module, state)
   return out
 
 
@@ -279,7 +279,8 @@ class Transformer(nnx.Module):
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.levels)
       if remat:
-        x = _checkpointed_block(block, self.shape.remat, x, levels, cond, angles)
+        x = checkpointed(block, self.shape.remat, lambda b, *a: b(*a)[0], x, levels, cond,
+                         angles, keep_state=block.dropout.rate > 0)
         continue
       x, layer_cache = block(x, levels, cond, angles, layer_cache, offset)
       if cache is not None:
