@@ -14,7 +14,6 @@ measured here on CPUs). Prints a markdown table; the README quotes it.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import time
@@ -22,11 +21,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from configs import audio_codec as codec_config
 from configs import generator_quickstart, vit_vqgan_imagenet, vqgan_imagenet_f16, vqgan_quickstart
 from vqlab import parallel
-from vqlab.train import codec, generator, loop, tokenizer, utilisation
+from vqlab.train import codec, generator, tokenizer, utilisation
 
 JOBS = ("vqgan", "vit_vqgan", "codec", "generator")
 
@@ -90,19 +90,15 @@ def generator_step(config, mesh, latent: int):
   graphdef, state = generator.init_state(config, tok, {"latent_size": latent})
   shardings = parallel.config_shardings(state, mesh, config.mesh)
   state = parallel.put(state, shardings)
-  c = config
-  spec = generator.StepSpec(c.paradigm, c.model.num_classes, c.train.label_dropout,
-                            c.train.ema_decay, c.train.grad_accum_steps)
-  from flax import nnx
-  q_graphdef, q_state = nnx.split(tok.quantizer)
-  fn = functools.partial(generator.train_step, graphdef=graphdef, quantizer_graphdef=q_graphdef,
-                         spec=spec)
-  step = loop.jit_step(fn, c, shardings, mesh, num_args=1)
-  b = c.train.batch_size
+  job = generator.GeneratorJob(config, workdir="")  # its compile, without its load()
+  job.mesh = mesh
+  job.q_graphdef, job.q_state = nnx.split(tok.quantizer)
+  step = job.compile(graphdef, shardings)[None]
+  b = config.train.batch_size
   rng = np.random.default_rng(0)
   batch = {"tokens": jnp.asarray(rng.integers(0, 1024, (b, latent * latent)), jnp.int32),
            "label": jnp.zeros((b,), jnp.int32)}
-  return step, state, batch, (q_state,)
+  return step, state, batch, job.step_args()
 
 
 def measure(step, state, batch, args, steps: int) -> tuple[float, float]:

@@ -26,6 +26,11 @@ LAYERS = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Embed,
           nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm, nnx.BatchNorm)
 
 
+def check_compute_dtype(dtype: str, name: str = "compute_dtype") -> None:
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"{name}: expected one of {COMPUTE_DTYPES}, got {dtype!r}")
+
+
 def keeps_float32(module: nnx.Module) -> bool:
   """Quantizers (every class of vqlab.quantizers) compute in float32 whatever the model."""
   return type(module).__module__.startswith("vqlab.quantizers")
@@ -34,8 +39,7 @@ def keeps_float32(module: nnx.Module) -> bool:
 def set_compute_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
   """Sets the compute dtype of `model`'s layers outside its quantizers, in place;
   returns `model`. "float32" leaves the layers' own default (their inputs' dtype)."""
-  if dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"compute_dtype: expected one of {COMPUTE_DTYPES}, got {dtype!r}")
+  check_compute_dtype(dtype)
   target = None if dtype == "float32" else jnp.dtype(dtype)
   skipped = [path for path, m in nnx.iter_modules(model) if keeps_float32(m)]
   for path, m in nnx.iter_modules(model):

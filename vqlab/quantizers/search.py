@@ -104,11 +104,10 @@ def block_shape(n: int, k: int, block_size: int, platform: str = "gpu") -> tuple
   on CPUs at most the cache-sized `CPU_TILE`, elsewhere the whole budget."""
   if block_size < 1:
     raise ValueError(f"block_size: expected a positive number of distances, got {block_size}")
+  rows = ROWS_PER_BLOCK
   if platform == "cpu":
-    block_size = min(block_size, CPU_TILE[0] * CPU_TILE[1])
-    bk = min(k, max(1, block_size // min(n, CPU_TILE[0])))
-  else:
-    bk = min(k, max(1, block_size // min(n, ROWS_PER_BLOCK)))
+    block_size, rows = min(block_size, CPU_TILE[0] * CPU_TILE[1]), CPU_TILE[0]
+  bk = min(k, max(1, block_size // min(n, rows)))
   bn = min(n, max(1, block_size // bk))
   return bn, bk
 

@@ -399,9 +399,7 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
     raise ValueError(f"profile_steps: expected (first, last) steps with 1 <= first <= last, "
                      f"got {tuple(profile)}")
-  if t.compute_dtype not in precision.COMPUTE_DTYPES:
-    raise ValueError(f"train.compute_dtype: expected one of {precision.COMPUTE_DTYPES}, got "
-                     f"{t.compute_dtype!r}")
+  precision.check_compute_dtype(t.compute_dtype, "train.compute_dtype")
   if t.get("schedule") == "cosine" and t.warmup_steps >= t.steps:
     raise ValueError(f"train.warmup_steps: expected fewer than train.steps={t.steps} for "
                      f"the cosine schedule, got {t.warmup_steps}")

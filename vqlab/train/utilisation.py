@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from vqlab.nn.precision import COMPUTE_DTYPES
+from vqlab.nn.precision import check_compute_dtype
 
 # Dense peak FLOP/s per device (jax.Device), by a substring of `device_kind`, for
 # bfloat16 and float32 inputs at JAX's default matmul precision: on NVIDIA Ampere and
@@ -57,8 +57,7 @@ def measured_matmul_flops(platform: str, dtype: str, n: int = 1024) -> float:
 def peak_flops(device: jax.Device, dtype: str) -> tuple[float, str]:
   """(peak FLOP/s of one device for `dtype`, where it came from: "datasheet" or
   "measured matmul")."""
-  if dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"compute dtype: expected one of {COMPUTE_DTYPES}, got {dtype!r}")
+  check_compute_dtype(dtype, "compute dtype")
   for name, rates in PEAK_FLOPS:
     if name in device.device_kind:
       return rates[dtype], "datasheet"
