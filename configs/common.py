@@ -53,6 +53,7 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
   c.data = ml_collections.ConfigDict(dict(
       name="vqlab_photos", data_dir="~/tensorflow_datasets", train_split="train",
       eval_split="test", image_size=256,
+      num_frames=0,  # > 0: clips of this many frames (a video arch, e.g. causal3d)
       min_crop=0, max_crop=0,  # 0: crops of image_size; else random sides, resized
       flip=True,
       in_memory=False,  # decode every record once and keep it (small datasets only)

@@ -4,6 +4,8 @@
   train 4,500 / test 500 by a fixed permutation (the file is sorted by label).
 - `vqlab_photos`: whole photographs bundled with scikit-image, scikit-learn and
   matplotlib; train 8 / test 2 held-out photos. Crops are the input pipeline's job.
+- `vqlab_moving_mnist`: Moving MNIST (2 digits bouncing in 64x64, 20 frames) made from
+  those digits: train 2,000 clips of the train digits, test 256 of the test digits.
 - `vqlab_speech`: espeak-ng speech (train 600 utterances, synth_test 48) and real
   recordings from Debian packages (test); see vqlab.data.speech.
 
@@ -25,8 +27,10 @@ from PIL import Image
 
 from vqlab.data import speech
 from vqlab.data.digits import load_mnist_digits, split_indices
+from vqlab.data.moving_mnist import moving_mnist
 
 DIGITS_TEST_SIZE = 500
+MOVING_MNIST_CLIPS = {"train": 2000, "test": 256}
 
 # (package, name): scikit-image's data loaders, scikit-learn's sample images, matplotlib's
 # sample data. The test photos are whole images no training crop has seen.
@@ -82,6 +86,33 @@ class VqlabDigits(tfds.core.GeneratorBasedBuilder):
       yield int(i), {"image": _png(images[i][..., 0]), "label": int(labels[i])}
 
 
+class VqlabMovingMnist(tfds.core.GeneratorBasedBuilder):
+  """Moving MNIST from the built-in digits (vqlab.data.moving_mnist): uint8 clips
+  (20, 64, 64, 1) and the two digits' labels; each split from its own digits and seed."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        # zlib: the clips are mostly black (~10x smaller on disk)
+        "video": tfds.features.Tensor(shape=(20, 64, 64, 1), dtype=np.uint8,
+                                      encoding=tfds.features.Encoding.ZLIB),
+        "label": tfds.features.Tensor(shape=(2,), dtype=np.int32)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in MOVING_MNIST_CLIPS}
+
+  def _generate_examples(self, split):
+    images, labels = load_mnist_digits(pad_to=28)
+    rows = split_indices(5000, DIGITS_TEST_SIZE)[split == "test"]  # the digits' own split
+    seed = {"train": 0, "test": 1}[split]
+    clips, chosen = moving_mnist(images[rows, ..., 0], labels[rows],
+                                 MOVING_MNIST_CLIPS[split], seed)
+    for i in range(len(clips)):
+      yield i, {"video": clips[i], "label": chosen[i]}
+
+
 class VqlabPhotos(tfds.core.GeneratorBasedBuilder):
   """Bundled photographs, whole, RGB, of varying sizes."""
 
@@ -128,7 +159,8 @@ class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
     return speech.recorded_split() if split == "test" else speech.synthetic_split(split)
 
 
-BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos, "vqlab_speech": VqlabSpeech}
+BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos, "vqlab_speech": VqlabSpeech,
+            "vqlab_moving_mnist": VqlabMovingMnist}
 
 
 def load(name: str, data_dir: str, split: str = "train"):

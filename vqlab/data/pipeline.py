@@ -1,5 +1,6 @@
 """grain input pipelines over any random-access source (tfds `as_data_source`, the
-built-in datasets): shuffle -> repeat -> per-example random crop / flip -> batch.
+built-in datasets): shuffle -> repeat -> per-example random crop (image, clip or audio)
+/ flip -> batch.
 
 Every random choice is drawn from grain's per-record generator seeded by `seed`, so a
 pipeline is a pure function of (source, config, seed, position) and its iterator state
@@ -33,6 +34,16 @@ class SelectKeys(grain.transforms.Map):
     return {k: np.asarray(element[k]) for k in self.keys}
 
 
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+  """A square uint8 (S, S, C) resized to (size, size, C): area-averaging down, bicubic up."""
+  side = image.shape[0]
+  if side == size:
+    return image
+  resample = Image.BOX if side > size else Image.BICUBIC
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  return np.asarray(pil.resize((size, size), resample)).reshape(size, size, image.shape[-1])
+
+
 class RandomCropFlip(grain.transforms.RandomMap):
   """A random square crop with side in [min_crop, max_crop] (capped by the image),
   resized to `size` with area-averaging (down) or bicubic (up), and a random
@@ -52,12 +63,7 @@ class RandomCropFlip(grain.transforms.RandomMap):
                        f"shape {image.shape}")
     side = int(rng.integers(self.min_crop, min(self.max_crop, h, w) + 1))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = image[y:y + side, x:x + side]
-    if side != self.size:
-      resample = Image.BOX if side > self.size else Image.BICUBIC
-      pil = Image.fromarray(crop[..., 0] if crop.shape[-1] == 1 else crop)
-      crop = np.asarray(pil.resize((self.size, self.size), resample)).reshape(
-          self.size, self.size, image.shape[-1])
+    crop = resize_square(image[y:y + side, x:x + side], self.size)
     if self.flip and rng.random() < 0.5:
       crop = crop[:, ::-1]
     return {**element, "image": np.ascontiguousarray(crop)}
@@ -123,6 +129,46 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
   return _crops(ds, crop, batch_size=batch_size, seed=seed, shuffle=shuffle,
                 num_epochs=num_epochs, keys=keys, process_index=process_index,
                 process_count=process_count, drop_remainder=drop_remainder)
+
+
+class RandomClip(grain.transforms.RandomMap):
+  """`num_frames` consecutive frames from a random start, and a random square crop of
+  side min(H, W) (the whole frame when square) resized to `size`, the same for every frame."""
+
+  def __init__(self, num_frames: int, size: int):
+    if num_frames < 1:
+      raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
+    self.num_frames, self.size = num_frames, size
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    video = element["video"]
+    t, h, w = video.shape[:3]
+    if t < self.num_frames:
+      raise ValueError(f"video: expected >= num_frames={self.num_frames} frames, got shape "
+                       f"{video.shape}")
+    start = int(rng.integers(0, t - self.num_frames + 1))
+    side = min(h, w)
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    clip = video[start:start + self.num_frames, y:y + side, x:x + side]
+    return {**element, "video": np.stack([resize_square(f, self.size) for f in clip])}
+
+
+def video_dataset(source, *, batch_size: int, num_frames: int, image_size: int, seed: int,
+                  shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int = 0, process_count: int = 1,
+                  keys: tuple[str, ...] = ("video",), in_memory: bool = False,
+                  drop_remainder: bool = True) -> grain.MapDataset:
+  """Batches of {"video": uint8 (batch_size, num_frames, image_size, image_size, C)}:
+  random temporal crops (RandomClip) of clips (T, H, W, C) of any source with a "video"
+  field (the built-in Moving MNIST; UCF-101 / Kinetics as prepared tfds datasets)."""
+  _check_batching(batch_size, process_index, process_count)
+  ds = grain.MapDataset.source(source)
+  if in_memory:
+    ds = grain.MapDataset.source([{k: np.asarray(r[k]) for k in keys} for r in ds])
+  return _crops(ds, RandomClip(num_frames, image_size), batch_size=batch_size, seed=seed,
+                shuffle=shuffle, num_epochs=num_epochs, keys=keys,
+                process_index=process_index, process_count=process_count,
+                drop_remainder=drop_remainder)
 
 
 def normalize_loudness(wave: np.ndarray, target_dbfs: float, peak: float = 0.99) -> np.ndarray:

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from vqlab.data import builtin
-from vqlab.data.pipeline import PrepareAudio, audio_dataset, image_dataset
+from vqlab.data.pipeline import PrepareAudio, audio_dataset, image_dataset, video_dataset
 
 
 def _passes(train: bool, wanted: int, available: int) -> int | None:
@@ -43,6 +43,39 @@ def image_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
                        process_index=jax.process_index() if split_by_process else 0,
                        process_count=processes,
                        in_memory=d.in_memory, keys=keys, drop_remainder=drop_remainder)
+
+
+def video_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
+                batch_size: int, num_examples: int | None = None, labels: bool = False,
+                drop_remainder: bool = True, split_by_process: bool = True):
+  """Batches {"video": uint8 (b, data.num_frames, S, S, C)} (+ "label" when `labels` and
+  the source has them): random temporal crops, shuffled and endless for training; else
+  crops fixed by the evaluation seed, enough passes for `num_examples` (default one)."""
+  d = config.data
+  source = builtin.load(d.name, d.data_dir, split)
+  processes = jax.process_count() if split_by_process else 1
+  wanted = (num_examples or len(source)) * processes
+  keys = ("video", "label") if labels and "label" in source[0] else ("video",)
+  return video_dataset(source, batch_size=batch_size, num_frames=d.num_frames,
+                       image_size=d.image_size, seed=config.seed if train else config.seed + 1,
+                       shuffle=train, num_epochs=_passes(train, wanted, len(source)),
+                       process_index=jax.process_index() if split_by_process else 0,
+                       process_count=processes, in_memory=d.in_memory, keys=keys,
+                       drop_remainder=drop_remainder)
+
+
+def tokenizer_split(config: ml_collections.ConfigDict, split: str, **kwargs):
+  """The image tokenizer's batches: clips (`video_split`) when `data.num_frames` > 0, else
+  images (`image_split`); `tokenizer_key(config)` names the field."""
+  return (video_split if is_video(config) else image_split)(config, split, **kwargs)
+
+
+def is_video(config: ml_collections.ConfigDict) -> bool:
+  return config.data.get("num_frames", 0) > 0
+
+
+def tokenizer_key(config: ml_collections.ConfigDict) -> str:
+  return "video" if is_video(config) else "image"
 
 
 def crop_length(config: ml_collections.ConfigDict, seconds: float) -> int:

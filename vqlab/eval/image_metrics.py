@@ -19,6 +19,12 @@ import numpy as np
 Array = jax.Array
 
 
+def frames(x: Array) -> Array:
+  """Clips (B, T, H, W, C) as their frames (B T, H, W, C), for per-frame metrics; images
+  (B, H, W, C) unchanged."""
+  return x.reshape(-1, *x.shape[2:]) if x.ndim == 5 else x
+
+
 def psnr(x: Array, y: Array, data_range: float = 2.0) -> Array:
   """Per-image PSNR (B,) of (B, H, W, C) images; data_range 2 for images in [-1, 1]."""
   if x.shape != y.shape:

@@ -1,8 +1,10 @@
 """An image tokenizer: encoder -> any quantizer of vqlab.quantizers -> decoder.
 
 `build(arch, shape, quantizer_kind, quantizer_args)` assembles the convolutional VQGAN
-(`arch="vqgan"`, shape fields of `VQGANShape`) or ViT-VQGAN (`arch="vit"`, `ViTShape`)
-around a quantizer built by `vqlab.quantizers.factory`. Images are channels last in
+(`arch="vqgan"`, shape fields of `VQGANShape`), ViT-VQGAN (`arch="vit"`, `ViTShape`) or
+the causal 3D video tokenizer that also takes images (`arch="causal3d"`, `CausalShape`:
+a `causal3d.VideoTokenizer`, same methods) around a quantizer built by
+`vqlab.quantizers.factory`. Images are channels last in
 [-1, 1]; `encode` gives the quantizer's output (indices included), `decode` turns
 indices back into images without the input.
 """
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqlab.models import vit_vqgan, vqgan
+from vqlab.models import causal3d, vit_vqgan, vqgan
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import QuantizerOutput
 
@@ -27,7 +29,9 @@ Array = jax.Array
 ARCHS = {
     "vqgan": (vqgan.VQGANShape, vqgan.Encoder, vqgan.Decoder, "embed_dim"),
     "vit": (vit_vqgan.ViTShape, vit_vqgan.ViTEncoder, vit_vqgan.ViTDecoder, "latent_dim"),
+    "causal3d": (causal3d.CausalShape, causal3d.Encoder3D, causal3d.Decoder3D, "embed_dim"),
 }
+VIDEO_ARCHS = ("causal3d",)  # take clips (B, T, H, W, C) as well as images
 
 
 class ImageTokenizer(nnx.Module):
@@ -79,9 +83,13 @@ def make_shape(arch: str, shape: Mapping[str, Any]):
 
 
 def build(arch: str, shape: Mapping[str, Any], quantizer_kind: str,
-          quantizer_args: Mapping[str, Any], *, rngs: nnx.Rngs) -> ImageTokenizer:
+          quantizer_args: Mapping[str, Any], *, rngs: nnx.Rngs
+          ) -> ImageTokenizer | causal3d.VideoTokenizer:
   shape = make_shape(arch, shape)
   _, encoder_cls, decoder_cls, latent_field = ARCHS[arch]
+  if arch == "causal3d":
+    quantizer = factory.build(quantizer_kind, shape.embed_dim, rngs=rngs, **dict(quantizer_args))
+    return causal3d.VideoTokenizer(shape, quantizer, rngs)
   encoder = encoder_cls(shape, rngs)
   quantizer = factory.build(quantizer_kind, getattr(shape, latent_field), rngs=rngs,
                             **dict(quantizer_args))

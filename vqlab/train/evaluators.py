@@ -3,7 +3,8 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
 
 - images (`evaluate_images`): PSNR, SSIM, code usage and perplexity of fixed crops, and
   rFID (Frechet distance of Inception features, originals vs reconstructions) when
-  Inception weights are given;
+  Inception weights are given; for clips the same per frame, and the PSNR of the frames
+  after the first against repeating the first frame (the floor a video tokenizer must beat);
 - audio (`evaluate_audio`): held-out clips reconstructed with 1 .. L residual levels:
   SI-SDR, mel distance, PESQ / STOI (when installed) and the bitrate of each; code usage
   per level; word error rate of whole transcribed utterances at each number of levels
@@ -30,7 +31,7 @@ from vqlab import parallel
 from vqlab.data import builtin, speech, splits
 from vqlab.data.pipeline import PrepareAudio, iterate
 from vqlab.eval import audio_metrics, digits, inception, probe, speech_recognition
-from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, psnr, ssim
+from vqlab.eval.image_metrics import frames, frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import usage_metrics
 from vqlab.train import loop
@@ -109,12 +110,22 @@ def _no_batch(config, split):
 def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
                     num_examples: int, inception_params=None) -> dict[str, Any]:
   """PSNR, SSIM, code usage and perplexity of held-out reconstructions (fixed crops);
-  rFID when `inception_params` are given."""
+  rFID when `inception_params` are given. Clips (`data.num_frames` > 0): the same over
+  their frames, and over the frames after the first, the PSNR of the reconstruction
+  (`psnr_after_first`) and of repeating the first frame (`psnr_repeat_first`)."""
   psnrs, ssims, counts, real_feats, fake_feats = [], [], None, [], []
+  later, repeat = [], []
   codebook = eval_model(graphdef, state).quantizer.codebook_size
-  for images in _batches(config, split, num_examples, mesh, "image", splits.image_split):
+  video = splits.is_video(config)
+  for images in _batches(config, split, num_examples, mesh, splits.tokenizer_key(config),
+                         splits.tokenizer_split):
     recon, indices = reconstruct_images(state, images, graphdef=graphdef)
     x = to_unit(images)
+    if video and x.shape[1] > 1:
+      later.append(parallel.to_host(psnr(frames(recon[:, 1:]), frames(x[:, 1:]))))
+      first = jnp.broadcast_to(x[:, :1], x[:, 1:].shape)
+      repeat.append(parallel.to_host(psnr(frames(first), frames(x[:, 1:]))))
+    recon, x = frames(recon), frames(x)
     psnrs.append(parallel.to_host(psnr(recon, x)))
     if min(x.shape[1:3]) >= 11:
       ssims.append(parallel.to_host(ssim(recon, x)))
@@ -129,19 +140,29 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
     raise _no_batch(config, split)
   usage = usage_metrics(jnp.asarray(counts, jnp.float32))
   extra = {}
+  if later:
+    extra.update(psnr_after_first=float(np.mean(np.concatenate(later))),
+                 psnr_repeat_first=float(np.mean(np.concatenate(repeat))),
+                 frames=int(config.data.num_frames))
   if inception_params is not None:
     extra["rfid"] = frechet_distance(*gaussian_stats(np.concatenate(real_feats)),
                                      *gaussian_stats(np.concatenate(fake_feats)))
   return {**extra, "psnr": float(np.mean(np.concatenate(psnrs))),
           "ssim": float(np.mean(np.concatenate(ssims))) if ssims else float("nan"),
           "usage": float(usage["usage"]), "perplexity": float(usage["perplexity"]),
-          "codebook_size": int(codebook), "examples": int(sum(len(p) for p in psnrs))}
+          "codebook_size": int(codebook),
+          "examples": int(sum(len(p) for p in psnrs)) // (config.data.num_frames if video else 1)}
 
 
 def describe_images(r: dict[str, Any]) -> str:
   rfid = f"rFID {r['rfid']:.2f}, " if "rfid" in r else ""
+  what = f"clips of {r['frames']} frames" if "frames" in r else "images"
+  later = (f"; frames after the first: PSNR {r['psnr_after_first']:.2f} dB vs "
+           f"{r['psnr_repeat_first']:.2f} dB repeating the first frame"
+           if "psnr_after_first" in r else "")
   return (f"{rfid}PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, code usage {r['usage']:.1%} "
-          f"of {r['codebook_size']}, perplexity {r['perplexity']:.0f} ({r['examples']} images)")
+          f"of {r['codebook_size']}, perplexity {r['perplexity']:.0f} ({r['examples']} "
+          f"{what}){later}")
 
 
 def evaluate_audio(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,

@@ -1,6 +1,11 @@
-"""The image-tokenizer trainer (VQGAN / ViT-VQGAN with any quantizer).
+"""The image- and video-tokenizer trainer (VQGAN / ViT-VQGAN / the causal 3D video
+tokenizer, with any quantizer).
 
   vqlab train --config configs/vqgan_quickstart.py --workdir runs/quickstart
+  vqlab train --config configs/video_quickstart.py --workdir runs/video
+
+Clips when `data.num_frames` > 0 (a video arch, `causal3d`): batches (B, T, H, W, C), the
+perceptual loss, PSNR and SSIM per frame, and the discriminator the 3D PatchGAN.
 
 grain input -> one sharded `jax.jit` step on a mesh from `config.mesh` (batch over
 data x fsdp, parameters and optimizer state FSDP-sharded) -> orbax async checkpoints,
@@ -33,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vqlab import parallel
 from vqlab.data import splits
 from vqlab.data.pipeline import iterate
-from vqlab.eval.image_metrics import psnr, ssim
+from vqlab.eval.image_metrics import frames, psnr, ssim
 from vqlab.losses import adversarial
 from vqlab.losses.perceptual import LPIPS
 from vqlab.models import image_tokenizer
@@ -85,8 +90,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   weights = config.loss.lpips_weights
   if config.loss.perceptual_weight > 0 and weights != "random" and not os.path.exists(weights):
     raise FileNotFoundError(f"loss.lpips_weights: no such file {weights!r}")
+  if splits.is_video(config) and config.model.arch not in image_tokenizer.VIDEO_ARCHS:
+    raise ValueError(f"model.arch: expected a video arch {image_tokenizer.VIDEO_ARCHS} for "
+                     f"clips (data.num_frames={config.data.num_frames}), got "
+                     f"{config.model.arch!r}")
   shape = image_tokenizer.make_shape(config.model.arch, config.model.shape.to_dict())
-  size = shape.resolution if config.model.arch == "vqgan" else shape.image_size
+  size = shape.image_size if config.model.arch == "vit" else shape.resolution
   if config.data.image_size != size:
     raise ValueError(f"data.image_size: expected the model's image size {size}, got "
                      f"{config.data.image_size}")
@@ -117,7 +126,8 @@ def init_state(config: ml_collections.ConfigDict):
   outputs on real and fake}."""
   model = build_model(config, config.seed)
   disc = PatchGAN(model.channels, config.disc.width, config.disc.n_layers,
-                  norm=config.disc.norm, rngs=nnx.Rngs(config.seed + 1))
+                  norm=config.disc.norm, video=splits.is_video(config),
+                  rngs=nnx.Rngs(config.seed + 1))
   for module in (model, disc):
     precision.set_compute_dtype(module, config.train.compute_dtype)
   opt_g = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=nnx.Param)
@@ -160,7 +170,7 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
   perceptual = None
   if lpips_graphdef is not None:
     lpips = nnx.merge(lpips_graphdef, lpips_state)
-    perceptual = lambda a, b: jnp.mean(lpips(_rgb(a), _rgb(b)))
+    perceptual = lambda a, b: jnp.mean(lpips(_rgb(frames(a)), _rgb(frames(b))))
   disc_graph, disc_state = nnx.split(p.disc)
   # The generator sees a copy of D: its batch statistics move only in D's own update.
   frozen_disc = lambda y: nnx.merge(disc_graph, disc_state, copy=True)(y)
@@ -199,9 +209,9 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
                                                       has_aux=True)(p.model)
   p.opt_g.update(p.model, grads)
   metrics = {"loss": total, **terms, "grad_norm/generator": optax.global_norm(grads),
-             "psnr": jnp.mean(psnr(recon, x))}
-  if min(x.shape[1:3]) >= 11:
-    metrics["ssim"] = jnp.mean(ssim(recon, x))
+             "psnr": jnp.mean(psnr(frames(recon), frames(x)))}
+  if min(x.shape[-3:-1]) >= 11:
+    metrics["ssim"] = jnp.mean(ssim(frames(recon), frames(x)))
   lecam = state["lecam"]
   if gan:
     fake = jax.lax.stop_gradient(recon)
@@ -244,15 +254,16 @@ class ImageTokenizerJob(evaluators.TokenizerJob):
 
   def train_data(self, batch_size):
     c = self.config
-    return splits.image_split(c, c.data.train_split, train=True, batch_size=batch_size)
+    return splits.tokenizer_split(c, c.data.train_split, train=True, batch_size=batch_size)
 
   def compile(self, graphdef, shardings):
     loss = LossSpec.from_config(self.config)
+    key = splits.tokenizer_key(self.config)
 
     def step(gan):
       fn = functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
                              lpips_graphdef=self.lpips_graphdef)
-      return lambda state, batch, lpips_state: fn(state, batch["image"], lpips_state)
+      return lambda state, batch, lpips_state: fn(state, batch[key], lpips_state)
 
     return {gan: loop.jit_step(step(gan), self.config, shardings, self.mesh, num_args=1)
             for gan in (False, True)}
@@ -268,21 +279,29 @@ class ImageTokenizerJob(evaluators.TokenizerJob):
     shape = image_tokenizer.make_shape(c.model.arch, c.model.shape.to_dict())
     channels = getattr(shape, "in_channels", None) or shape.channels
     size = c.data.image_size
-    return {"image": jax.ShapeDtypeStruct((c.train.batch_size, size, size, channels),
-                                          jnp.uint8, sharding=parallel.batch_sharding(self.mesh))}
+    frames_ = (c.data.num_frames,) if splits.is_video(c) else ()
+    return {splits.tokenizer_key(c): jax.ShapeDtypeStruct(
+        (c.train.batch_size, *frames_, size, size, channels), jnp.uint8,
+        sharding=parallel.batch_sharding(self.mesh))}
 
   def periodic(self, graphdef):
     c = self.config
-    fixed = next(iterate(splits.image_split(c, c.data.eval_split, train=False, batch_size=8,
-                                            num_examples=8, split_by_process=False),
-                         threads=0))["image"]
+    video = splits.is_video(c)
+    count = 2 if video else 8  # clips: a row of frames each
+    fixed = next(iterate(splits.tokenizer_split(c, c.data.eval_split, train=False,
+                                                batch_size=count, num_examples=count,
+                                                split_by_process=False),
+                         threads=0))[splits.tokenizer_key(c)]
     replicated = parallel.put(fixed, NamedSharding(self.mesh, P()))
 
     def grid(state, step):
       recon, _ = evaluators.reconstruct_images(state, replicated, graphdef=graphdef)
+      recon = to_pixels(recon)
+      rows = ([row for i in range(count) for row in (
+          (f"clip {i}", fixed[i]), (f"step {step}", recon[i]))] if video else
+              [("original", fixed), (f"step {step}", recon)])
       save_image_grid(self.writer, os.path.join(self.workdir, "images", f"recon_{step:07d}.png"),
-                      step, "reconstructions",
-                      [("original", fixed), (f"step {step}", to_pixels(recon))])
+                      step, "reconstructions", rows)
 
     return [(c.log.image_every, grid)]
 
