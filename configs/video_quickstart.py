@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
   if "runlocal" in variants:  # seconds: 32x32 frames, 5-frame clips, a few steps
     c.model.shape = dict(shape, channels=8, norm_groups=4)
     c.data.update(num_frames=5)
-    c.train.update(steps=2, batch_size=4)
+    c.train.update(steps=2, batch_size=8)
     c.loss.update(disc_start=1)
     c.disc.update(width=8)
     c.log.update(every=1, image_every=2, checkpoint_every=2, eval_examples=8)

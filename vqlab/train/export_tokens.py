@@ -1,4 +1,4 @@
-"""Export a dataset's tokens with a trained image tokenizer or audio codec, for the
+"""Export a dataset's tokens with a trained image / video tokenizer or audio codec, for the
 generators.
 
   vqlab tokens --workdir runs/quickstart --out runs/quickstart/tokens_train --split train
@@ -24,13 +24,14 @@ from vqlab import parallel
 from vqlab.data import splits, tokens
 from vqlab.data.pipeline import iterate
 from vqlab.models import audio_codec
+from vqlab.models.causal3d import latent_frames
 from vqlab.quantizers.core import INVALID
 from vqlab.train import evaluators, runs
 from vqlab.train.common import run_app, to_unit
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode_images(state, images, *, graphdef):
+def _encode_images(state, images, *, graphdef):  # or clips
   return runs.eval_model(graphdef, state).encode(to_unit(images)).indices
 
 
@@ -79,11 +80,15 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
                 levels=model.num_levels, sample_rate=model.sample_rate,
                 frame_rate=model.frame_rate, seconds=config.data.eval_seconds)
   else:
-    ds = splits.image_split(config, split, train=False, batch_size=batch_size,
-                            num_examples=examples, labels=True, drop_remainder=False)
-    key, encode = "image", functools.partial(_encode_images, state, graphdef=graphdef)
-    meta.update(modality="image", latent_size=int(model.latent_size),
+    ds = splits.tokenizer_split(config, split, train=False, batch_size=batch_size,
+                                num_examples=examples, labels=True, drop_remainder=False)
+    key = splits.tokenizer_key(config)
+    encode = functools.partial(_encode_images, state, graphdef=graphdef)
+    meta.update(modality=key, latent_size=int(model.latent_size),
                 image_size=int(config.data.image_size))
+    if splits.is_video(config):  # indices (latent frames, h, w)
+      meta.update(num_frames=int(config.data.num_frames), latent_frames=latent_frames(
+          config.data.num_frames, model.temporal_factor))
   total = examples or math.inf  # default: the whole split, one pass
   records = _records(ds, key, encode, batch_size, total, parallel.batch_sharding(mesh))
   return tokens.write_tokens(out, records, meta)

@@ -132,8 +132,8 @@ def _load(workdir: str, kinds: tuple[str, ...], step: int | None):
 
 
 def load_tokenizer(workdir: str, step: int | None = None):
-  """The image tokenizer of a run: `model.encode(x).indices` for images x in [-1, 1],
-  `model.decode(indices)`."""
+  """The image or video tokenizer of a run: `model.encode(x).indices` for images (or clips)
+  x in [-1, 1], `model.decode(indices)`."""
   return _load(workdir, ("tokenizer",), step)
 
 
@@ -196,12 +196,12 @@ def load_generator(workdir: str, step: int | None = None):
 
 def datasets(config: ml_collections.ConfigDict, split: str, **kwargs):
   """A split of the dataset a tokenizer or codec run was trained on, as its trainer
-  reads it (kwargs of `vqlab.data.splits.image_split` / `audio_split`)."""
+  reads it (kwargs of `vqlab.data.splits.image_split` / `video_split` / `audio_split`)."""
   found = kind(config)
   if found == "codec":
     return splits.audio_split(config, split, **kwargs)
   if found == "tokenizer":
-    return splits.image_split(config, split, **kwargs)
+    return splits.tokenizer_split(config, split, **kwargs)
   raise ValueError(f"config: expected a tokenizer or codec run's config, got a {found} run's")
 
 

@@ -1,0 +1,150 @@
+"""The tokenizer trainer on clips (the causal 3D video tokenizer): the quickstart runs in
+runlocal with every loss on, a short run lowers the loss, a resumed run is
+bit-identical, the sharded step equals one device, the same model trains on images, and
+the run's tokenizer, evaluation and token export work on clips."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import video_quickstart
+from vqlab import parallel
+from vqlab.data import tokens
+from vqlab.data.pipeline import iterate
+from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval, utilisation
+from vqlab.train.common import read_jsonl, to_unit
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def small_config(data_dir, **train):
+  c = video_quickstart.get_config("runlocal")
+  c.data.data_dir = data_dir
+  c.train.update(**train)
+  return c
+
+
+def test_quickstart_runlocal_trains_and_its_run_works(data_dir, tmp_path):
+  config = small_config(data_dir)
+  config.loss.update(lecam_weight=0.1)
+  summary = tokenizer.train(config, str(tmp_path))
+  rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [1, 2]
+  assert "disc_loss" not in rows[0] and "disc_loss" in rows[1]
+  for r in rows:
+    assert all(np.isfinite(v) for v in r.values()), r
+  assert summary["frames"] == 5 and summary["examples"] == 8
+  for k in ("psnr", "psnr_after_first", "psnr_repeat_first", "ssim"):
+    assert np.isfinite(summary[k]), (k, summary)
+  assert 0 < summary["usage"] <= 1
+  assert os.path.exists(tmp_path / "images" / "recon_0000002.png")
+
+  # the run's tokenizer takes clips and images
+  model = runs.load_tokenizer(str(tmp_path))
+  ds = runs.datasets(config, "test", train=False, batch_size=2, num_examples=2)
+  clip = to_unit(next(iterate(ds, threads=0))["video"])
+  q = model.encode(clip)
+  assert q.indices.shape == (2, 2, 8, 8)
+  assert model.decode(q.indices, 5).shape == clip.shape
+  assert model.encode(clip[:, 0]).indices.shape == (2, 8, 8)
+  np.testing.assert_array_equal(model.encode(clip[:, 0]).indices, q.indices[:, 0])
+
+  # vqlab eval gives the training summary's numbers again
+  again = tokenizer_eval.evaluate_workdir(str(tmp_path))
+  for k in ("psnr", "psnr_after_first", "psnr_repeat_first", "usage"):
+    assert again[k] == pytest.approx(summary[k], rel=1e-5), k
+
+  # vqlab tokens: (latent frames, h, w) per clip, with the clip's digit labels
+  out = str(tmp_path / "tokens")
+  assert export_tokens.export(str(tmp_path), out, split="test", examples=6, batch_size=8) == 6
+  source = tokens.TokenSource(out)
+  assert source.meta["modality"] == "video" and source.meta["latent_frames"] == 2
+  assert np.asarray(source[0]["indices"]).shape == (2, 8, 8)
+
+
+def test_short_run_lowers_the_loss(data_dir, tmp_path):
+  # 40 steps, reconstruction and quantizer losses only: the L1 error of the last ten
+  # logged steps is below the first ten's (measured: 0.20 -> 0.06)
+  config = small_config(data_dir, steps=40, lr=3e-3)
+  config.loss.disc_start = 10_000
+  config.log.update(every=1, image_every=1000, checkpoint_every=1000, eval_examples=8)
+  tokenizer.train(config, str(tmp_path))
+  recon = [r["recon_loss"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
+  assert np.mean(recon[-10:]) < 0.6 * np.mean(recon[:10]), recon
+
+
+@pytest.mark.slow  # three runs: CI's slow step
+def test_resumed_run_is_bit_identical(data_dir, tmp_path):
+  def config(steps):
+    c = small_config(data_dir, steps=steps, ema_decay=0.9)
+    c.loss.update(disc_start=2, lecam_weight=0.1)
+    c.log.update(every=1, checkpoint_every=2, image_every=100)
+    return c
+
+  tokenizer.train(config(3), str(tmp_path / "whole"))
+  tokenizer.train(config(2), str(tmp_path / "parts"))  # "preempted" after step 2
+  tokenizer.train(config(3), str(tmp_path / "parts"))
+  drop = utilisation.without_timing
+  whole = [drop(r) for r in read_jsonl(str(tmp_path / "whole" / "metrics.jsonl"))]
+  parts = [drop(r) for r in read_jsonl(str(tmp_path / "parts" / "metrics.jsonl"))]
+  assert [r["step"] for r in parts] == [1, 2, 3] and whole == parts
+
+
+def test_sharded_step_matches_one_device(data_dir):
+  # two steps with the 3D GAN, LeCam and EMA on, on a data x fsdp mesh of 8 devices
+  config = small_config(data_dir)
+  config.model.shape.update(channels=16, norm_groups=8)
+  config.loss.update(lecam_weight=0.1)
+  config.train.ema_decay = 0.5
+  graphdef, state = tokenizer.init_state(config)
+  it = iterate(runs.datasets(config, "train", train=True, batch_size=8), threads=0)
+  batches = [next(it)["video"] for _ in range(2)]
+  loss = tokenizer.LossSpec.from_config(config)
+  step = functools.partial(tokenizer.train_step, graphdef=graphdef, loss=loss, gan=True,
+                           lpips_graphdef=None)
+  one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
+                                         parallel.batch_sharding(one), None))
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+  shardings = parallel.state_shardings(state, mesh, min_fsdp_size=1024)
+  assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings))
+  batch = parallel.batch_sharding(mesh)
+  sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
+  ref_state, got_state = state, jax.device_put(state, shardings)
+  for clips in batches:
+    ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(clips), None)
+    got_state, got_metrics = sharded(got_state, jax.device_put(clips, batch), None)
+    for k in ("loss", "recon_loss", "disc_loss", "psnr", "gan_weight"):
+      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-4, err_msg=k)
+  for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
+                  jax.tree.leaves(nnx.state(ref_state["nnx"], nnx.Param))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4)
+
+
+@pytest.mark.slow  # CI's slow step (the image path of the model is tested in the default run)
+def test_the_video_model_trains_on_images(data_dir, tmp_path):
+  # joint image-video: data.num_frames = 0 feeds the same arch images (1-frame clips)
+  config = small_config(data_dir)
+  config.data.update(name="vqlab_digits", num_frames=0, in_memory=False)
+  summary = tokenizer.train(config, str(tmp_path))
+  assert np.isfinite(summary["psnr"]) and "frames" not in summary
+  model = runs.load_tokenizer(str(tmp_path))
+  assert model.encode(jnp.zeros((1, 32, 32, 1))).indices.shape == (1, 8, 8)
+
+
+def test_image_arch_with_clips_is_refused(data_dir, tmp_path):
+  from configs import vqgan_quickstart
+  config = vqgan_quickstart.get_config("runlocal")
+  config.data.update(data_dir=data_dir, name="vqlab_moving_mnist", num_frames=5)
+  with pytest.raises(ValueError, match="model.arch: expected a video arch"):
+    tokenizer.train(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
