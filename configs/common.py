@@ -127,7 +127,8 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       every=5000, num=16, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=8,
       schedule="cosine",  # masked decoding: "cosine" (MaskGIT), "linear", "square"
       # "delay" (audio): continue the first prompt_frames of records of prompts_dir
-      # (default tokens_dir), e.g. tokens of a held-out split
+      # (default tokens_dir), e.g. tokens of a held-out split; video tokens: continue
+      # their first prompt_frames latent frames (0: sample whole clips)
       prompts_dir="", prompt_frames=25))
   c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
   # gFID / Inception Score at the end, when converted Inception weights are given

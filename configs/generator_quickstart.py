@@ -17,6 +17,17 @@ an audio codec's speech tokens (MusicGen's delay pattern) and continues prompts:
     --config.tokenizer_workdir=runs/codec --config.tokens_dir=runs/codec/tokens \
     --config.sample.prompts_dir=runs/codec/prompts
 
+`:video` (with `:raster`) models a video tokenizer's clip tokens (3D RoPE) and continues
+held-out clips from their first latent frame (frame prediction; sample.prompt_frames=0
+samples whole clips):
+
+  vqlab train --config configs/video_quickstart.py --workdir runs/video
+  vqlab tokens --workdir runs/video --out runs/video/tokens --split train
+  vqlab tokens --workdir runs/video --out runs/video/prompts --split test --examples 64
+  vqlab generate --config configs/generator_quickstart.py:raster,video --workdir runs/video_gen \
+    --config.tokenizer_workdir=runs/video --config.tokens_dir=runs/video/tokens \
+    --config.sample.prompts_dir=runs/video/prompts
+
 `:digits` (e.g. `:raster,digits`) is the class-conditional chain on the built-in digits:
 a tokenizer from `configs/vqgan_quickstart.py:digits`, its tokens, 10 classes; the sample
 grid has one row per class and the summary the digits classifier's FID, class accuracy,
@@ -29,7 +40,7 @@ PARADIGMS = ("raster", "var", "maskgit", "delay")
 
 
 def get_config(arg: str | None = None):
-  variants = parse_arg(arg, known=("digits",), one_of=PARADIGMS)
+  variants = parse_arg(arg, known=("digits", "video"), one_of=PARADIGMS)
   chosen = [p for p in PARADIGMS if p in variants]
   c = generator_config(chosen[0])
   c.model.update(width=192, depth=4, heads=6, num_classes=1)
@@ -38,11 +49,16 @@ def get_config(arg: str | None = None):
   c.log.update(every=50, checkpoint_every=500)
   if chosen[0] == "delay":  # 2 s clips: 100 frames + 7 delay steps; no guidance (one class)
     c.sample.update(num=4, cfg_scale=1.0, top_k=50, prompt_frames=25)
+  if "video" in variants:  # one class; continue 8 held-out clips from their first latent frame
+    c.model.positions = "rope3d"
+    c.sample.update(num=8, cfg_scale=1.0, top_k=50, prompt_frames=1)
   if "digits" in variants:  # 10 classes; a sample grid of one row per class
     c.model.num_classes = 10
     c.sample.update(num=100, cfg_scale=1.5)
   if "runlocal" in variants:
     shrink_generator_for_runlocal(c)
+    if "video" in variants:
+      c.sample.num = 2
     if "digits" in variants:
       c.sample.num = 20
       c.eval.digits_examples = 40

@@ -60,13 +60,13 @@ def test_builder_splits_use_their_own_digits(data_dir):
   made = {c.tobytes(): i for i, c in enumerate(clips)}
   found = [made.get(test[i]["video"].tobytes()) for i in range(len(test))]
   assert sorted(found) == list(range(256))
-  np.testing.assert_array_equal(record["label"], chosen[found[0]])
+  np.testing.assert_array_equal(record["digits"], chosen[found[0]])
 
 
 def test_clip_pipeline_crops_in_time_and_resizes(data_dir):
   source = builtin.load("vqlab_moving_mnist", data_dir, "test")
   ds = video_dataset(source, batch_size=4, num_frames=9, image_size=32, seed=0, shuffle=False,
-                     num_epochs=1, keys=("video", "label"))
+                     num_epochs=1, keys=("video", "digits"))
   batch = next(iter(ds))
   assert batch["video"].shape == (4, 9, 32, 32, 1) and batch["video"].dtype == np.uint8
   full = video_dataset(source, batch_size=4, num_frames=20, image_size=64, seed=0,

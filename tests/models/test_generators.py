@@ -12,7 +12,7 @@ from flax import nnx
 from vqlab.models import sampling
 from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator, NextScaleGenerator,
                                      NextTokenGenerator, delay_pattern, undelay_pattern)
-from vqlab.nn.transformer import KVCache, TransformerShape, attention_mask
+from vqlab.nn.transformer import KVCache, TransformerShape, apply_rope, attention_mask, rope_3d
 from vqlab.quantizers import MultiScaleVQ
 
 SHAPE = TransformerShape(width=32, depth=2, heads=4, mlp_ratio=2.0)
@@ -21,21 +21,54 @@ VAR_SHAPE = TransformerShape(width=32, depth=2, heads=4, mlp_ratio=2.0, norm="la
 PATCH_NUMS = (1, 2, 3)
 
 
-@pytest.mark.parametrize("positions", ["rope2d", "learned"])
-def test_cached_raster_decoding_gives_the_uncached_logits(positions):
-  model = NextTokenGenerator(SHAPE, vocab_size=17, num_classes=3, grid=3,
+@pytest.mark.parametrize("positions,frames", [("rope2d", 1), ("learned", 1), ("rope3d", 2)])
+def test_cached_raster_decoding_gives_the_uncached_logits(positions, frames):
+  model = NextTokenGenerator(SHAPE, vocab_size=17, num_classes=3, grid=3, frames=frames,
                              positions=positions, rngs=nnx.Rngs(0))
   model.eval()
-  tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, 17)
+  n = 9 * frames
+  tokens = jax.random.randint(jax.random.key(1), (2, n), 0, 17)
   labels = jnp.array([0, 3])
   full = model(tokens, labels)
-  cache = KVCache.empty(SHAPE, 2, 9)
+  cache = KVCache.empty(SHAPE, 2, n)
   logits, cache = model.step(model.embed_class(labels), 0, cache)
   got = [logits[:, 0]]
-  for i in range(1, 9):
+  for i in range(1, n):
     logits, cache = model.step(model.embed_tokens(tokens[:, i - 1:i], i), i, cache)
     got.append(logits[:, 0])
   np.testing.assert_allclose(jnp.stack(got, 1), full, atol=2e-5, rtol=2e-5)
+
+
+def test_rope_3d_scores_depend_on_the_offset_in_time_row_and_column():
+  # q . k after rotation at (t, r, c) and (t', r', c') depends only on the difference
+  q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 12))
+  rotate = lambda x, t, r, c: apply_rope(x, rope_3d(jnp.array([t]), jnp.array([r]),
+                                                    jnp.array([c]), 12)[None])
+  score = lambda a, b: float(jnp.sum(rotate(q, *a) * rotate(k, *b)))
+  assert score((1, 2, 0), (0, 1, 3)) == pytest.approx(score((4, 5, 2), (3, 4, 5)), abs=1e-4)
+  others = [score((1, 2, 0), b) for b in ((1, 1, 3), (0, 2, 3), (0, 1, 2))]
+  assert all(abs(o - score((1, 2, 0), (0, 1, 3))) > 1e-3 for o in others)  # each axis counts
+  assert rope_3d(jnp.arange(2), jnp.arange(2), jnp.arange(2), 12).shape == (2, 6)
+
+
+def test_video_tokens_need_3d_or_learned_positions_and_prompts_are_kept():
+  with pytest.raises(ValueError, match="expected 'rope3d' or 'learned' for video tokens"):
+    NextTokenGenerator(SHAPE, 17, 1, 2, frames=3, rngs=nnx.Rngs(0))
+  model = NextTokenGenerator(SHAPE, 17, 1, 2, frames=3, positions="rope3d", rngs=nnx.Rngs(0))
+  prompt = jnp.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+  labels = jnp.zeros((2,), jnp.int32)
+  tokens = jax.jit(lambda p: sampling.sample_next_token(model, labels, jax.random.key(0),
+                                                        prompt=p))(prompt)
+  assert tokens.shape == (2, 12)
+  np.testing.assert_array_equal(tokens[:, :4], prompt)  # the first latent frame, given
+  free = sampling.sample_next_token(model, labels, jax.random.key(0))
+  assert not np.array_equal(free[:, :4], prompt)
+  # the rest is sampled from the model given the prompt: greedy equals teacher forcing
+  greedy = sampling.sample_next_token(model, labels, jax.random.key(0), prompt=prompt, top_k=1)
+  logits = model(greedy, labels)
+  np.testing.assert_array_equal(greedy[:, 4:], jnp.argmax(logits[:, 4:], -1))
+  with pytest.raises(ValueError, match=r"prompt: expected \(B=2, P <= 12\)"):
+    sampling.sample_next_token(model, labels, jax.random.key(0), prompt=jnp.zeros((2, 13), int))
 
 
 def _var(seed=0):

@@ -17,6 +17,7 @@ from configs import video_quickstart
 from vqlab import parallel
 from vqlab.data import tokens
 from vqlab.data.pipeline import iterate
+from vqlab.models import sampling
 from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
@@ -33,11 +34,18 @@ def small_config(data_dir, **train):
   return c
 
 
-def test_quickstart_runlocal_trains_and_its_run_works(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def video_run(data_dir, tmp_path_factory):
+  """The quickstart's runlocal (GAN from step 1, LeCam on): (config, workdir, summary)."""
   config = small_config(data_dir)
   config.loss.update(lecam_weight=0.1)
-  summary = tokenizer.train(config, str(tmp_path))
-  rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
+  workdir = tmp_path_factory.mktemp("video_run")
+  return config, workdir, tokenizer.train(config, str(workdir))
+
+
+def test_quickstart_runlocal_trains_and_its_run_works(video_run, tmp_path):
+  config, workdir, summary = video_run
+  rows = read_jsonl(str(workdir / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]
   assert "disc_loss" not in rows[0] and "disc_loss" in rows[1]
   for r in rows:
@@ -46,10 +54,10 @@ def test_quickstart_runlocal_trains_and_its_run_works(data_dir, tmp_path):
   for k in ("psnr", "psnr_after_first", "psnr_repeat_first", "ssim"):
     assert np.isfinite(summary[k]), (k, summary)
   assert 0 < summary["usage"] <= 1
-  assert os.path.exists(tmp_path / "images" / "recon_0000002.png")
+  assert os.path.exists(workdir / "images" / "recon_0000002.png")
 
   # the run's tokenizer takes clips and images
-  model = runs.load_tokenizer(str(tmp_path))
+  model = runs.load_tokenizer(str(workdir))
   ds = runs.datasets(config, "test", train=False, batch_size=2, num_examples=2)
   clip = to_unit(next(iterate(ds, threads=0))["video"])
   q = model.encode(clip)
@@ -59,16 +67,42 @@ def test_quickstart_runlocal_trains_and_its_run_works(data_dir, tmp_path):
   np.testing.assert_array_equal(model.encode(clip[:, 0]).indices, q.indices[:, 0])
 
   # vqlab eval gives the training summary's numbers again
-  again = tokenizer_eval.evaluate_workdir(str(tmp_path))
+  again = tokenizer_eval.evaluate_workdir(str(workdir))
   for k in ("psnr", "psnr_after_first", "psnr_repeat_first", "usage"):
     assert again[k] == pytest.approx(summary[k], rel=1e-5), k
 
-  # vqlab tokens: (latent frames, h, w) per clip, with the clip's digit labels
+  # vqlab tokens: (latent frames, h, w) per clip
   out = str(tmp_path / "tokens")
-  assert export_tokens.export(str(tmp_path), out, split="test", examples=6, batch_size=8) == 6
+  assert export_tokens.export(str(workdir), out, split="test", examples=6, batch_size=8) == 6
   source = tokens.TokenSource(out)
   assert source.meta["modality"] == "video" and source.meta["latent_frames"] == 2
   assert np.asarray(source[0]["indices"]).shape == (2, 8, 8)
+
+
+def test_generator_continues_held_out_clips(video_run, tmp_path):
+  # the chain: video tokens -> a 2-step raster generator with 3D RoPE -> frame prediction
+  from configs import generator_quickstart
+  from vqlab.train import generator
+  _, workdir, _ = video_run
+  train_tokens, prompts = str(tmp_path / "tokens"), str(tmp_path / "prompts")
+  export_tokens.export(str(workdir), train_tokens, split="train", examples=16, batch_size=8)
+  export_tokens.export(str(workdir), prompts, split="test", examples=8, batch_size=8)
+  c = generator_quickstart.get_config("raster,video,runlocal")
+  c.update(tokenizer_workdir=str(workdir), tokens_dir=train_tokens)
+  c.sample.prompts_dir = prompts
+  gen_dir = tmp_path / "gen"
+  summary = generator.train(c, str(gen_dir))
+  assert np.isfinite(summary["loss"]) and summary["sample_tokens_per_second"] > 0
+  assert os.path.exists(gen_dir / "images" / "samples_0000002.png")
+  assert os.path.exists(gen_dir / "images" / "samples_0000002.gif")
+  model, tok = runs.load_generator(str(gen_dir))
+  prompt = np.stack([tokens.TokenSource(prompts)[i]["indices"] for i in range(2)])
+  assert prompt.shape == (2, 2, 8, 8) and model.seq_len == 2 * 8 * 8
+  sampled = sampling.sample_next_token(model, jnp.zeros((2,), jnp.int32), jax.random.key(0),
+                                       prompt=jnp.asarray(prompt[:, :1].reshape(2, -1)))
+  grid = np.asarray(sampled).reshape(2, 2, 8, 8)
+  np.testing.assert_array_equal(grid[:, 0], prompt[:, 0])  # the held-out first latent frame
+  assert tok.decode(jnp.asarray(grid), 5).shape == (2, 5, 32, 32, 1)
 
 
 def test_short_run_lowers_the_loss(data_dir, tmp_path):

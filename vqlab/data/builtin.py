@@ -88,7 +88,8 @@ class VqlabDigits(tfds.core.GeneratorBasedBuilder):
 
 class VqlabMovingMnist(tfds.core.GeneratorBasedBuilder):
   """Moving MNIST from the built-in digits (vqlab.data.moving_mnist): uint8 clips
-  (20, 64, 64, 1) and the two digits' labels; each split from its own digits and seed."""
+  (20, 64, 64, 1) and which two digits move in them ("digits", not a class "label");
+  each split from its own digits and seed."""
 
   VERSION = tfds.core.Version("1.0.0")
 
@@ -97,7 +98,7 @@ class VqlabMovingMnist(tfds.core.GeneratorBasedBuilder):
         # zlib: the clips are mostly black (~10x smaller on disk)
         "video": tfds.features.Tensor(shape=(20, 64, 64, 1), dtype=np.uint8,
                                       encoding=tfds.features.Encoding.ZLIB),
-        "label": tfds.features.Tensor(shape=(2,), dtype=np.int32)}))
+        "digits": tfds.features.Tensor(shape=(2,), dtype=np.int32)}))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -110,7 +111,7 @@ class VqlabMovingMnist(tfds.core.GeneratorBasedBuilder):
     clips, chosen = moving_mnist(images[rows, ..., 0], labels[rows],
                                  MOVING_MNIST_CLIPS[split], seed)
     for i in range(len(clips)):
-      yield i, {"video": clips[i], "label": chosen[i]}
+      yield i, {"video": clips[i], "digits": chosen[i]}
 
 
 class VqlabPhotos(tfds.core.GeneratorBasedBuilder):

@@ -2,7 +2,9 @@
 
 - `NextTokenGenerator`: raster-order class-conditional generation (LlamaGen,
   https://arxiv.org/abs/2406.06525): input = [class embedding, tokens[:-1]], causal,
-  2D RoPE over the token grid (the class slot at angle 0) or learned positions.
+  2D RoPE over the token grid (the class slot at angle 0) or learned positions; over a
+  video tokenizer's (t, h, w) tokens (`frames` > 1), frame by frame in raster order with 3D
+  RoPE (MAGVIT-v2's video tokens modelled as LlamaGen models an image's).
 - `MaskedGenerator`: MaskGIT (https://arxiv.org/abs/2202.04200): a class token then
   all image tokens, bidirectional, `mask_id = vocab_size` for masked slots.
 - `NextScaleGenerator`: VAR (https://arxiv.org/abs/2404.02905): the class embedding
@@ -27,10 +29,10 @@ import numpy as np
 from flax import nnx
 
 from vqlab.nn.transformer import (KVCache, Transformer, TransformerShape, embedding, linear,
-                                  param, rope_1d, rope_2d)
+                                  param, rope_1d, rope_2d, rope_3d)
 
 Array = jax.Array
-POSITIONS = ("rope2d", "learned")
+POSITIONS = ("rope2d", "rope3d", "learned")
 
 
 def _check_labels(labels: Array, num_classes: int) -> None:
@@ -46,12 +48,15 @@ def drop_labels(labels: Array, key: Array, rate: float, num_classes: int) -> Arr
 class NextTokenGenerator(nnx.Module):
 
   def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int,
-               grid: int, *, positions: str = "rope2d", rngs: nnx.Rngs):
+               grid: int, *, frames: int = 1, positions: str = "rope2d", rngs: nnx.Rngs):
     if positions not in POSITIONS:
       raise ValueError(f"positions: expected one of {POSITIONS}, got {positions!r}")
+    if frames > 1 and positions == "rope2d":
+      raise ValueError(f"positions: expected 'rope3d' or 'learned' for video tokens ({frames} "
+                       "latent frames), got 'rope2d'")
     self.shape, self.vocab_size, self.num_classes, self.grid = shape, vocab_size, num_classes, grid
-    self.positions = positions
-    self.seq_len = grid * grid
+    self.positions, self.frames = positions, frames
+    self.seq_len = frames * grid * grid
     self.tok_embed = embedding(vocab_size, shape.width, ("vocab", "embed"), rngs)
     self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
     if positions == "learned":
@@ -62,10 +67,13 @@ class NextTokenGenerator(nnx.Module):
 
   def _angles(self, positions: Array) -> Array | None:
     """Input slot p holds token p-1 (slot 0: the class): its grid cell gives the angle."""
-    if self.positions != "rope2d":
+    if self.positions == "learned":
       return None
-    cell = jnp.maximum(positions - 1, 0)
-    angles = rope_2d(cell // self.grid, cell % self.grid, self.shape.width // self.shape.heads)
+    cell, g, head_dim = jnp.maximum(positions - 1, 0), self.grid, self.shape.width // self.shape.heads
+    if self.positions == "rope3d":
+      angles = rope_3d(cell // (g * g), cell // g % g, cell % g, head_dim)
+    else:
+      angles = rope_2d(cell // g, cell % g, head_dim)
     return jnp.where((positions == 0)[..., None], 0.0, angles)[None]
 
   def embed(self, tokens: Array, labels: Array) -> Array:

@@ -71,17 +71,25 @@ def _pick(logits: Array, key: Array, b: int, guided: bool, scale, **kw) -> Array
 
 def sample_next_token(model: NextTokenGenerator, labels: Array, key: Array, *,
                       cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
-                      top_p: float = 1.0) -> Array:
-  """Raster-order sampling with the KV cache: tokens (B, N). Call inside or outside jit."""
+                      top_p: float = 1.0, prompt: Array | None = None) -> Array:
+  """Raster-order sampling with the KV cache: tokens (B, N). `prompt` (B, P): the first P
+  tokens are given, not sampled (a video's first latent frame: frame prediction). Call
+  inside or outside jit."""
   model = _eval_copy(model)
   b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
+  if prompt is not None and (prompt.ndim != 2 or prompt.shape[0] != b or prompt.shape[1] > n):
+    raise ValueError(f"prompt: expected (B={b}, P <= {n}), got shape {prompt.shape}")
+  given = jnp.zeros((b, n), jnp.int32) if prompt is None else jnp.zeros(
+      (b, n), jnp.int32).at[:, :prompt.shape[1]].set(prompt)
+  num_given = 0 if prompt is None else prompt.shape[1]
+  keep = lambda i, tok: jnp.where(i < num_given, given[:, i], tok)
   kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
   lab = _with_null(labels, model.num_classes, guided)
   cache = KVCache.empty(model.shape, lab.shape[0], n)
   logits, cache = model.step(model.embed_class(lab), 0, cache)
   key, sub = jax.random.split(key)
-  tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(_pick(logits[:, -1], sub, b, guided,
-                                                           cfg_scale, **kw))
+  tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(keep(0, _pick(
+      logits[:, -1], sub, b, guided, cfg_scale, **kw)))
   graphdef, state = nnx.split(model)
 
   def body(i, carry):
@@ -91,7 +99,7 @@ def sample_next_token(model: NextTokenGenerator, labels: Array, key: Array, *,
     prev = jnp.concatenate([prev, prev]) if guided else prev
     logits, cache = m.step(m.embed_tokens(prev, i), i, cache)
     key, sub = jax.random.split(key)
-    tok = _pick(logits[:, -1], sub, b, guided, cfg_scale, **kw)
+    tok = keep(i, _pick(logits[:, -1], sub, b, guided, cfg_scale, **kw))
     return jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], i, axis=1), cache, key
 
   tokens, _, _ = jax.lax.fori_loop(1, n, body, (tokens, cache, key))

@@ -84,6 +84,17 @@ def rope_2d(rows: Array, cols: Array, head_dim: int, base: float = 10000.0) -> A
                          axis=-1)
 
 
+def rope_3d(frames: Array, rows: Array, cols: Array, head_dim: int,
+            base: float = 10000.0) -> Array:
+  """3D RoPE over (time, row, column) video tokens: of each head's pairs, a third (rounded
+  down) rotates with the row, as many with the column, the rest with the frame."""
+  pairs = head_dim // 2
+  space = pairs // 3
+  return jnp.concatenate([rope_1d(frames, 2 * (pairs - 2 * space), base),
+                          rope_1d(rows, 2 * space, base), rope_1d(cols, 2 * space, base)],
+                         axis=-1)
+
+
 def apply_rope(x: Array, angles: Array) -> Array:
   """Rotate pairs (x[2i], x[2i+1]) of x (B, L, H, Dh) by angles (B or 1, L, Dh/2)."""
   xf = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)

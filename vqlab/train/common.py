@@ -263,6 +263,17 @@ def save_image_grid(writer: "MetricWriter", path: str, step: int, tag: str,
   return path
 
 
+def save_gif(path: str, clips: np.ndarray, seconds_per_frame: float = 0.1) -> str:
+  """Clips uint8 (N, T, H, W, C) side by side as one looping GIF; returns the path."""
+  n, t, h, w, c = clips.shape
+  tiled = clips.transpose(1, 2, 0, 3, 4).reshape(t, h, n * w, c)
+  frames = [Image.fromarray(f[..., 0] if c == 1 else f) for f in tiled]
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
+                 duration=int(1000 * seconds_per_frame))
+  return path
+
+
 def save_audio(directory: str, rows: list[tuple[str, np.ndarray]], sample_rate: int,
                writer: "MetricWriter | None" = None, step: int = 0) -> str:
   """Waveforms (N, T) of each (label, waveforms) row as DIRECTORY/{i}_{label}.wav, and their

@@ -1,6 +1,8 @@
 """The token-generator trainer: next-token (raster), next-scale (VAR) or masked (MaskGIT)
 prediction on tokens exported by a trained image tokenizer, or delay-pattern prediction
-(MusicGen) of the multi-level tokens of an audio codec.
+(MusicGen) of the multi-level tokens of an audio codec. Video tokens (a causal 3D
+tokenizer's (t, h, w) codes) are modelled in raster order with 3D RoPE, and sampled either
+unconditionally or continuing the first latent frames of held-out clips (frame prediction).
 
   vqlab generate --config configs/generator_quickstart.py:raster --workdir runs/gen \\
     --config.tokenizer_workdir=runs/quickstart --config.tokens_dir=runs/quickstart/tokens
@@ -9,7 +11,8 @@ Same machinery as the tokenizer trainer (vqlab.train.loop): grain batches of tok
 one sharded `jax.jit` step (batch over data x fsdp, FSDP parameters) -> orbax
 checkpoints with auto-resume (model, optimizer, EMA, RNG, iterator) -> metrics.jsonl +
 TensorBoard (loss, bits per token, accuracy, gradient norm, steps/s, sampling tokens/s)
--> sample grids decoded by the tokenizer (images/samples_*.png), or for audio, prompts
+-> sample grids decoded by the tokenizer (images/samples_*.png; clips also as a GIF),
+or for audio, prompts
 continued and decoded to wav with their spectrograms (audio/samples_*) -> summary.json.
 Labels are dropped to the null class at `train.label_dropout` for classifier-free
 guidance.
@@ -45,7 +48,7 @@ from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (accumulated_value_and_grad, ema_update, make_optimizer,
-                                save_audio, save_image_grid, to_pixels, to_unit)
+                                save_audio, save_gif, save_image_grid, to_pixels, to_unit)
 
 PARADIGMS = ("raster", "var", "maskgit", "delay")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
@@ -70,6 +73,8 @@ class SampleSpec:
   steps: int
   latent_size: int  # images: tokens per side
   schedule: str = "cosine"  # masked decoding's mask schedule
+  frames: int = 0  # video: latent frames of a clip (0: images)
+  num_frames: int = 0  # video: the clip's frames, decoded
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -81,7 +86,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.sample.schedule not in sampling.MASK_SCHEDULES:
     raise ValueError(f"sample.schedule: expected one of {sampling.MASK_SCHEDULES}, got "
                      f"{config.sample.schedule!r}")
-  fields = {f.name for f in dataclasses.fields(SampleSpec)} - {"paradigm", "latent_size"}
+  fields = {f.name for f in dataclasses.fields(SampleSpec)} - {"paradigm", "latent_size",
+                                                               "frames", "num_frames"}
   for setting in config.eval.sample_settings:
     if not isinstance(setting, dict) or not setting or set(setting) - fields:
       raise ValueError(f"eval.sample_settings: expected dicts of sample fields {sorted(fields)}, "
@@ -107,6 +113,9 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
   rngs = nnx.Rngs(config.seed)
   vocab = int(tok.quantizer.codebook_size)
   audio = meta.get("modality") == "audio"
+  if meta.get("modality") == "video" and config.paradigm != "raster":
+    raise ValueError(f"paradigm: video tokens are modelled by 'raster' (next token, 3D RoPE), "
+                     f"got {config.paradigm!r}")
   if (config.paradigm == "delay") != audio:
     raise ValueError(f"paradigm: audio-codec tokens are modelled by 'delay' and image tokens "
                      f"by {PARADIGMS[:3]}; got {config.paradigm!r} for "
@@ -126,7 +135,8 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
     raise ValueError(f"paradigm: {config.paradigm!r} models one index per latent position; "
                      f"the tokenizer's {type(tok.quantizer).__name__} gives more")
   if config.paradigm == "raster":
-    return NextTokenGenerator(shape, vocab, m.num_classes, latent_size, positions=m.positions,
+    return NextTokenGenerator(shape, vocab, m.num_classes, latent_size,
+                              frames=int(meta.get("latent_frames", 1)), positions=m.positions,
                               rngs=rngs)
   return MaskedGenerator(shape, vocab, m.num_classes, latent_size, rngs=rngs)
 
@@ -198,8 +208,9 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
 
 
 def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
-  """jit: (state, tokenizer state, labels, key, prompt) -> (tokens, images in [-1, 1] or
-  waveforms (B, T, 1)); `prompt` (B, P, levels) codes for "delay", else None."""
+  """jit: (state, tokenizer state, labels, key, prompt) -> (tokens, images or clips in
+  [-1, 1], or waveforms (B, T, 1)); `prompt`: (B, P, levels) codes for "delay", the first
+  (B, P) tokens of video clips for "raster" (frame prediction), else None."""
 
   @jax.jit
   def run(state, tok_state, labels, key, prompt=None):
@@ -208,7 +219,7 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
     kw = dict(cfg_scale=spec.cfg_scale, temperature=spec.temperature, top_k=spec.top_k,
               top_p=spec.top_p)
     if spec.paradigm == "raster":
-      tokens = sampling.sample_next_token(model, labels, key, **kw)
+      tokens = sampling.sample_next_token(model, labels, key, prompt=prompt, **kw)
     elif spec.paradigm == "var":
       tokens = sampling.sample_next_scale(model, tok.quantizer, labels, key, **kw)
     elif spec.paradigm == "delay":
@@ -217,6 +228,9 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
     else:
       tokens = sampling.sample_masked(model, labels, key, steps=spec.steps,
                                       schedule=spec.schedule, **kw)
+    if spec.frames:  # video: (B, latent frames, h, w) -> clips
+      grid = tokens.reshape(-1, spec.frames, spec.latent_size, spec.latent_size)
+      return tokens, tok.decode(grid, spec.num_frames)
     grid = tokens if spec.paradigm == "var" else tokens.reshape(
         -1, spec.latent_size, spec.latent_size)
     return tokens, tok.decode(grid)
@@ -305,9 +319,11 @@ class GeneratorJob(loop.Job):
   def periodic(self, graphdef):
     c, s, tok = self.config, self.config.sample, self.tok
     tok_graphdef, self.tok_state = nnx.split(tok)
+    meta = self.source.meta
+    video = meta.get("modality") == "video"
     self.sample_spec = SampleSpec(c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p,
-                                  s.steps, int(self.source.meta.get("latent_size", 0)),
-                                  s.schedule)
+                                  s.steps, int(meta.get("latent_size", 0)), s.schedule,
+                                  int(meta.get("latent_frames", 0)), int(meta.get("num_frames", 0)))
     self.graphdef, self.tok_graphdef = graphdef, tok_graphdef
     self.sampler = make_sampler(graphdef, tok_graphdef, self.sample_spec)
     per_class = max(1, s.num // c.model.num_classes)
@@ -329,6 +345,15 @@ class GeneratorJob(loop.Job):
                          f"frames and 0 < prompt_frames <= {frames}, got records "
                          f"{originals.shape[1:]} and {s.prompt_frames}")
       prompt = jnp.asarray(originals[:, :s.prompt_frames])
+    if video and s.prompt_frames:  # frame prediction: continue held-out clips' first frames
+      prompts = TokenSource(s.prompts_dir or c.tokens_dir)
+      frames = self.sample_spec.frames
+      if len(prompts) < s.num or not 0 < s.prompt_frames < frames:
+        raise ValueError(f"sample.num / prompt_frames: expected at most the {len(prompts)} "
+                         f"prompt records and 0 <= prompt_frames < {frames} latent frames, got "
+                         f"{s.num} and {s.prompt_frames}")
+      originals = np.stack([prompts[i]["indices"] for i in range(s.num)]).astype(np.int32)
+      prompt = jnp.asarray(originals[:, :s.prompt_frames].reshape(s.num, -1))
     self.throughput = {}
 
     def samples(state, step):
@@ -341,7 +366,10 @@ class GeneratorJob(loop.Job):
         self.throughput["tokens_per_second"] = tokens.size / seconds
         self.writer.write(step, {"sample/tokens_per_second": tokens.size / seconds})
       self.throughput["compiled"] = True
-      if self.main_process and prompt is not None:
+      if video:
+        if self.main_process:
+          self.save_clips(images, originals, step)
+      elif self.main_process and prompt is not None:
         save_audio(os.path.join(self.workdir, "audio", f"samples_{step:07d}"),
                    [("original", np.asarray(tok.decode(jnp.asarray(originals)))[..., 0]),
                     ("continued", np.asarray(images)[..., 0])], tok.sample_rate,
@@ -357,6 +385,19 @@ class GeneratorJob(loop.Job):
 
     self.samples = samples
     return [(s.every, samples)]
+
+  def save_clips(self, images, originals, step: int) -> None:
+    """Sampled clips as a frame grid (each under its held-out clip when continued) and a
+    GIF of them side by side."""
+    clips = to_pixels(images)
+    rows = [(f"sample {i}", clip) for i, clip in enumerate(clips)]
+    if originals is not None:
+      held_out = to_pixels(self.tok.decode(jnp.asarray(originals), self.sample_spec.num_frames))
+      rows = [row for i in range(len(clips)) for row in (
+          (f"held-out {i}", held_out[i]), (f"continued {i}", clips[i]))]
+    path = os.path.join(self.workdir, "images", f"samples_{step:07d}")
+    save_image_grid(self.writer, path + ".png", step, "samples", rows)
+    save_gif(path + ".gif", clips)
 
   def evaluate(self, graphdef, state):
     c = self.config
