@@ -15,8 +15,8 @@ JOBS = {
              "or codec and report its metrics"),
     "tokens": ("vqlab.train.export_tokens", None, "export a dataset's tokens to array_record "
                "files"),
-    "convert": ("vqlab.convert", None, "convert published weights (var, lpips, inception) to "
-                "vqlab's .npz files"),
+    "convert": ("vqlab.convert", None, "convert published weights (var, lpips, inception, "
+                "hubert, i3d) to vqlab's .npz files"),
     "codec": ("vqlab.train.runs", "codec", "= train, for an audio codec config"),
     "generate": ("vqlab.train.runs", "generator", "= train, for a token generator config"),
     "study": ("vqlab.train.runs", "study", "= train, for a quantizer study config"),

@@ -18,7 +18,7 @@ from vqlab import parallel
 from vqlab.data import tokens
 from vqlab.data.pipeline import iterate
 from vqlab.models import sampling
-from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval, utilisation
+from vqlab.train import evaluators, export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
 
@@ -103,6 +103,24 @@ def test_generator_continues_held_out_clips(video_run, tmp_path):
   grid = np.asarray(sampled).reshape(2, 2, 8, 8)
   np.testing.assert_array_equal(grid[:, 0], prompt[:, 0])  # the held-out first latent frame
   assert tok.decode(jnp.asarray(grid), 5).shape == (2, 5, 32, 32, 1)
+
+
+@pytest.mark.slow  # I3D at 224x224 on CPU: CI's slow step
+def test_eval_adds_rfvd_with_i3d_weights(video_run):
+  # random I3D weights: a number, not an FVD; the run's clips are 5 frames, I3D takes >= 9
+  config, workdir, _ = video_run
+  with pytest.raises(ValueError, match="expected >= 9 frames"):
+    tokenizer_eval.evaluate_workdir(str(workdir), examples=8, i3d_weights="random")
+  config.data.num_frames = 9  # the same causal model encodes 9-frame clips
+  _, graphdef, state, _ = runs.restore(str(workdir))
+  from vqlab.eval import i3d
+  mesh = parallel.make_mesh({"data": -1})
+  r = evaluators.evaluate(config, graphdef, state, mesh, num_examples=8,
+                          i3d_params=i3d.random_params(num_classes=16))
+  assert np.isfinite(r["rfvd"]) and r["rfvd"] > 0 and r["frames"] == 9
+  with pytest.raises(ValueError, match="rFVD is a video metric"):
+    config.data.num_frames = 0
+    evaluators.evaluate(config, graphdef, state, mesh, i3d_params={})
 
 
 def test_short_run_lowers_the_loss(data_dir, tmp_path):

@@ -4,6 +4,7 @@
   vqlab convert lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg16.npz
   vqlab convert inception --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
   vqlab convert hubert --weights pytorch_model.bin --out hubert_base.npz
+  vqlab convert i3d --pth rgb_imagenet.pt --out i3d.npz
 
 Each converter is a module here with `main(argv)`; file formats (PyTorch state dicts,
 read by `state_dict.read_state_dict`) stay out of models/, losses/ and eval/.
@@ -19,6 +20,7 @@ CONVERTERS = {
     "lpips": ("vqlab.convert.lpips", "LPIPS-VGG16 (torchvision VGG16 + LPIPS linear layers)"),
     "inception": ("vqlab.convert.inception", "pytorch-fid's InceptionV3 (FID, IS)"),
     "hubert": ("vqlab.convert.hubert", "HuBERT (transformers' layout): semantic teacher"),
+    "i3d": ("vqlab.convert.i3d", "PyTorch Inception-I3D (pytorch-i3d's layout): FVD"),
 }
 
 

@@ -3,8 +3,9 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
 
 - images (`evaluate_images`): PSNR, SSIM, code usage and perplexity of fixed crops, and
   rFID (Frechet distance of Inception features, originals vs reconstructions) when
-  Inception weights are given; for clips the same per frame, and the PSNR of the frames
-  after the first against repeating the first frame (the floor a video tokenizer must beat);
+  Inception weights are given; for clips the same per frame, the PSNR of the frames
+  after the first against repeating the first frame (the floor a video tokenizer must
+  beat), and rFVD (Frechet distance of I3D features) when I3D weights are given;
 - audio (`evaluate_audio`): held-out clips reconstructed with 1 .. L residual levels:
   SI-SDR, mel distance, PESQ / STOI (when installed) and the bitrate of each; code usage
   per level; word error rate of whole transcribed utterances at each number of levels
@@ -30,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vqlab import parallel
 from vqlab.data import builtin, speech, splits
 from vqlab.data.pipeline import PrepareAudio, iterate
-from vqlab.eval import audio_metrics, digits, inception, probe, speech_recognition
+from vqlab.eval import audio_metrics, digits, i3d, inception, probe, speech_recognition
 from vqlab.eval.image_metrics import frames, frechet_distance, gaussian_stats, psnr, ssim
 from vqlab.models import audio_codec
 from vqlab.quantizers.core import usage_metrics
@@ -86,6 +87,11 @@ def latent_ladder(state, audio, *, graphdef):
 
 
 @jax.jit
+def _i3d_pair(params, x, recon):
+  return i3d.i3d_features(params, x), i3d.i3d_features(params, recon)
+
+
+@jax.jit
 def _inception_pair(params, x, recon):
   return inception.inception_features(params, x), inception.inception_features(params, recon)
 
@@ -108,13 +114,17 @@ def _no_batch(config, split):
 
 
 def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *, split: str,
-                    num_examples: int, inception_params=None) -> dict[str, Any]:
+                    num_examples: int, inception_params=None, i3d_params=None
+                    ) -> dict[str, Any]:
   """PSNR, SSIM, code usage and perplexity of held-out reconstructions (fixed crops);
   rFID when `inception_params` are given. Clips (`data.num_frames` > 0): the same over
-  their frames, and over the frames after the first, the PSNR of the reconstruction
-  (`psnr_after_first`) and of repeating the first frame (`psnr_repeat_first`)."""
+  their frames, over the frames after the first the PSNR of the reconstruction
+  (`psnr_after_first`) and of repeating the first frame (`psnr_repeat_first`), and rFVD
+  when `i3d_params` are given."""
+  if i3d_params is not None and not splits.is_video(config):
+    raise ValueError("i3d: rFVD is a video metric; expected no I3D weights for an image run")
   psnrs, ssims, counts, real_feats, fake_feats = [], [], None, [], []
-  later, repeat = [], []
+  later, repeat, real_clips, fake_clips = [], [], [], []
   codebook = eval_model(graphdef, state).quantizer.codebook_size
   video = splits.is_video(config)
   for images in _batches(config, split, num_examples, mesh, splits.tokenizer_key(config),
@@ -125,6 +135,10 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
       later.append(parallel.to_host(psnr(frames(recon[:, 1:]), frames(x[:, 1:]))))
       first = jnp.broadcast_to(x[:, :1], x[:, 1:].shape)
       repeat.append(parallel.to_host(psnr(frames(first), frames(x[:, 1:]))))
+    if i3d_params is not None:
+      real, fake = _i3d_pair(i3d_params, x, recon)
+      real_clips.append(parallel.to_host(real))
+      fake_clips.append(parallel.to_host(fake))
     recon, x = frames(recon), frames(x)
     psnrs.append(parallel.to_host(psnr(recon, x)))
     if min(x.shape[1:3]) >= 11:
@@ -144,6 +158,9 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
     extra.update(psnr_after_first=float(np.mean(np.concatenate(later))),
                  psnr_repeat_first=float(np.mean(np.concatenate(repeat))),
                  frames=int(config.data.num_frames))
+  if i3d_params is not None:
+    extra["rfvd"] = frechet_distance(*gaussian_stats(np.concatenate(real_clips)),
+                                     *gaussian_stats(np.concatenate(fake_clips)))
   if inception_params is not None:
     extra["rfid"] = frechet_distance(*gaussian_stats(np.concatenate(real_feats)),
                                      *gaussian_stats(np.concatenate(fake_feats)))
@@ -156,6 +173,7 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
 
 def describe_images(r: dict[str, Any]) -> str:
   rfid = f"rFID {r['rfid']:.2f}, " if "rfid" in r else ""
+  rfid += f"rFVD {r['rfvd']:.1f}, " if "rfvd" in r else ""
   what = f"clips of {r['frames']} frames" if "frames" in r else "images"
   later = (f"; frames after the first: PSNR {r['psnr_after_first']:.2f} dB vs "
            f"{r['psnr_repeat_first']:.2f} dB repeating the first frame"
@@ -370,19 +388,21 @@ def describe_audio(r: dict[str, Any]) -> str:
 
 def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
              split: str | None = None, num_examples: int | None = None,
-             inception_params=None) -> dict[str, Any]:
-  """The evaluator of the run's kind, images (tokenizer) or audio (codec), on `split`
-  (default the config's eval split) and `num_examples` (default `log.eval_examples`)."""
+             inception_params=None, i3d_params=None) -> dict[str, Any]:
+  """The evaluator of the run's kind, images / clips (tokenizer) or audio (codec), on
+  `split` (default the config's eval split) and `num_examples` (default
+  `log.eval_examples`)."""
   split = split or config.data.eval_split
   num_examples = num_examples or config.log.eval_examples
   if kind(config) == "codec":
-    if inception_params is not None:
-      raise ValueError("inception: rFID is an image metric; expected no Inception weights "
-                       "for an audio codec run")
+    if inception_params is not None or i3d_params is not None:
+      raise ValueError("inception / i3d: rFID and rFVD are image and video metrics; expected "
+                       "no Inception or I3D weights for an audio codec run")
     return evaluate_audio(config, graphdef, state, mesh, split=split,
                           num_examples=num_examples)
   return evaluate_images(config, graphdef, state, mesh, split=split,
-                         num_examples=num_examples, inception_params=inception_params)
+                         num_examples=num_examples, inception_params=inception_params,
+                         i3d_params=i3d_params)
 
 
 def describe(config: ml_collections.ConfigDict, r: dict[str, Any],
