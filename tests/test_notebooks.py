@@ -9,7 +9,7 @@ nbclient = pytest.importorskip("nbclient")
 
 # The notebooks that train for minutes run in CI's slow step, keeping the default run
 # inside its budget; the others run in both.
-LONG = {"audio_codec.ipynb", "generation.ipynb", "image_tokenizer.ipynb"}
+LONG = {"audio_codec.ipynb", "generation.ipynb", "image_tokenizer.ipynb", "video_tokenizer.ipynb"}
 NOTEBOOKS = [pytest.param(p, marks=pytest.mark.slow) if p.name in LONG else p
              for p in sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))]
 
