@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from configs import video_quickstart, video_ucf101

@@ -6,7 +6,7 @@ import pytest
 
 from vqlab.data import builtin
 from vqlab.data.digits import load_mnist_digits, split_indices
-from vqlab.data.moving_mnist import DIGIT, moving_mnist, trajectories
+from vqlab.data.moving_mnist import moving_mnist, trajectories
 from vqlab.data.pipeline import video_dataset
 
 

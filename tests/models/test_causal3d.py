@@ -11,7 +11,6 @@ from flax import nnx
 from vqlab.models import causal3d, image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.nn import precision
-from vqlab.quantizers import factory
 
 SHAPE = dict(channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
              temporal_downsample=(True, True), embed_dim=6, resolution=16, in_channels=1,

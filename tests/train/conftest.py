@@ -1,6 +1,12 @@
 """Fixtures of the trainer tests."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
+
+from vqlab import parallel
 
 from configs import vqgan_quickstart
 from vqlab.train import export_tokens, tokenizer
@@ -50,3 +56,37 @@ def speech_chain(build_once, speech_data_dir):
   clips of 0.5 s and 8 held-out prompt clips; built once per session."""
   root = build_once("speech_chain", lambda d: _build_speech_chain(d, speech_data_dir))
   return str(root / "codec"), str(root / "tokens"), str(root / "prompts")
+
+
+def _check_sharded_steps(step, state, batches, mesh_shape, keys, min_fsdp_size):
+  """Runs `step(state, batch, None)` over `batches` on one device and on a mesh of
+  `mesh_shape` (parameters FSDP-sharded above `min_fsdp_size`): the metrics `keys` agree
+  step by step, and the parameters after the last step."""
+  one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
+                                         parallel.batch_sharding(one), None))
+  mesh = parallel.make_mesh(mesh_shape)
+  shardings = parallel.state_shardings(state, mesh, min_fsdp_size=min_fsdp_size)
+  for axis in ("fsdp", "tensor"):
+    if axis in mesh_shape:  # conv kernels: input channels over fsdp, output over tensor
+      assert any(axis in s.spec for s in jax.tree.leaves(shardings))
+  batch = parallel.batch_sharding(mesh)
+  sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
+  ref_state, got_state = state, jax.device_put(state, shardings)
+  for x in batches:
+    ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(x), None)
+    got_state, got_metrics = sharded(got_state, jax.device_put(x, batch), None)
+    for k in keys:
+      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-4, err_msg=k)
+  # parameters after a few Adam steps (lr 1e-3): updates of near-zero gradients are
+  # ~sign(g) lr, so summation-order rounding can move a few elements by a fraction of a step
+  for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
+                  jax.tree.leaves(nnx.state(ref_state["nnx"], nnx.Param))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4)
+
+
+@pytest.fixture
+def sharded_steps_match():
+  """`sharded_steps_match(step, state, batches, mesh_shape, keys, min_fsdp_size)`: the
+  sharded step equals one device's (metrics per step, parameters at the end)."""
+  return _check_sharded_steps

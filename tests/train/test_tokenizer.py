@@ -16,7 +16,6 @@ import pytest
 from flax import nnx
 
 from configs import vqgan_quickstart
-from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin, tokens
 from vqlab.data.pipeline import iterate
@@ -119,7 +118,7 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
 @pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 4},
                                         {"data": 2, "fsdp": 2, "tensor": 2}],
                          ids=["data+fsdp", "data+fsdp+tensor"])
-def test_sharded_step_matches_one_device(mesh_shape, data_dir):
+def test_sharded_step_matches_one_device(mesh_shape, data_dir, sharded_steps_match):
   # three steps (GAN, LeCam and EMA on): the loss trajectory on 8 devices equals 1 device's
   config = small_config(data_dir)
   config.model.shape.update(channels=32, channel_mult=(1, 2), z_channels=32, embed_dim=32)
@@ -131,28 +130,8 @@ def test_sharded_step_matches_one_device(mesh_shape, data_dir):
   loss = tokenizer.LossSpec.from_config(config)
   step = functools.partial(tokenizer.train_step, graphdef=graphdef, loss=loss, gan=True,
                            lpips_graphdef=None)
-  one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
-                                         parallel.batch_sharding(one), None))
-
-  mesh = parallel.make_mesh(mesh_shape)
-  shardings = parallel.state_shardings(state, mesh, min_fsdp_size=2048)
-  for axis in ("fsdp", "tensor"):
-    if axis in mesh_shape:  # conv kernels: input channels over fsdp, output over tensor
-      assert any(axis in s.spec for s in jax.tree.leaves(shardings))
-  batch = parallel.batch_sharding(mesh)
-  sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
-  ref_state, got_state = state, jax.device_put(state, shardings)
-  for images in batches:
-    ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(images), None)
-    got_state, got_metrics = sharded(got_state, jax.device_put(images, batch), None)
-    for k in ("loss", "disc_loss", "psnr", "q/usage", "gan_weight"):
-      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-4, err_msg=k)
-  # parameters after 3 Adam steps (lr 1e-3): updates of near-zero gradients are ~sign(g) lr,
-  # so summation-order rounding can move a few elements by a fraction of one step
-  for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
-                  jax.tree.leaves(nnx.state(ref_state["nnx"], nnx.Param))):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4)
+  sharded_steps_match(step, state, batches, mesh_shape,
+                      ("loss", "disc_loss", "psnr", "q/usage", "gan_weight"), 2048)
 
 
 @pytest.mark.parametrize("arch,kind", [("vqgan", "vq"), ("vqgan", "rvq"), ("vit", "fsq"),

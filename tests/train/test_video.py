@@ -4,14 +4,12 @@ bit-identical, the sharded step equals one device, the same model trains on imag
 the run's tokenizer, evaluation and token export work on clips."""
 
 import functools
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import video_quickstart
 from vqlab import parallel
@@ -151,7 +149,7 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
   assert [r["step"] for r in parts] == [1, 2, 3] and whole == parts
 
 
-def test_sharded_step_matches_one_device(data_dir):
+def test_sharded_step_matches_one_device(data_dir, sharded_steps_match):
   # two steps with the 3D GAN, LeCam and EMA on, on a data x fsdp mesh of 8 devices
   config = small_config(data_dir)
   config.model.shape.update(channels=16, norm_groups=8)
@@ -163,23 +161,8 @@ def test_sharded_step_matches_one_device(data_dir):
   loss = tokenizer.LossSpec.from_config(config)
   step = functools.partial(tokenizer.train_step, graphdef=graphdef, loss=loss, gan=True,
                            lpips_graphdef=None)
-  one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  ref_step = jax.jit(step, in_shardings=(parallel.state_shardings(state, one),
-                                         parallel.batch_sharding(one), None))
-  mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
-  shardings = parallel.state_shardings(state, mesh, min_fsdp_size=1024)
-  assert any("fsdp" in s.spec for s in jax.tree.leaves(shardings))
-  batch = parallel.batch_sharding(mesh)
-  sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
-  ref_state, got_state = state, jax.device_put(state, shardings)
-  for clips in batches:
-    ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(clips), None)
-    got_state, got_metrics = sharded(got_state, jax.device_put(clips, batch), None)
-    for k in ("loss", "recon_loss", "disc_loss", "psnr", "gan_weight"):
-      np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-4, err_msg=k)
-  for a, b in zip(jax.tree.leaves(nnx.state(got_state["nnx"], nnx.Param)),
-                  jax.tree.leaves(nnx.state(ref_state["nnx"], nnx.Param))):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4)
+  sharded_steps_match(step, state, batches, {"data": 2, "fsdp": 4},
+                      ("loss", "recon_loss", "disc_loss", "psnr", "gan_weight"), 1024)
 
 
 @pytest.mark.slow  # CI's slow step (the image path of the model is tested in the default run)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vqlab.convert.state_dict import read_state_dict
+from vqlab.convert.state_dict import fold_batch_norm, read_state_dict
 from vqlab.eval.i3d import BN_EPS
 
 
@@ -23,11 +23,8 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not key.endswith(".conv3d.weight") or key.startswith("logits."):
       continue
     name = key[:-len(".conv3d.weight")]
-    g = lambda s: np.asarray(state[f"{name}.bn.{s}"], np.float64)
-    scale = g("weight") / np.sqrt(g("running_var") + BN_EPS)
     out[f"{name}/kernel"] = np.asarray(state[key], np.float32).transpose(2, 3, 4, 1, 0)
-    out[f"{name}/scale"] = scale.astype(np.float32)
-    out[f"{name}/bias"] = (g("bias") - g("running_mean") * scale).astype(np.float32)
+    out[f"{name}/scale"], out[f"{name}/bias"] = fold_batch_norm(state, f"{name}.bn", BN_EPS)
   if "logits.conv3d.weight" not in state:
     raise ValueError("state dict: expected InceptionI3d's keys (logits.conv3d.weight missing)")
   out["logits/kernel"] = np.asarray(state["logits.conv3d.weight"], np.float32).transpose(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vqlab.convert.state_dict import read_state_dict
+from vqlab.convert.state_dict import fold_batch_norm, read_state_dict
 from vqlab.eval.inception import BN_EPS
 
 
@@ -22,11 +22,8 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not key.endswith(".conv.weight"):
       continue
     name = key[:-len(".conv.weight")]
-    g = lambda s: np.asarray(state[f"{name}.bn.{s}"], np.float64)
-    scale = g("weight") / np.sqrt(g("running_var") + BN_EPS)
     out[f"{name}/kernel"] = np.asarray(state[key], np.float32).transpose(2, 3, 1, 0)
-    out[f"{name}/scale"] = scale.astype(np.float32)
-    out[f"{name}/bias"] = (g("bias") - g("running_mean") * scale).astype(np.float32)
+    out[f"{name}/scale"], out[f"{name}/bias"] = fold_batch_norm(state, f"{name}.bn", BN_EPS)
   if "fc.weight" in state:
     out["fc/kernel"] = np.asarray(state["fc.weight"], np.float32).T
     out["fc/bias"] = np.asarray(state["fc.bias"], np.float32)

@@ -23,3 +23,12 @@ def read_state_dict(path: str, what: str = "weights") -> dict[str, np.ndarray]:
                       "torch); or save the state dict as .npz") from e
   state = torch.load(path, map_location="cpu", weights_only=True)
   return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+
+
+def fold_batch_norm(state: dict[str, np.ndarray], prefix: str, eps: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """(scale, bias) float32 equal to the inference-mode batch norm `prefix`.{weight, bias,
+  running_mean, running_var}: y = x * scale + bias."""
+  g = lambda s: np.asarray(state[f"{prefix}.{s}"], np.float64)
+  scale = g("weight") / np.sqrt(g("running_var") + eps)
+  return scale.astype(np.float32), (g("bias") - g("running_mean") * scale).astype(np.float32)

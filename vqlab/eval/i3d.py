@@ -20,12 +20,13 @@ converted once (vqlab/convert/i3d.py), batch norms folded into scale and bias:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vqlab.eval.layer_weights import check_layers, read_layers
 
 Array = jax.Array
 BN_EPS = 1e-3
@@ -175,26 +176,11 @@ def load(weights: str) -> dict:
 
 def load_npz(path: str) -> dict:
   """Converted weights, checked against the network's layers and shapes."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"path: expected a converted I3D .npz file, got {path!r}")
-  with np.load(path) as f:
-    arrays = dict(f)
-  params = {}
-  for key, value in arrays.items():
-    name, field = key.rsplit("/", 1)
-    params.setdefault(name, {})[field] = jnp.asarray(value)
-  if "logits" not in params or "bias" not in params["logits"]:
+  params = read_layers(path, "I3D")
+  if "bias" not in params.get("logits", {}):
     raise ValueError(f"{path}: no logits layer; expected a converted InceptionI3d state dict")
-  want = layer_shapes(int(params["logits"]["bias"].shape[0]))
-  if set(want) != set(params):
-    raise ValueError(f"{path}: layers differ from I3D's: missing "
-                     f"{sorted(set(want) - set(params))[:5]}, unexpected "
-                     f"{sorted(set(params) - set(want))[:5]}")
-  for name, shape in want.items():
-    for field, s in (("kernel", shape), ("scale", shape[-1:]), ("bias", shape[-1:])):
-      if name == "logits" and field == "scale":
-        continue
-      got = params[name][field].shape if field in params[name] else "nothing"
-      if got != s:
-        raise ValueError(f"{name}/{field}: expected shape {s}, got {got}")
+  want = {name: {"kernel": shape, "scale": shape[-1:], "bias": shape[-1:]}
+          for name, shape in layer_shapes(int(params["logits"]["bias"].shape[0])).items()}
+  del want["logits"]["scale"]  # a plain conv with a bias, no batch norm
+  check_layers(path, "I3D", params, want)
   return params

@@ -17,12 +17,12 @@ The converter folds each conv's batch norm (eps 1e-3) into a per-channel scale a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from vqlab.eval.layer_weights import check_layers, read_layers
 
 Array = jax.Array
 BN_EPS = 1e-3
@@ -219,25 +219,10 @@ def load(weights: str) -> dict:
 
 def load_npz(path: str) -> dict:
   """Converted weights, checked against the network's layers and shapes."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"path: expected a converted Inception .npz file, got {path!r}")
-  with np.load(path) as f:
-    arrays = dict(f)
-  params = {}
-  for key, value in arrays.items():
-    name, field = key.rsplit("/", 1)
-    params.setdefault(name, {})[field] = jnp.asarray(value)
+  params = read_layers(path, "Inception")
   want = {name: {"kernel": shape, "scale": shape[-1:], "bias": shape[-1:]}
           for name, shape in layer_shapes().items()}
   if "fc" in params:  # optional: only the Inception Score needs it
     want["fc"] = {"kernel": (FEATURES, CLASSES), "bias": (CLASSES,)}
-  if set(want) != set(params):
-    raise ValueError(f"{path}: layers differ from InceptionV3's: missing "
-                     f"{sorted(set(want) - set(params))[:5]}, unexpected "
-                     f"{sorted(set(params) - set(want))[:5]}")
-  for name, fields in want.items():
-    for field, shape in fields.items():
-      got = params[name][field].shape if field in params[name] else "nothing"
-      if got != shape:
-        raise ValueError(f"{name}/{field}: expected shape {shape}, got {got}")
+  check_layers(path, "InceptionV3", params, want)
   return params

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vqlab.models.vqgan import check_sizes
 from vqlab.quantizers.core import QuantizerOutput
 
 Array = jax.Array
@@ -58,21 +59,11 @@ class CausalShape:
     return 2 ** sum(bool(t) for t in self.temporal_downsample)
 
   def check(self) -> None:
-    for name in ("channels", "num_res_blocks", "embed_dim", "resolution", "in_channels"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
     if len(self.temporal_downsample) != len(self.channel_mult) - 1:
       raise ValueError(f"temporal_downsample: expected {len(self.channel_mult) - 1} flags "
                        f"(one per downsampling of channel_mult={self.channel_mult}), got "
                        f"{self.temporal_downsample}")
-    widths = [self.channels * m for m in self.channel_mult]
-    bad = [w for w in widths if w % self.norm_groups]
-    if bad:
-      raise ValueError(f"norm_groups: expected a divisor of every width {widths}, got "
-                       f"{self.norm_groups}")
-    if self.resolution % self.downsample_factor:
-      raise ValueError(f"resolution: expected a multiple of {self.downsample_factor}, got "
-                       f"{self.resolution}")
+    check_sizes(self, ("channels", "num_res_blocks", "embed_dim", "resolution", "in_channels"))
 
 
 # MAGVIT-v2's video tokenizer (f8, 4x in time, 2^18 LFQ codes) and a CPU-sized one.

@@ -41,18 +41,24 @@ class VQGANShape:
     return 2 ** (len(self.channel_mult) - 1)
 
   def check(self) -> None:
-    for name in ("channels", "num_res_blocks", "z_channels", "embed_dim", "resolution",
-                 "quant_conv_kernel"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-    widths = [self.channels * m for m in self.channel_mult]  # every GroupNorm's width
-    bad = [w for w in widths if w % self.norm_groups]
-    if bad:
-      raise ValueError(f"norm_groups: expected a divisor of every width {widths}, got "
-                       f"{self.norm_groups}")
-    if self.resolution % self.downsample_factor:
-      raise ValueError(f"resolution: expected a multiple of {self.downsample_factor}, got "
-                       f"{self.resolution}")
+    check_sizes(self, ("channels", "num_res_blocks", "z_channels", "embed_dim", "resolution",
+                       "quant_conv_kernel"))
+
+
+def check_sizes(shape, positive: tuple[str, ...]) -> None:
+  """A conv tokenizer's shape (VQGAN's, the causal 3D one's): the `positive` fields >= 1,
+  `norm_groups` dividing every level's width, `resolution` a multiple of the downsampling."""
+  for name in positive:
+    if getattr(shape, name) < 1:
+      raise ValueError(f"{name}: expected >= 1, got {getattr(shape, name)}")
+  widths = [shape.channels * m for m in shape.channel_mult]  # every GroupNorm's width
+  bad = [w for w in widths if w % shape.norm_groups]
+  if bad:
+    raise ValueError(f"norm_groups: expected a divisor of every width {widths}, got "
+                     f"{shape.norm_groups}")
+  if shape.resolution % shape.downsample_factor:
+    raise ValueError(f"resolution: expected a multiple of {shape.downsample_factor}, got "
+                     f"{shape.resolution}")
 
 
 # The paper's sizes: taming's f16 ImageNet VQGAN, its f8 variant, and a CPU-sized one.
