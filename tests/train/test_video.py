@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import video_quickstart
 from vqlab import parallel
 from vqlab.data import tokens
 from vqlab.data.pipeline import iterate
-from vqlab.models import sampling
+from vqlab.models import causal3d, sampling
 from vqlab.train import evaluators, export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
@@ -130,6 +131,11 @@ def test_short_run_lowers_the_loss(data_dir, tmp_path):
   tokenizer.train(config, str(tmp_path))
   recon = [r["recon_loss"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
   assert np.mean(recon[-10:]) < 0.6 * np.mean(recon[:10]), recon
+  # the decoder's adaptive norms (zero-initialised) learned to read the quantized latent
+  model = runs.load_tokenizer(str(tmp_path))
+  cond = [m.cond.kernel[...] for _, m in nnx.iter_graph(model.decoder)
+          if isinstance(m, causal3d.FrameGroupNorm)]
+  assert cond and min(float(jnp.abs(k).max()) for k in cond) > 0
 
 
 @pytest.mark.slow  # three runs: CI's slow step
@@ -152,7 +158,6 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
 def test_sharded_step_matches_one_device(data_dir, sharded_steps_match):
   # two steps with the 3D GAN, LeCam and EMA on, on a data x fsdp mesh of 8 devices
   config = small_config(data_dir)
-  config.model.shape.update(channels=16, norm_groups=8)
   config.loss.update(lecam_weight=0.1)
   config.train.ema_decay = 0.5
   graphdef, state = tokenizer.init_state(config)
@@ -162,7 +167,7 @@ def test_sharded_step_matches_one_device(data_dir, sharded_steps_match):
   step = functools.partial(tokenizer.train_step, graphdef=graphdef, loss=loss, gan=True,
                            lpips_graphdef=None)
   sharded_steps_match(step, state, batches, {"data": 2, "fsdp": 4},
-                      ("loss", "recon_loss", "disc_loss", "psnr", "gan_weight"), 1024)
+                      ("loss", "recon_loss", "disc_loss", "psnr", "gan_weight"), 512)
 
 
 @pytest.mark.slow  # CI's slow step (the image path of the model is tested in the default run)

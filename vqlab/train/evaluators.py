@@ -396,8 +396,8 @@ def evaluate(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
   num_examples = num_examples or config.log.eval_examples
   if kind(config) == "codec":
     if inception_params is not None or i3d_params is not None:
-      raise ValueError("inception / i3d: rFID and rFVD are image and video metrics; expected "
-                       "no Inception or I3D weights for an audio codec run")
+      raise ValueError("inception / i3d: rFID is an image metric and rFVD a video one; "
+                       "expected no Inception or I3D weights for an audio codec run")
     return evaluate_audio(config, graphdef, state, mesh, split=split,
                           num_examples=num_examples)
   return evaluate_images(config, graphdef, state, mesh, split=split,
