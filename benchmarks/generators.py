@@ -9,6 +9,12 @@
    in 10 steps) vs raster (256 tokens in 256 steps), same transformer.
 3. Train step (next-token loss, forward + backward + Adam): FLOPs from XLA's cost
    analysis, achieved FLOP/s, against a float32 matmul measured in the same run.
+4. Vocabulary scaling (`--only vocab` runs this alone): the same raster transformer over
+   2^10, 2^14, 2^18 and 2^31 codes (LFQ / BSQ-sized vocabularies) with the full softmax,
+   Infinity's bitwise head and Open-MAGVIT2's factorized sub-tokens (6 bits, then the
+   rest, through a 2-block depth transformer): parameters, train-step time and XLA's
+   peak temporary memory, and sampling time. A case that cannot run says why in its row
+   (its parameters alone would not fit, or XLA ran out of memory) instead of stopping.
 Prints markdown tables; the README quotes them.
 """
 
@@ -24,6 +30,7 @@ from flax import nnx
 from timing import matmul_flops_per_second, median_time
 from vqlab.models import sampling
 from vqlab.models.generators import NextScaleGenerator, NextTokenGenerator
+from vqlab.models.token_heads import CodeStack
 from vqlab.nn.transformer import TransformerShape
 from vqlab.quantizers import MultiScaleVQ
 
@@ -47,13 +54,76 @@ def sample_without_cache(model: NextTokenGenerator, labels, key):
 
 
 
+def vocabulary_scaling(args) -> None:
+  """Table 4: full softmax vs bitwise vs factorized heads at growing vocabularies."""
+  grid = 8
+  shape = TransformerShape(width=args.width, depth=args.depth, heads=max(1, args.width // 64))
+  depth_shape = TransformerShape(width=args.width, depth=2, heads=shape.heads)
+  labels = jnp.arange(args.batch, dtype=jnp.int32) % 10
+  memory_budget = 16 * 2**30  # the benchmark machine's share for one model's state
+  print(f"**Vocabulary scaling: raster, {grid}x{grid} tokens, width {args.width}, depth "
+        f"{args.depth}, batch {args.batch}**\n")
+  print("| codes | head | parameters | train step s | step temp. memory MiB | sampling s "
+        "per batch |\n|---|---|---:|---:|---:|---:|")
+  for bits in (10, 14, 18, 31):
+    for head in ("softmax", "bitwise", "factorized"):
+      stack = {"softmax": CodeStack((2**bits,)), "bitwise": CodeStack((2,) * bits),
+               "factorized": CodeStack((2**6, 2**(bits - 6)))}[head]
+      cell = f"| 2^{bits} | {head} |"
+      # parameters before building: the softmax's embedding + output layer are 2 V W
+      big = max(stack.sizes) if head != "bitwise" else 0
+      estimate = 2 * big * args.width * (1 if head == "softmax" else 2)
+      if 4 * 4 * estimate > memory_budget:  # f32 params, grads, Adam's two moments
+        print(f"{cell} ~{estimate / 1e6:,.0f}M | not run: parameters, gradients and Adam "
+              f"state would need {16 * estimate / 2**30:,.0f} GiB | | |")
+        continue
+      try:
+        print(cell + _scaling_row(shape, depth_shape, stack, head, grid, labels, args))
+      except Exception as e:  # noqa: BLE001 (out of memory is the finding, not a crash)
+        print(f"{cell} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | |")
+  print()
+
+
+def _scaling_row(shape, depth_shape, stack, head, grid, labels, args) -> str:
+  kind = "depth" if head == "factorized" else head
+  vocab = stack.sizes[0] if head == "softmax" else 2**31  # (only the softmax reads it)
+  model = NextTokenGenerator(shape, vocab, 10, grid, head=kind, stack=stack,
+                             depth_shape=depth_shape, rngs=nnx.Rngs(0))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  codes = jax.random.randint(jax.random.key(0), (args.batch, grid * grid, stack.depth), 0,
+                             jnp.asarray(stack.sizes))
+  tokens = stack.join(codes)
+
+  def step(state, tokens, labels):
+    model, opt = nnx.merge(graphdef, state)
+    loss, grads = nnx.value_and_grad(lambda m: -m.log_prob(tokens, labels)[0].mean())(model)
+    opt.update(model, grads)
+    return nnx.state((model, opt)), loss
+
+  compiled = jax.jit(step).lower(state, tokens, labels).compile()
+  memory = compiled.memory_analysis()
+  temp = getattr(memory, "temp_size_in_bytes", float("nan")) / 2**20
+  t_step = median_time(lambda: jax.block_until_ready(compiled(state, tokens, labels)),
+                       args.repeats)
+  sample = jax.jit(lambda l, k: sampling.sample_next_token(model, l, k))
+  t_sample = median_time(lambda: sample(labels, jax.random.key(1)).block_until_ready(),
+                         args.repeats)
+  return f" {params / 1e6:.2f}M | {t_step:.3g} | {temp:,.0f} | {t_sample:.3g} |"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--depth", type=int, default=4)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--only", choices=("vocab",), default=None)
   args = parser.parse_args()
+  if args.only == "vocab":
+    vocabulary_scaling(args)
+    return
   device = jax.devices()[0]
   print(f"# {device.platform} x{jax.device_count()}, width {args.width}, depth "
         f"{args.depth}, batch {args.batch}, vocab {VOCAB}\n")
@@ -107,7 +177,8 @@ def main():
   print("| step s | GFLOP per step (XLA) | achieved GFLOP/s | f32 matmul GFLOP/s (same run) "
         "| utilisation |\n|---:|---:|---:|---:|---:|")
   print(f"| {t_step:.3g} | {flops / 1e9:.1f} | {flops / t_step / 1e9:.1f} | {peak / 1e9:.1f} | "
-        f"{flops / t_step / peak:.1%} |")
+        f"{flops / t_step / peak:.1%} |\n")
+  vocabulary_scaling(args)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,12 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_ratio=4.0, norm="rms", mlp="swiglu", qk_norm="none",
       adaln=False, qkv_bias=False, dropout=0.0, positions="rope2d", num_classes=1000,
-      remat="none"))  # "block" / "full": recompute each block's activations in backward
+      remat="none",  # "block" / "full": recompute each block's activations in backward
+      # raster's output head: "softmax" (one index per position), "bitwise" (an LFQ / BSQ
+      # index as its bits: Infinity), "depth" (a small transformer over each position's
+      # sub-codes: a residual / grouped tokenizer's levels (RQ-Transformer), or one index
+      # split into sub-tokens of sub_token_bits bits, the rest last (Open-MAGVIT2: (6,)))
+      head="softmax", depth_layers=2, sub_token_bits=()))
   if paradigm == "var":  # VAR's block: AdaLN, LayerNorm, GELU MLP, l2 QK-norm, q/v biases
     c.model.update(norm="layer", mlp="gelu", qk_norm="l2", adaln=True, qkv_bias=True,
                    positions="learned")
@@ -118,6 +123,8 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       steps=100_000, batch_size=256, lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_steps=0, schedule="constant", grad_clip=1.0, label_dropout=0.1, ema_decay=0.0,
       compute_dtype="float32",  # or "bfloat16": float32 parameters, bf16 matmuls
+      bit_flip=0.0,  # bitwise head: the fraction of input bits flipped (Infinity's
+      # bitwise self-correction)
       grad_accum_steps=1,  # micro-batches per step (a divisor of batch_size): their
       # gradients summed give the large batch's, at one micro-batch's activation memory
       # a step whose loss or new state is not finite: "stop" the run, or "skip" the update

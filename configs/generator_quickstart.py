@@ -28,6 +28,13 @@ samples whole clips):
     --config.tokenizer_workdir=runs/video --config.tokens_dir=runs/video/tokens \
     --config.sample.prompts_dir=runs/video/prompts
 
+Heads for tokens one softmax cannot hold (with `:raster`): `:rq` (RQ-Transformer's depth
+transformer over the levels of a residual / grouped tokenizer, e.g. from
+`configs/vqgan_quickstart.py:rvq`; with `:audio` over an audio codec's frames, 1D RoPE,
+continuing prompts as `:delay` does), `:bitwise` (Infinity's bitwise head for LFQ / BSQ
+tokens, e.g. from `configs/vqgan_quickstart.py:lfq`), `:factorized` (Open-MAGVIT2's
+sub-tokens: 6 bits, then the rest).
+
 `:digits` (e.g. `:raster,digits`) is the class-conditional chain on the built-in digits:
 a tokenizer from `configs/vqgan_quickstart.py:digits`, its tokens, 10 classes; the sample
 grid has one row per class and the summary the digits classifier's FID, class accuracy,
@@ -40,7 +47,8 @@ PARADIGMS = ("raster", "var", "maskgit", "delay")
 
 
 def get_config(arg: str | None = None):
-  variants = parse_arg(arg, known=("digits", "video"), one_of=PARADIGMS)
+  variants = parse_arg(arg, known=("digits", "video", "audio", "rq", "bitwise", "factorized"),
+                       one_of=PARADIGMS)
   chosen = [p for p in PARADIGMS if p in variants]
   c = generator_config(chosen[0])
   c.model.update(width=192, depth=4, heads=6, num_classes=1)
@@ -48,6 +56,15 @@ def get_config(arg: str | None = None):
   c.sample.update(every=500, num=16, cfg_scale=1.5, top_k=100)
   c.log.update(every=50, checkpoint_every=500)
   if chosen[0] == "delay":  # 2 s clips: 100 frames + 7 delay steps; no guidance (one class)
+    c.sample.update(num=4, cfg_scale=1.0, top_k=50, prompt_frames=25)
+  if "rq" in variants:
+    c.model.head = "depth"
+  if "bitwise" in variants:
+    c.model.head = "bitwise"
+  if "factorized" in variants:
+    c.model.update(head="depth", sub_token_bits=(6,))
+  if "audio" in variants:  # 1D positions over frames; continue held-out utterances
+    c.model.positions = "rope1d"
     c.sample.update(num=4, cfg_scale=1.0, top_k=50, prompt_frames=25)
   if "video" in variants:  # one class; continue 8 held-out clips from their first latent frame
     c.model.positions = "rope3d"
@@ -57,7 +74,7 @@ def get_config(arg: str | None = None):
     c.sample.update(num=100, cfg_scale=1.5)
   if "runlocal" in variants:
     shrink_generator_for_runlocal(c)
-    if "video" in variants:
+    if "video" in variants or "audio" in variants:
       c.sample.num = 2
     if "digits" in variants:
       c.sample.num = 20

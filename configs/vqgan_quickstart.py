@@ -10,6 +10,10 @@ photographs. No LPIPS (its weights are not bundled): add
 `configs/vqgan_quickstart.py:msvq` swaps in VAR's multi-scale quantizer (scales 1-8) for
 the next-scale generator; `:digits` trains on the built-in MNIST digits instead (labelled:
 the class-conditional generator chain whose samples the digits classifier scores).
+Tokens for the generators' other heads (configs/generator_quickstart.py): `:rvq` residual
+VQ, 4 levels of 1,024 codes (RQ-Transformer's depth head, `:raster,rq`); `:lfq` LFQ with
+2^16 codes (Infinity's bitwise head `:raster,bitwise`, or Open-MAGVIT2's sub-tokens
+`:raster,factorized`).
 """
 
 from configs.common import parse_arg, quantizer_spec, shrink_for_runlocal, tokenizer_config
@@ -20,11 +24,16 @@ SHAPE = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolut
 
 
 def get_config(arg: str | None = None):
-  variants = parse_arg(arg, known=("msvq", "digits"))
+  variants = parse_arg(arg, known=("msvq", "rvq", "lfq", "digits"))
   quantizer = quantizer_spec("vq", codebook_size=1024, codebook="ema", kmeans_init=True,
                              dead_code_threshold=0.5)
   if "msvq" in variants:  # VAR's multi-scale quantizer: the next-scale chain
     quantizer = quantizer_spec("msvq", codebook_size=1024, patch_nums=(1, 2, 3, 4, 6, 8))
+  if "rvq" in variants:  # 4 residual levels: indices (8, 8, 4)
+    quantizer = quantizer_spec("rvq", codebook_size=1024, num_levels=4, codebook="ema",
+                               kmeans_init=True, dead_code_threshold=0.5)
+  if "lfq" in variants:  # 2^16 implicit codes (projections from the 32-channel latent)
+    quantizer = quantizer_spec("lfq", bits=16)
   c = tokenizer_config("vqgan", SHAPE, quantizer)
   c.data.update(name="vqlab_photos", image_size=32, min_crop=32, max_crop=128, in_memory=True,
                 threads=2, prefetch=64)

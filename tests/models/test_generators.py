@@ -52,7 +52,7 @@ def test_rope_3d_scores_depend_on_the_offset_in_time_row_and_column():
 
 
 def test_video_tokens_need_3d_or_learned_positions_and_prompts_are_kept():
-  with pytest.raises(ValueError, match="expected 'rope3d' or 'learned' for video tokens"):
+  with pytest.raises(ValueError, match="expected 'rope3d', 'rope1d' or 'learned' for 3 frames"):
     NextTokenGenerator(SHAPE, 17, 1, 2, frames=3, rngs=nnx.Rngs(0))
   model = NextTokenGenerator(SHAPE, 17, 1, 2, frames=3, positions="rope3d", rngs=nnx.Rngs(0))
   prompt = jnp.array([[1, 2, 3, 4], [5, 6, 7, 8]])

@@ -13,7 +13,8 @@ from vqlab.train import export_tokens, tokenizer
 
 
 def _build_chain(root):
-  for name, arg in (("vq", "runlocal"), ("msvq", "msvq,runlocal")):
+  for name, arg in (("vq", "runlocal"), ("msvq", "msvq,runlocal"), ("rvq", "rvq,runlocal"),
+                    ("lfq", "lfq,runlocal")):
     c = vqgan_quickstart.get_config(arg)
     c.data.update(name="vqlab_digits", data_dir=str(root / "tfds"), min_crop=0, max_crop=0,
                   flip=False)
@@ -29,10 +30,12 @@ def _build_chain(root):
 
 @pytest.fixture(scope="session")
 def chain(build_once):
-  """Two 2-step digit tokenizers (one index per position, and VAR's multi-scale) and
-  100 exported training tokens of each, with labels; built once per session."""
+  """2-step digit tokenizers (one index per position, VAR's multi-scale, residual VQ of 4
+  levels, LFQ of 2^16 codes) and 100 exported training tokens of each, with labels;
+  built once per session."""
   root = build_once("generator_chain", _build_chain)
-  return {name: (str(root / name), str(root / f"{name}_tokens")) for name in ("vq", "msvq")}
+  return {name: (str(root / name), str(root / f"{name}_tokens"))
+          for name in ("vq", "msvq", "rvq", "lfq")}
 
 
 def _build_speech_chain(root, data_dir):
@@ -59,7 +62,7 @@ def speech_chain(build_once, speech_data_dir):
 
 
 def _check_sharded_steps(step, state, batches, mesh_shape, keys, min_fsdp_size):
-  """Runs `step(state, batch, None)` over `batches` on one device and on a mesh of
+  """Runs `step(state, batch, None)` over `batches` (arrays or dicts of them) on one device and on a mesh of
   `mesh_shape` (parameters FSDP-sharded above `min_fsdp_size`): the metrics `keys` agree
   step by step, and the parameters after the last step."""
   one = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
@@ -74,7 +77,7 @@ def _check_sharded_steps(step, state, batches, mesh_shape, keys, min_fsdp_size):
   sharded = jax.jit(step, in_shardings=(shardings, batch, None), out_shardings=(shardings, None))
   ref_state, got_state = state, jax.device_put(state, shardings)
   for x in batches:
-    ref_state, ref_metrics = ref_step(ref_state, jnp.asarray(x), None)
+    ref_state, ref_metrics = ref_step(ref_state, jax.tree.map(jnp.asarray, x), None)
     got_state, got_metrics = sharded(got_state, jax.device_put(x, batch), None)
     for k in keys:
       np.testing.assert_allclose(got_metrics[k], ref_metrics[k], rtol=5e-4, err_msg=k)

@@ -128,6 +128,117 @@ def test_delay_paradigm_continues_speech_prompts(speech_chain, tmp_path):
   assert (tmp_path / "audio" / "samples_0000002.png").exists()
   model, tok = runs.load_generator(str(tmp_path))
   assert (model.frames, model.levels) == (25, 3) and tok.sample_rate == 16000
-  c.paradigm = "raster"  # image paradigms refuse audio tokens
-  with pytest.raises(ValueError, match="delay"):
+  c.paradigm = "maskgit"  # image-only paradigms refuse audio tokens
+  with pytest.raises(ValueError, match="audio-codec tokens are modelled by 'delay'"):
+    generator.train(c, str(tmp_path / "maskgit"))
+  c.paradigm = "raster"  # 3 levels a frame: not one softmax
+  with pytest.raises(ValueError, match="3 indices per position; expected 'depth'"):
     generator.train(c, str(tmp_path / "raster"))
+
+
+def test_rq_transformer_continues_speech_prompts(speech_chain, tmp_path):
+  """RQ-Transformer over an audio codec's frames (1D RoPE, a depth transformer over the
+  3 levels): trains, continues held-out prompts keeping their frames, writes audio."""
+  import jax
+  import jax.numpy as jnp
+
+  from vqlab.models import sampling
+  codec_dir, tokens_dir, prompts_dir = speech_chain
+  c = generator_quickstart.get_config("raster,rq,audio,runlocal")
+  c.update(tokenizer_workdir=codec_dir, tokens_dir=tokens_dir)
+  c.sample.update(prompts_dir=prompts_dir, prompt_frames=10, num=2)
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert _near_uniform(rows[0]["loss"], (64,) * 3), rows[0]["loss"]
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  assert sorted(os.listdir(tmp_path / "audio" / "samples_0000002")) == sorted(
+      f"{i}_{k}.wav" for i in range(2) for k in ("original", "continued"))
+  model, tok = runs.load_generator(str(tmp_path))
+  assert (model.seq_len, model.stack.sizes, model.positions) == (25, (64,) * 3, "rope1d")
+  from vqlab.data.tokens import TokenSource
+  prompts = TokenSource(prompts_dir)
+  prompt = jnp.asarray(np.stack([prompts[i]["indices"] for i in range(2)])[:, :10], jnp.int32)
+  codes = sampling.sample_next_token(model, jnp.zeros((2,), jnp.int32), jax.random.key(0),
+                                     prompt=prompt)
+  assert codes.shape == (2, 25, 3) and int(codes.min()) >= 0 and int(codes.max()) < 64
+  np.testing.assert_array_equal(codes[:, :10], prompt)
+
+
+HEAD_CHAINS = {"rq": ("rvq", (1024,) * 4), "bitwise": ("lfq", (2,) * 16),
+               "factorized": ("lfq", (64, 1024))}
+
+
+def _near_uniform(loss: float, sizes) -> bool:
+  """An untrained model's loss on a whole stack of sub-codes: about the sum of ln(size)
+  (uniform), plus each sub-code's excess of random initial logits (~0.5 nats for logits
+  of unit scale), nothing like one sub-code's loss or their mean."""
+  uniform = float(np.sum(np.log(sizes)))
+  return uniform - 1.0 < loss < uniform + 1.2 * len(sizes)
+
+
+@pytest.mark.parametrize("head", sorted(HEAD_CHAINS))
+def test_every_head_trains_and_samples_its_tokenizers_tokens(head, chain, tmp_path):
+  kind, sizes = HEAD_CHAINS[head]
+  c = generator_quickstart.get_config(f"raster,{head},runlocal")
+  c.update(tokenizer_workdir=chain[kind][0], tokens_dir=chain[kind][1])
+  c.model.num_classes = 10
+  if head == "bitwise":
+    c.train.bit_flip = 0.1  # Infinity's self-correction on
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert _near_uniform(rows[0]["loss"], sizes), rows[0]["loss"]
+  assert rows[0]["bits_per_token"] == pytest.approx(rows[0]["loss"] / np.log(2))
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
+  model, tok = runs.load_generator(str(tmp_path))
+  assert (model.stack.sizes, model.stack.stacked) == (sizes, head == "rq")
+  assert model.head_kind == ("bitwise" if head == "bitwise" else "depth")
+
+
+def test_tokens_a_paradigm_cannot_model_are_named(chain, tmp_path):
+  rvq, lfq = chain["rvq"], chain["lfq"]
+  cases = [("raster", rvq, {}, "ResidualVQ gives 4 indices per position; expected 'depth'"),
+           ("maskgit", rvq, {}, "'maskgit' models one index per latent position"),
+           ("raster", chain["vq"], {"head": "bitwise"}, "'bitwise' predicts the bits"),
+           ("raster", lfq, {"head": "depth", "sub_token_bits": (16,)}, "sub_token_bits"),
+           ("maskgit", lfq, {"head": "bitwise"}, "MaskBit"),
+           ("var", chain["msvq"], {"head": "depth"}, "not built yet")]
+  for i, (paradigm, (workdir, tokens), model, message) in enumerate(cases):
+    c = generator_quickstart.get_config(f"{paradigm},runlocal")
+    c.update(tokenizer_workdir=workdir, tokens_dir=tokens)
+    c.model.update(num_classes=10, **model)
+    with pytest.raises(ValueError, match=message):
+      generator.train(c, str(tmp_path / str(i)))
+  c = generator_quickstart.get_config("raster,bitwise,runlocal")
+  c.train.bit_flip = 0.1
+  c.model.head = "softmax"
+  c.update(tokenizer_workdir=lfq[0], tokens_dir=lfq[1])
+  with pytest.raises(ValueError, match="train.bit_flip"):
+    generator.train(c, str(tmp_path / "flip"))
+
+
+@pytest.mark.parametrize("head", ["bitwise", "rq"])
+def test_sharded_head_step_matches_one_device(head, sharded_steps_match):
+  import functools
+
+  import jax.numpy as jnp
+
+  from configs import vqgan_quickstart
+  from vqlab.train import tokenizer
+  c = generator_quickstart.get_config(f"raster,{head},runlocal")
+  c.train.update(batch_size=8, bit_flip=0.1 if head == "bitwise" else 0.0, ema_decay=0.0)
+  tok = tokenizer.build_model(vqgan_quickstart.get_config(
+      f"{'lfq' if head == 'bitwise' else 'rvq'},runlocal"), 0)
+  graphdef, state = generator.init_state(c, tok, {"latent_size": 4})
+  sizes = 2**16 if head == "bitwise" else 1024
+  per_position = 1 if head == "bitwise" else 4
+  rng = np.random.default_rng(0)
+  batches = [{"tokens": jnp.asarray(rng.integers(0, sizes, (8, 16 * per_position)), jnp.int32),
+              "label": jnp.zeros((8,), jnp.int32)} for _ in range(2)]
+  spec = generator.StepSpec("raster", c.model.num_classes, c.train.label_dropout, 0.0, 1,
+                            c.train.bit_flip)
+  step = functools.partial(generator.train_step, graphdef=graphdef, quantizer_graphdef=None,
+                           spec=spec)
+  sharded_steps_match(step, state, batches, {"data": 2, "fsdp": 4}, ("loss", "grad_norm"),
+                      1024)

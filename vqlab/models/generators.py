@@ -4,7 +4,9 @@
   https://arxiv.org/abs/2406.06525): input = [class embedding, tokens[:-1]], causal,
   2D RoPE over the token grid (the class slot at angle 0) or learned positions; over a
   video tokenizer's (t, h, w) tokens (`frames` > 1), frame by frame in raster order with 3D
-  RoPE (MAGVIT-v2's video tokens modelled as LlamaGen models an image's).
+  RoPE (MAGVIT-v2's video tokens modelled as LlamaGen models an image's); over an audio
+  codec's frames with 1D RoPE. Tokens too large for one softmax or stacked per position
+  get a bitwise or a depth head (token_heads.py: Infinity, Open-MAGVIT2, RQ-Transformer).
 - `MaskedGenerator`: MaskGIT (https://arxiv.org/abs/2202.04200): a class token then
   all image tokens, bidirectional, `mask_id = vocab_size` for masked slots.
 - `NextScaleGenerator`: VAR (https://arxiv.org/abs/2404.02905): the class embedding
@@ -26,13 +28,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
+from vqlab.models.token_heads import BitwiseHead, CodeStack, DepthHead
 from vqlab.nn.transformer import (KVCache, Transformer, TransformerShape, embedding, linear,
                                   param, rope_1d, rope_2d, rope_3d)
 
 Array = jax.Array
-POSITIONS = ("rope2d", "rope3d", "learned")
+POSITIONS = ("rope2d", "rope3d", "rope1d", "learned")
 
 
 def _check_labels(labels: Array, num_classes: int) -> None:
@@ -45,25 +49,54 @@ def drop_labels(labels: Array, key: Array, rate: float, num_classes: int) -> Arr
   return jnp.where(jax.random.bernoulli(key, rate, labels.shape), num_classes, labels)
 
 
+HEADS = ("softmax", "bitwise", "depth")
+
+
 class NextTokenGenerator(nnx.Module):
+  """`head`: "softmax" over `vocab_size` codes (one index per position); "bitwise" (an
+  LFQ / BSQ index as its bits) or "depth" (sub-tokens of an index, or a residual / grouped
+  quantizer's stacked indices) over the sub-codes `stack` describes (token_heads.py), the
+  depth transformer shaped by `depth_shape`. Over an audio codec's frames (`grid` 1,
+  `frames` F) positions are 1D ("rope1d")."""
 
   def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int,
-               grid: int, *, frames: int = 1, positions: str = "rope2d", rngs: nnx.Rngs):
+               grid: int, *, frames: int = 1, positions: str = "rope2d", head: str = "softmax",
+               stack: CodeStack | None = None, depth_shape: TransformerShape | None = None,
+               rngs: nnx.Rngs):
     if positions not in POSITIONS:
       raise ValueError(f"positions: expected one of {POSITIONS}, got {positions!r}")
     if frames > 1 and positions == "rope2d":
-      raise ValueError(f"positions: expected 'rope3d' or 'learned' for video tokens ({frames} "
-                       "latent frames), got 'rope2d'")
+      raise ValueError(f"positions: expected 'rope3d', 'rope1d' or 'learned' for {frames} "
+                       "frames of tokens, got 'rope2d'")
+    if head not in HEADS:
+      raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
+    stack = CodeStack((vocab_size,)) if stack is None else stack
+    if head == "softmax" and stack.depth != 1:
+      raise ValueError(f"head: {stack.depth} codes per position need 'depth' (or 'bitwise' "
+                       f"for bits), got 'softmax'")
+    if head == "bitwise" and not stack.binary:
+      raise ValueError(f"head: 'bitwise' models the bits of an LFQ / BSQ index, got sub-codes "
+                       f"of sizes {stack.sizes}")
+    if head == "depth" and depth_shape is None:
+      raise ValueError("depth_shape: the 'depth' head needs its transformer's shape, got None")
     self.shape, self.vocab_size, self.num_classes, self.grid = shape, vocab_size, num_classes, grid
-    self.positions, self.frames = positions, frames
+    self.positions, self.frames, self.head_kind, self.stack = positions, frames, head, stack
     self.seq_len = frames * grid * grid
-    self.tok_embed = embedding(vocab_size, shape.width, ("vocab", "embed"), rngs)
     self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
     if positions == "learned":
       self.pos_embed = param(0.02 * jax.random.normal(rngs.params(), (self.seq_len, shape.width)),
                              (None, "embed"))
     self.transformer = Transformer(shape, rngs)
-    self.head = linear(shape.width, vocab_size, ("embed", "vocab"), rngs)
+    if head == "softmax":
+      self.tok_embed = embedding(vocab_size, shape.width, ("vocab", "embed"), rngs)
+      self.head = linear(shape.width, vocab_size, ("embed", "vocab"), rngs)
+    elif head == "bitwise":
+      self.head = BitwiseHead(shape.width, stack.depth, rngs)
+    else:
+      if depth_shape.width != shape.width:
+        raise ValueError(f"depth_shape.width: expected the spatial width {shape.width}, got "
+                         f"{depth_shape.width}")
+      self.head = DepthHead(depth_shape, stack.sizes, rngs)
 
   def _angles(self, positions: Array) -> Array | None:
     """Input slot p holds token p-1 (slot 0: the class): its grid cell gives the angle."""
@@ -72,13 +105,23 @@ class NextTokenGenerator(nnx.Module):
     cell, g, head_dim = jnp.maximum(positions - 1, 0), self.grid, self.shape.width // self.shape.heads
     if self.positions == "rope3d":
       angles = rope_3d(cell // (g * g), cell // g % g, cell % g, head_dim)
+    elif self.positions == "rope1d":
+      angles = rope_1d(cell, head_dim)
     else:
       angles = rope_2d(cell // g, cell % g, head_dim)
     return jnp.where((positions == 0)[..., None], 0.0, angles)[None]
 
-  def embed(self, tokens: Array, labels: Array) -> Array:
-    """Teacher-forcing inputs (B, N, D): the class, then tokens[:, :-1]."""
-    x = jnp.concatenate([self.cls_embed(labels)[:, None], self.tok_embed(tokens[:, :-1])], 1)
+  def embed_codes(self, codes: Array) -> Array:
+    """Sub-code stacks (B, L, D) -> input embeddings (B, L, width), no positions."""
+    if self.head_kind == "softmax":
+      return self.tok_embed(codes[..., 0])
+    return self.head.embed(codes)
+
+  def embed(self, tokens: Array, labels: Array, codes: Array | None = None) -> Array:
+    """Teacher-forcing inputs (B, N, D): the class, then tokens[:, :-1] (or the given
+    sub-code stacks `codes` (B, N, D), e.g. with flipped bits)."""
+    codes = self.stack.split(tokens) if codes is None else codes
+    x = jnp.concatenate([self.cls_embed(labels)[:, None], self.embed_codes(codes[:, :-1])], 1)
     return self._add_positions(x, 0)
 
   def embed_class(self, labels: Array) -> Array:
@@ -86,30 +129,72 @@ class NextTokenGenerator(nnx.Module):
     return self._add_positions(self.cls_embed(labels)[:, None], 0)
 
   def embed_tokens(self, tokens: Array, start: Array | int) -> Array:
-    """Tokens (B, L) placed in slots start .. start + L - 1 (slot p holds token p - 1)."""
-    return self._add_positions(self.tok_embed(tokens), start)
+    """Tokens (B, L) (stacked: (B, L, D)) placed in slots start .. start + L - 1 (slot p
+    holds token p - 1)."""
+    return self.embed_stack(self.stack.split(tokens), start)
+
+  def embed_stack(self, codes: Array, start: Array | int) -> Array:
+    return self._add_positions(self.embed_codes(codes), start)
 
   def _add_positions(self, x: Array, start: Array | int) -> Array:
     if self.positions != "learned":
       return x  # RoPE rotates q and k inside attention instead
     return x + jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start, x.shape[1])[None]
 
-  def step(self, x: Array, offset: Array | int, cache: KVCache | None = None):
-    """Logits for input embeddings x (B, L, D) at slots offset..offset+L-1."""
+  def hidden(self, x: Array, offset: Array | int, cache: KVCache | None = None):
+    """The spatial transformer's outputs (B, L, width) for input embeddings x (B, L, D) at
+    slots offset..offset+L-1."""
     b, l, _ = x.shape
     positions = offset + jnp.arange(l)
     levels = jnp.broadcast_to(positions, (b, l))
-    h, cache = self.transformer(x, levels, angles=self._angles(positions), cache=cache,
-                                offset=offset)
+    return self.transformer(x, levels, angles=self._angles(positions), cache=cache,
+                            offset=offset)
+
+  def step(self, x: Array, offset: Array | int, cache: KVCache | None = None):
+    """Logits (softmax head) for input embeddings x (B, L, D) at slots offset..offset+L-1."""
+    self._need_softmax("step")
+    h, cache = self.hidden(x, offset, cache)
     return self.head(h).astype(jnp.float32), cache
+
+  def sample_codes(self, h: Array, key: Array, pick) -> Array:
+    """One position's sub-codes (B, D) from spatial outputs h (B', width)."""
+    if self.head_kind == "softmax":
+      return pick(self.head(h).astype(jnp.float32), key)[:, None]
+    return self.head.sample(h, key, pick)
+
+  def _need_softmax(self, what: str) -> None:
+    if self.head_kind != "softmax":
+      raise ValueError(f"{what}: logits over one vocabulary exist for the 'softmax' head; the "
+                       f"{self.head_kind!r} head scores tokens with log_prob")
+
+  def _check_tokens(self, tokens: Array) -> None:
+    want = (self.seq_len, self.stack.depth) if self.stack.stacked else (self.seq_len,)
+    if tokens.shape[1:] != want:
+      raise ValueError(f"tokens: expected (B, {', '.join(map(str, want))}), got shape "
+                       f"{tokens.shape}")
 
   def __call__(self, tokens: Array, labels: Array) -> Array:
     """Teacher forcing: logits (B, N, V) predicting tokens (B, N) in raster order."""
+    self._need_softmax("__call__")
     _check_labels(labels, self.num_classes)
-    if tokens.shape[1] != self.seq_len:
-      raise ValueError(f"tokens: expected (B, {self.seq_len}), got shape {tokens.shape}")
+    self._check_tokens(tokens)
     logits, _ = self.step(self.embed(tokens, labels), 0)
     return logits
+
+  def log_prob(self, tokens: Array, labels: Array, codes: Array | None = None
+               ) -> tuple[Array, Array]:
+    """Teacher forcing, any head: (log p(token_t | class, tokens_<t) (B, N), whether every
+    sub-code is the argmax (B, N)). `codes` (B, N, D): other teacher-forcing inputs than
+    the tokens' own (Infinity's bitwise self-correction flips some)."""
+    _check_labels(labels, self.num_classes)
+    self._check_tokens(tokens)
+    targets = self.stack.split(tokens)
+    h, _ = self.hidden(self.embed(tokens, labels, codes), 0)
+    if self.head_kind == "softmax":
+      logits = self.head(h).astype(jnp.float32)
+      return (-optax.softmax_cross_entropy_with_integer_labels(logits, targets[..., 0]),
+              jnp.argmax(logits, -1) == targets[..., 0])
+    return self.head.log_prob(h, targets)
 
 
 class MaskedGenerator(nnx.Module):

@@ -6,6 +6,7 @@ cache and guidance ramped over scales, and MaskGIT's iterative parallel decoding
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -64,6 +65,8 @@ def _with_null(labels: Array, num_classes: int, guided: bool) -> Array:
 
 
 def _pick(logits: Array, key: Array, b: int, guided: bool, scale, **kw) -> Array:
+  """Sample rows (b of them; with guidance the conditional rows then the unconditional)
+  of logits (.., V) over the last axis."""
   if guided:
     logits = guide(logits[:b], logits[b:], scale)
   return sample_logits(key, logits, **kw)
@@ -72,38 +75,46 @@ def _pick(logits: Array, key: Array, b: int, guided: bool, scale, **kw) -> Array
 def sample_next_token(model: NextTokenGenerator, labels: Array, key: Array, *,
                       cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
                       top_p: float = 1.0, prompt: Array | None = None) -> Array:
-  """Raster-order sampling with the KV cache: tokens (B, N). `prompt` (B, P): the first P
-  tokens are given, not sampled (a video's first latent frame: frame prediction). Call
-  inside or outside jit."""
+  """Raster-order sampling with the KV cache: tokens (B, N) (stacked: (B, N, D)), each
+  position's sub-codes drawn by the model's head (per bit, per sub-token or per level
+  where the head is bitwise or depth; guidance and filtering apply to each). `prompt`
+  (B, P) (stacked (B, P, D)): the first P tokens are given, not sampled (a video's first
+  latent frame: frame prediction; an utterance's first frames). Call inside or outside jit."""
   model = _eval_copy(model)
   b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
-  if prompt is not None and (prompt.ndim != 2 or prompt.shape[0] != b or prompt.shape[1] > n):
-    raise ValueError(f"prompt: expected (B={b}, P <= {n}), got shape {prompt.shape}")
-  given = jnp.zeros((b, n), jnp.int32) if prompt is None else jnp.zeros(
-      (b, n), jnp.int32).at[:, :prompt.shape[1]].set(prompt)
-  num_given = 0 if prompt is None else prompt.shape[1]
-  keep = lambda i, tok: jnp.where(i < num_given, given[:, i], tok)
-  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  depth = model.stack.depth
+  given = jnp.zeros((b, n, depth), jnp.int32)
+  num_given = 0
+  if prompt is not None:
+    p_shape = (b, prompt.shape[1], depth) if model.stack.stacked else (b, prompt.shape[1])
+    if prompt.ndim < 2 or prompt.shape != p_shape or prompt.shape[1] > n:
+      raise ValueError(f"prompt: expected (B={b}, P <= {n}"
+                       f"{f', {depth}' if model.stack.stacked else ''}), got shape "
+                       f"{prompt.shape}")
+    given = given.at[:, :prompt.shape[1]].set(model.stack.split(prompt))
+    num_given = prompt.shape[1]
+  keep = lambda i, codes: jnp.where(i < num_given, given[:, i], codes)
+  pick = functools.partial(_pick, b=b, guided=guided, scale=cfg_scale, temperature=temperature,
+                           top_k=top_k, top_p=top_p)
   lab = _with_null(labels, model.num_classes, guided)
   cache = KVCache.empty(model.shape, lab.shape[0], n)
-  logits, cache = model.step(model.embed_class(lab), 0, cache)
+  h, cache = model.hidden(model.embed_class(lab), 0, cache)
   key, sub = jax.random.split(key)
-  tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(keep(0, _pick(
-      logits[:, -1], sub, b, guided, cfg_scale, **kw)))
+  codes = given.at[:, 0].set(keep(0, model.sample_codes(h[:, -1], sub, pick)))
   graphdef, state = nnx.split(model)
 
   def body(i, carry):
-    tokens, cache, key = carry
+    codes, cache, key = carry
     m = nnx.merge(graphdef, state)
-    prev = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)
+    prev = jax.lax.dynamic_slice_in_dim(codes, i - 1, 1, axis=1)
     prev = jnp.concatenate([prev, prev]) if guided else prev
-    logits, cache = m.step(m.embed_tokens(prev, i), i, cache)
+    h, cache = m.hidden(m.embed_stack(prev, i), i, cache)
     key, sub = jax.random.split(key)
-    tok = keep(i, _pick(logits[:, -1], sub, b, guided, cfg_scale, **kw))
-    return jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], i, axis=1), cache, key
+    new = keep(i, m.sample_codes(h[:, -1], sub, pick))
+    return jax.lax.dynamic_update_slice_in_dim(codes, new[:, None], i, axis=1), cache, key
 
-  tokens, _, _ = jax.lax.fori_loop(1, n, body, (tokens, cache, key))
-  return tokens
+  codes, _, _ = jax.lax.fori_loop(1, n, body, (codes, cache, key))
+  return model.stack.join(codes)
 
 
 def sample_next_scale(model: NextScaleGenerator, quantizer, labels: Array, key: Array, *,

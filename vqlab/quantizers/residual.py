@@ -207,6 +207,18 @@ class GroupedQuantizer(nnx.Module):
     return jnp.concatenate(parts, axis=-1)
 
 
+def index_sizes(quantizer) -> tuple[int, ...]:
+  """The codebook size of each index one latent position gets, in the order of the
+  indices' trailing axes flattened (group-major, then level): (K,) for a quantizer with one
+  index per position, (K_1, ..., K_L) for a residual one, the groups' in turn for a grouped
+  one."""
+  if isinstance(quantizer, GroupedQuantizer):
+    return tuple(k for g in quantizer.groups for k in index_sizes(g))
+  if isinstance(quantizer, ResidualQuantizer):
+    return tuple(int(level.codebook_size) for level in quantizer.levels)
+  return (int(quantizer.codebook_size),)
+
+
 # --- the named configurations users ask for -----------------------------------------
 
 class ResidualVQ(ResidualQuantizer):

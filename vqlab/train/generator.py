@@ -41,11 +41,14 @@ from vqlab.data.tokens import TokenSource
 from vqlab.eval import inception
 from vqlab.eval.image_metrics import frechet_distance, gaussian_stats, inception_score
 from vqlab.models import sampling
-from vqlab.models.generators import (DelayPatternGenerator, MaskedGenerator,
+from vqlab.models.generators import (HEADS, DelayPatternGenerator, MaskedGenerator,
                                      NextScaleGenerator, NextTokenGenerator, delay_pattern,
                                      drop_labels)
+from vqlab.models.token_heads import CodeStack
 from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
+from vqlab.quantizers.lfq import BinaryQuantizer
+from vqlab.quantizers.residual import index_sizes
 from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (accumulated_value_and_grad, ema_update, make_optimizer,
                                 save_audio, save_gif, save_image_grid, to_pixels, to_unit)
@@ -61,6 +64,7 @@ class StepSpec:
   label_dropout: float
   ema_decay: float
   grad_accum_steps: int = 1
+  bit_flip: float = 0.0  # Infinity's bitwise self-correction: input bits flipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,7 @@ class SampleSpec:
   schedule: str = "cosine"  # masked decoding's mask schedule
   frames: int = 0  # video: latent frames of a clip (0: images)
   num_frames: int = 0  # video: the clip's frames, decoded
+  audio: bool = False  # codec frames (B, F, levels), decoded to waveforms
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -87,7 +92,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"sample.schedule: expected one of {sampling.MASK_SCHEDULES}, got "
                      f"{config.sample.schedule!r}")
   fields = {f.name for f in dataclasses.fields(SampleSpec)} - {"paradigm", "latent_size",
-                                                               "frames", "num_frames"}
+                                                               "frames", "num_frames", "audio"}
   for setting in config.eval.sample_settings:
     if not isinstance(setting, dict) or not setting or set(setting) - fields:
       raise ValueError(f"eval.sample_settings: expected dicts of sample fields {sorted(fields)}, "
@@ -99,10 +104,51 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"train.grad_accum_steps: expected a divisor of train.batch_size="
                      f"{config.train.batch_size}, got {accum}")
   loop.check_train_config(config)
-  if config.paradigm == "delay" and config.eval.inception:
-    raise ValueError("eval.inception: gFID / IS are image metrics; expected '' for the "
-                     "'delay' paradigm (audio tokens)")
+  if config.model.head not in HEADS:
+    raise ValueError(f"model.head: expected one of {HEADS}, got {config.model.head!r}")
+  if config.model.head != "softmax" and config.paradigm != "raster":
+    raise ValueError(f"model.head: the {config.model.head!r} head is built for 'raster' "
+                     f"(next token); {config.paradigm!r} predicts one softmax per slot "
+                     "(masked bit modelling (MaskBit) and Infinity's bitwise next-scale are not "
+                     "built yet)")
+  if not 0.0 <= config.train.bit_flip < 0.5 or (config.train.bit_flip
+                                                 and config.model.head != "bitwise"):
+    raise ValueError(f"train.bit_flip: expected a probability in [0, 0.5) with "
+                     f"model.head='bitwise' (0 otherwise), got {config.train.bit_flip} with "
+                     f"{config.model.head!r}")
+  if config.model.sub_token_bits and config.model.head != "depth":
+    raise ValueError(f"model.sub_token_bits: sub-tokens are predicted by the 'depth' head, "
+                     f"got model.head={config.model.head!r}")
   TransformerShape(**{k: config.model[k] for k in SHAPE_FIELDS}).check()
+
+
+def code_stack(config: ml_collections.ConfigDict, quantizer) -> CodeStack:
+  """What one position's token is for `config.model.head` and the tokenizer's quantizer
+  (token_heads.CodeStack), or a ValueError naming what does not fit."""
+  m, name = config.model, type(quantizer).__name__
+  sizes = index_sizes(quantizer)
+  if len(sizes) > 1:  # residual / grouped: D indices per position
+    if m.head != "depth":
+      raise ValueError(f"model.head: the tokenizer's {name} gives {len(sizes)} indices per "
+                       f"position; expected 'depth' (RQ-Transformer's depth transformer, "
+                       f"configs/generator_quickstart.py:raster,rq), got {m.head!r}")
+    return CodeStack(sizes, stacked=True)
+  vocab = sizes[0]
+  if m.head == "bitwise":
+    if not isinstance(quantizer, BinaryQuantizer):
+      raise ValueError(f"model.head: 'bitwise' predicts the bits of an LFQ / BSQ index; the "
+                       f"tokenizer's {name} has {vocab} codes that are not bits")
+    return CodeStack((2,) * quantizer.bits)
+  if m.head == "depth":
+    bits = vocab.bit_length() - 1
+    lead = tuple(int(b) for b in m.sub_token_bits)
+    if not lead or vocab != 2**bits or min(lead) < 1 or sum(lead) >= bits:
+      raise ValueError(f"model.sub_token_bits: the 'depth' head on one index per position "
+                       f"splits a 2^b codebook into sub-tokens (Open-MAGVIT2: 2^18 as (6,) "
+                       f"-> 2^6 x 2^12); expected bit counts summing below {bits} for the "
+                       f"{name}'s {vocab} codes, got {tuple(m.sub_token_bits)}")
+    return CodeStack(tuple(2**b for b in lead) + (2**(bits - sum(lead)),))
+  return CodeStack((vocab,))
 
 
 def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
@@ -116,14 +162,15 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
   if meta.get("modality") == "video" and config.paradigm != "raster":
     raise ValueError(f"paradigm: video tokens are modelled by 'raster' (next token, 3D RoPE), "
                      f"got {config.paradigm!r}")
-  if (config.paradigm == "delay") != audio:
-    raise ValueError(f"paradigm: audio-codec tokens are modelled by 'delay' and image tokens "
-                     f"by {PARADIGMS[:3]}; got {config.paradigm!r} for "
-                     f"{'audio' if audio else 'image'} tokens")
-  if audio:
+  if audio and config.paradigm not in ("delay", "raster"):
+    raise ValueError(f"paradigm: audio-codec tokens are modelled by 'delay' (MusicGen) or "
+                     f"'raster' with the depth head (RQ-Transformer), got {config.paradigm!r}")
+  if config.paradigm == "delay" and not audio:
+    raise ValueError(f"paradigm: 'delay' models an audio codec's levels; image tokens are "
+                     f"modelled by {PARADIGMS[:3]}")
+  if config.paradigm == "delay":
     return DelayPatternGenerator(shape, vocab, m.num_classes, int(meta["frames"]),
                                  int(meta["levels"]), rngs=rngs)
-  latent_size = int(meta["latent_size"])
   if config.paradigm == "var":
     if not hasattr(tok.quantizer, "patch_nums"):
       raise ValueError("paradigm: 'var' needs a tokenizer with the multi-scale quantizer "
@@ -131,14 +178,23 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
                        f"{type(tok.quantizer).__name__}")
     return NextScaleGenerator(shape, vocab, m.num_classes, tok.quantizer.patch_nums,
                               tok.quantizer.dim, rngs=rngs)
-  if getattr(tok.quantizer, "index_axes", 0) or hasattr(tok.quantizer, "patch_nums"):
-    raise ValueError(f"paradigm: {config.paradigm!r} models one index per latent position; "
-                     f"the tokenizer's {type(tok.quantizer).__name__} gives more")
+  if hasattr(tok.quantizer, "patch_nums"):
+    raise ValueError(f"paradigm: the multi-scale quantizer's tokens are modelled by 'var', "
+                     f"got {config.paradigm!r}")
   if config.paradigm == "raster":
-    return NextTokenGenerator(shape, vocab, m.num_classes, latent_size,
-                              frames=int(meta.get("latent_frames", 1)), positions=m.positions,
-                              rngs=rngs)
-  return MaskedGenerator(shape, vocab, m.num_classes, latent_size, rngs=rngs)
+    stack = code_stack(config, tok.quantizer)
+    depth_shape = dataclasses.replace(shape, depth=m.depth_layers, remat="none")
+    grid, frames = ((1, int(meta["frames"])) if audio else
+                    (int(meta["latent_size"]), int(meta.get("latent_frames", 1))))
+    return NextTokenGenerator(shape, vocab, m.num_classes, grid, frames=frames,
+                              positions=m.positions, head=m.head, stack=stack,
+                              depth_shape=depth_shape, rngs=rngs)
+  per_position = len(index_sizes(tok.quantizer))
+  if per_position > 1:
+    raise ValueError(f"paradigm: 'maskgit' models one index per latent position; the "
+                     f"tokenizer's {type(tok.quantizer).__name__} gives {per_position}: use "
+                     "'raster' with model.head='depth'")
+  return MaskedGenerator(shape, vocab, m.num_classes, int(meta["latent_size"]), rngs=rngs)
 
 
 def init_state(config: ml_collections.ConfigDict, tok=None, meta: dict | None = None):
@@ -169,11 +225,20 @@ def _cross_entropy(logits, targets, weights, total):
 def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, spec: StepSpec):
   model, optimizer = nnx.merge(graphdef, state["nnx"])
   rng, k_labels, k_mask = jax.random.split(state["rng"], 3)
+  raster = spec.paradigm == "raster"
   tokens, labels = batch["tokens"], batch["label"]
   labels = drop_labels(labels, k_labels, spec.label_dropout, spec.num_classes)
   # Everything random or batch-wide is drawn for the whole batch first, so that any
   # number of micro-batches gives the large-batch loss and gradients.
   inputs = {"tokens": tokens, "labels": labels}
+  if raster and model.stack.stacked:  # (B, N * D) -> (B, N, D)
+    inputs["tokens"] = tokens = tokens.reshape(tokens.shape[0], model.seq_len, -1)
+  if spec.bit_flip:
+    # Infinity's bitwise self-correction: flip teacher-forcing input bits, keep the
+    # targets (raster order has no later residual to re-quantize, unlike next-scale)
+    codes = model.stack.split(tokens)
+    flips = jax.random.bernoulli(k_mask, spec.bit_flip, codes.shape)
+    inputs["codes"] = jnp.where(flips, 1 - codes, codes)
   if spec.paradigm == "var":  # VAR's inputs: the tokenizer's frozen quantizer
     inputs["features"] = nnx.merge(quantizer_graphdef,
                                    quantizer_state).teacher_forcing_input(tokens)
@@ -183,12 +248,14 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
     codes = tokens.reshape(tokens.shape[0], model.frames, model.levels)
     inputs["weights"] = (delay_pattern(codes, model.pad_id) != model.pad_id).astype(jnp.float32)
   else:
-    inputs["weights"] = jnp.ones(tokens.shape, jnp.float32)
+    inputs["weights"] = jnp.ones(tokens.shape[:2], jnp.float32)
   total = jnp.maximum(jnp.sum(inputs["weights"]), 1.0)
 
   def loss_fn(model, x):
-    if spec.paradigm == "raster":
-      return _cross_entropy(model(x["tokens"], x["labels"]), x["tokens"], x["weights"], total)
+    if raster:  # any head: log p(token) of the whole stack
+      logp, hit = model.log_prob(x["tokens"], x["labels"], x.get("codes"))
+      return (jnp.sum(-logp * x["weights"]) / total,
+              jnp.sum(hit.astype(jnp.float32) * x["weights"]) / total)
     if spec.paradigm == "var":
       return _cross_entropy(model(x["labels"], x["features"]), x["tokens"], x["weights"], total)
     if spec.paradigm == "delay":
@@ -224,15 +291,17 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
       tokens = sampling.sample_next_scale(model, tok.quantizer, labels, key, **kw)
     elif spec.paradigm == "delay":
       tokens = sampling.sample_delay(model, labels, key, prompt, **kw)
-      return tokens, tok.decode(tokens)
     else:
       tokens = sampling.sample_masked(model, labels, key, steps=spec.steps,
                                       schedule=spec.schedule, **kw)
-    if spec.frames:  # video: (B, latent frames, h, w) -> clips
-      grid = tokens.reshape(-1, spec.frames, spec.latent_size, spec.latent_size)
+    if spec.audio:  # codes (B, frames, levels) -> waveforms
+      return tokens, tok.decode(tokens)
+    stack = tokens.shape[2:]  # (D,) for stacked codes
+    if spec.frames:  # video: (B, latent frames, h, w[, D]) -> clips
+      grid = tokens.reshape(-1, spec.frames, spec.latent_size, spec.latent_size, *stack)
       return tokens, tok.decode(grid, spec.num_frames)
     grid = tokens if spec.paradigm == "var" else tokens.reshape(
-        -1, spec.latent_size, spec.latent_size)
+        -1, spec.latent_size, spec.latent_size, *stack)
     return tokens, tok.decode(grid)
 
   return run
@@ -271,7 +340,7 @@ class GeneratorJob(loop.Job):
 
   def check(self):
     check_config(self.config)
-    self.outputs = "audio/" if self.config.paradigm == "delay" else "images/"
+    self.outputs = "images/"  # audio/ for codec tokens (known once they are loaded)
 
   def load(self):
     """Inception weights, the tokens and their tokenizer, checked against each other."""
@@ -287,6 +356,12 @@ class GeneratorJob(loop.Job):
                        f"num_classes > {top_label}, got {c.model.num_classes}")
     self.q_graphdef, self.q_state = nnx.split(tok.quantizer)
     self.tok_dataset = runs.load_config(c.tokenizer_workdir).get("data", {}).get("name", "")
+    self.audio = source.meta.get("modality") == "audio"
+    if self.audio:
+      self.outputs = "audio/"
+      if c.eval.inception:
+        raise ValueError("eval.inception: gFID / IS are image metrics; expected '' for "
+                         "audio-codec tokens")
 
   def init_state(self):
     return init_state(self.config, self.tok, self.source.meta)
@@ -298,7 +373,7 @@ class GeneratorJob(loop.Job):
   def compile(self, graphdef, shardings):
     c = self.config
     spec = StepSpec(c.paradigm, c.model.num_classes, c.train.label_dropout, c.train.ema_decay,
-                    c.train.grad_accum_steps)
+                    c.train.grad_accum_steps, c.train.bit_flip)
     fn = functools.partial(train_step, graphdef=graphdef, quantizer_graphdef=self.q_graphdef,
                            spec=spec)
     return {None: loop.jit_step(fn, c, shardings, self.mesh, num_args=1)}
@@ -323,7 +398,8 @@ class GeneratorJob(loop.Job):
     video = meta.get("modality") == "video"
     self.sample_spec = SampleSpec(c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p,
                                   s.steps, int(meta.get("latent_size", 0)), s.schedule,
-                                  int(meta.get("latent_frames", 0)), int(meta.get("num_frames", 0)))
+                                  int(meta.get("latent_frames", 0)), int(meta.get("num_frames", 0)),
+                                  self.audio)
     self.graphdef, self.tok_graphdef = graphdef, tok_graphdef
     self.sampler = make_sampler(graphdef, tok_graphdef, self.sample_spec)
     per_class = max(1, s.num // c.model.num_classes)
@@ -332,7 +408,7 @@ class GeneratorJob(loop.Job):
     labels = (jnp.arange(s.num, dtype=jnp.int32) // per_class if by_row
               else jnp.arange(s.num, dtype=jnp.int32) % c.model.num_classes)
     prompt = originals = None
-    if c.paradigm == "delay":  # continue the first frames of held-out utterances
+    if self.audio:  # continue the first frames of held-out utterances
       prompts = TokenSource(s.prompts_dir or c.tokens_dir)
       if len(prompts) < s.num:
         raise ValueError(f"sample.num: expected at most the {len(prompts)} prompt records, "
@@ -353,7 +429,8 @@ class GeneratorJob(loop.Job):
                          f"prompt records and 0 <= prompt_frames < {frames} latent frames, got "
                          f"{s.num} and {s.prompt_frames}")
       originals = np.stack([prompts[i]["indices"] for i in range(s.num)]).astype(np.int32)
-      prompt = jnp.asarray(originals[:, :s.prompt_frames].reshape(s.num, -1))
+      prompt = jnp.asarray(originals[:, :s.prompt_frames].reshape(  # (B, P[, D])
+          s.num, -1, *originals.shape[4:]))
     self.throughput = {}
 
     def samples(state, step):
