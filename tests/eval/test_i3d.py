@@ -103,6 +103,7 @@ def test_bad_weights_and_clips_are_refused(tmp_path):
     i3d.preprocess(jnp.zeros((1, 4, 32, 32, 3)))
 
 
+@pytest.mark.slow  # compiling the whole I3D: CI's slow step
 def test_fvd_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
   params = i3d.random_params(num_classes=16)
   features = jax.jit(i3d.i3d_features)

@@ -78,6 +78,7 @@ def test_quickstart_runlocal_trains_and_its_run_works(video_run, tmp_path):
   assert np.asarray(source[0]["indices"]).shape == (2, 8, 8)
 
 
+@pytest.mark.slow  # CI's slow step (a second worker would build video_run again: ~2.5 min)
 def test_generator_continues_held_out_clips(video_run, tmp_path):
   # the chain: video tokens -> a 2-step raster generator with 3D RoPE -> frame prediction
   from configs import generator_quickstart
@@ -155,6 +156,7 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
   assert [r["step"] for r in parts] == [1, 2, 3] and whole == parts
 
 
+@pytest.mark.slow  # CI's slow step (the default run's budget)
 def test_sharded_step_matches_one_device(data_dir, sharded_steps_match):
   # two steps with the 3D GAN, LeCam and EMA on, on a data x fsdp mesh of 8 devices
   config = small_config(data_dir)

@@ -125,28 +125,30 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def code_stack(config: ml_collections.ConfigDict, quantizer) -> CodeStack:
   """What one position's token is for `config.model.head` and the tokenizer's quantizer
   (token_heads.CodeStack), or a ValueError naming what does not fit."""
-  m, name = config.model, type(quantizer).__name__
+  name = type(quantizer).__name__
+  # runs saved before the heads existed have no head fields: the softmax they trained
+  head, lead = config.model.get("head", "softmax"), config.model.get("sub_token_bits", ())
   sizes = index_sizes(quantizer)
   if len(sizes) > 1:  # residual / grouped: D indices per position
-    if m.head != "depth":
+    if head != "depth":
       raise ValueError(f"model.head: the tokenizer's {name} gives {len(sizes)} indices per "
                        f"position; expected 'depth' (RQ-Transformer's depth transformer, "
-                       f"configs/generator_quickstart.py:raster,rq), got {m.head!r}")
+                       f"configs/generator_quickstart.py:raster,rq), got {head!r}")
     return CodeStack(sizes, stacked=True)
   vocab = sizes[0]
-  if m.head == "bitwise":
+  if head == "bitwise":
     if not isinstance(quantizer, BinaryQuantizer):
       raise ValueError(f"model.head: 'bitwise' predicts the bits of an LFQ / BSQ index; the "
                        f"tokenizer's {name} has {vocab} codes that are not bits")
     return CodeStack((2,) * quantizer.bits)
-  if m.head == "depth":
+  if head == "depth":
     bits = vocab.bit_length() - 1
-    lead = tuple(int(b) for b in m.sub_token_bits)
+    lead = tuple(int(b) for b in lead)
     if not lead or vocab != 2**bits or min(lead) < 1 or sum(lead) >= bits:
       raise ValueError(f"model.sub_token_bits: the 'depth' head on one index per position "
                        f"splits a 2^b codebook into sub-tokens (Open-MAGVIT2: 2^18 as (6,) "
                        f"-> 2^6 x 2^12); expected bit counts summing below {bits} for the "
-                       f"{name}'s {vocab} codes, got {tuple(m.sub_token_bits)}")
+                       f"{name}'s {vocab} codes, got {lead}")
     return CodeStack(tuple(2**b for b in lead) + (2**(bits - sum(lead)),))
   return CodeStack((vocab,))
 
@@ -183,11 +185,11 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
                      f"got {config.paradigm!r}")
   if config.paradigm == "raster":
     stack = code_stack(config, tok.quantizer)
-    depth_shape = dataclasses.replace(shape, depth=m.depth_layers, remat="none")
+    depth_shape = dataclasses.replace(shape, depth=m.get("depth_layers", 2), remat="none")
     grid, frames = ((1, int(meta["frames"])) if audio else
                     (int(meta["latent_size"]), int(meta.get("latent_frames", 1))))
     return NextTokenGenerator(shape, vocab, m.num_classes, grid, frames=frames,
-                              positions=m.positions, head=m.head, stack=stack,
+                              positions=m.positions, head=m.get("head", "softmax"), stack=stack,
                               depth_shape=depth_shape, rngs=rngs)
   per_position = len(index_sizes(tok.quantizer))
   if per_position > 1:
