@@ -129,7 +129,12 @@ def code_stack(config: ml_collections.ConfigDict, quantizer) -> CodeStack:
   # runs saved before the heads existed have no head fields: the softmax they trained
   head, lead = config.model.get("head", "softmax"), config.model.get("sub_token_bits", ())
   sizes = index_sizes(quantizer)
-  if len(sizes) > 1:  # residual / grouped: D indices per position
+  # residual / grouped: indices carry trailing axes, (..., D) once flattened
+  stacked = len(sizes) > 1 or bool(getattr(quantizer, "index_axes", 0)) or hasattr(
+      quantizer, "groups")
+  if stacked and len(sizes) == 1 and head == "softmax":  # one level: one softmax
+    return CodeStack(sizes, stacked=True)
+  if stacked:
     if head != "depth":
       raise ValueError(f"model.head: the tokenizer's {name} gives {len(sizes)} indices per "
                        f"position; expected 'depth' (RQ-Transformer's depth transformer, "
