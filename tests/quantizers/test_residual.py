@@ -129,3 +129,19 @@ def test_residual_fsq_matches_vector_quantize_pytorch():
   out = ResidualFSQ([5, 5, 5], 4)(jnp.asarray(z))
   np.testing.assert_array_equal(out.indices, ref_idx.numpy())
   np.testing.assert_allclose(out.quantized, ref_q.detach().numpy(), atol=1e-5)
+
+
+def test_index_sizes_follow_the_indices_trailing_axes():
+  from vqlab.quantizers import LFQ
+  from vqlab.quantizers.residual import index_sizes, stacked_indices
+  rngs = nnx.Rngs(0)
+  cases = [(ResidualVQ(8, 16, 3, rngs=rngs), (16,) * 3), (ResidualVQ(8, 16, 1, rngs=rngs), (16,)),
+           (GroupedResidualVQ(8, 16, groups=2, num_levels=3, rngs=rngs), (16,) * 6),
+           (GroupedVQ(8, 32, groups=2, rngs=rngs), (32, 32)), (LFQ(bits=5), (32,))]
+  for q, sizes in cases:
+    z = jax.random.normal(jax.random.key(1), (2, 3, q.dim))
+    indices = q(z).indices
+    assert index_sizes(q) == sizes
+    trailing = indices.shape[2:]  # after (B, positions)
+    assert stacked_indices(q) == bool(trailing)
+    assert int(np.prod(trailing)) == len(sizes)  # one level still has its axis: (..., 1)

@@ -86,8 +86,9 @@ def sample_next_token(model: NextTokenGenerator, labels: Array, key: Array, *,
   given = jnp.zeros((b, n, depth), jnp.int32)
   num_given = 0
   if prompt is not None:
-    p_shape = (b, prompt.shape[1], depth) if model.stack.stacked else (b, prompt.shape[1])
-    if prompt.ndim < 2 or prompt.shape != p_shape or prompt.shape[1] > n:
+    ndim = 3 if model.stack.stacked else 2
+    if (prompt.ndim != ndim or prompt.shape[0] != b or prompt.shape[1] > n
+        or prompt.shape[2:] != ((depth,) if model.stack.stacked else ())):
       raise ValueError(f"prompt: expected (B={b}, P <= {n}"
                        f"{f', {depth}' if model.stack.stacked else ''}), got shape "
                        f"{prompt.shape}")

@@ -219,6 +219,13 @@ def index_sizes(quantizer) -> tuple[int, ...]:
   return (int(quantizer.codebook_size),)
 
 
+def stacked_indices(quantizer) -> bool:
+  """Whether the indices carry trailing axes after the positions (a residual quantizer's
+  levels, a grouped one's groups), even of length 1: then they are (..., D) with D =
+  len(index_sizes(quantizer))."""
+  return isinstance(quantizer, GroupedQuantizer) or bool(getattr(quantizer, "index_axes", 0))
+
+
 # --- the named configurations users ask for -----------------------------------------
 
 class ResidualVQ(ResidualQuantizer):

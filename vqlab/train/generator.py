@@ -48,7 +48,7 @@ from vqlab.models.token_heads import CodeStack
 from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
 from vqlab.quantizers.lfq import BinaryQuantizer
-from vqlab.quantizers.residual import index_sizes
+from vqlab.quantizers.residual import index_sizes, stacked_indices
 from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (accumulated_value_and_grad, ema_update, make_optimizer,
                                 save_audio, save_gif, save_image_grid, to_pixels, to_unit)
@@ -129,12 +129,9 @@ def code_stack(config: ml_collections.ConfigDict, quantizer) -> CodeStack:
   # runs saved before the heads existed have no head fields: the softmax they trained
   head, lead = config.model.get("head", "softmax"), config.model.get("sub_token_bits", ())
   sizes = index_sizes(quantizer)
-  # residual / grouped: indices carry trailing axes, (..., D) once flattened
-  stacked = len(sizes) > 1 or bool(getattr(quantizer, "index_axes", 0)) or hasattr(
-      quantizer, "groups")
-  if stacked and len(sizes) == 1 and head == "softmax":  # one level: one softmax
-    return CodeStack(sizes, stacked=True)
-  if stacked:
+  if stacked_indices(quantizer):  # residual / grouped: indices (..., D)
+    if len(sizes) == 1 and head == "softmax":  # one level: one softmax
+      return CodeStack(sizes, stacked=True)
     if head != "depth":
       raise ValueError(f"model.head: the tokenizer's {name} gives {len(sizes)} indices per "
                        f"position; expected 'depth' (RQ-Transformer's depth transformer, "
@@ -196,11 +193,11 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
     return NextTokenGenerator(shape, vocab, m.num_classes, grid, frames=frames,
                               positions=m.positions, head=m.get("head", "softmax"), stack=stack,
                               depth_shape=depth_shape, rngs=rngs)
-  per_position = len(index_sizes(tok.quantizer))
-  if per_position > 1:
+  if stacked_indices(tok.quantizer):
     raise ValueError(f"paradigm: 'maskgit' models one index per latent position; the "
-                     f"tokenizer's {type(tok.quantizer).__name__} gives {per_position}: use "
-                     "'raster' with model.head='depth'")
+                     f"tokenizer's {type(tok.quantizer).__name__} gives "
+                     f"{len(index_sizes(tok.quantizer))} on a trailing axis: use 'raster' "
+                     "(model.head='depth' for more than one)")
   return MaskedGenerator(shape, vocab, m.num_classes, int(meta["latent_size"]), rngs=rngs)
 
 
@@ -221,12 +218,17 @@ def init_state(config: ml_collections.ConfigDict, tok=None, meta: dict | None = 
                     "rng": state["rng"]}
 
 
+def _batch_share(nll, hit, weights, total):
+  """(loss, accuracy) summed over the weighted targets and divided by `total`, the weight
+  of the whole batch: a micro-batch's share of the batch mean."""
+  return (jnp.sum(nll * weights) / total,
+          jnp.sum(hit.astype(jnp.float32) * weights) / total)
+
+
 def _cross_entropy(logits, targets, weights, total):
-  """(cross-entropy, accuracy) summed over the weighted targets and divided by `total`,
-  the weight of the whole batch: a micro-batch's share of the batch mean."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return jnp.sum(ce * weights) / total, jnp.sum(hit * weights) / total
+  """`_batch_share` of the softmax cross-entropy and argmax hits."""
+  return _batch_share(optax.softmax_cross_entropy_with_integer_labels(logits, targets),
+                      jnp.argmax(logits, -1) == targets, weights, total)
 
 
 def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, spec: StepSpec):
@@ -261,8 +263,7 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
   def loss_fn(model, x):
     if raster:  # any head: log p(token) of the whole stack
       logp, hit = model.log_prob(x["tokens"], x["labels"], x.get("codes"))
-      return (jnp.sum(-logp * x["weights"]) / total,
-              jnp.sum(hit.astype(jnp.float32) * x["weights"]) / total)
+      return _batch_share(-logp, hit, x["weights"], total)
     if spec.paradigm == "var":
       return _cross_entropy(model(x["labels"], x["features"]), x["tokens"], x["weights"], total)
     if spec.paradigm == "delay":
