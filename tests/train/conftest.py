@@ -7,35 +7,50 @@ import pytest
 from flax import nnx
 
 from vqlab import parallel
+from vqlab.data import builtin
 
 from configs import vqgan_quickstart
 from vqlab.train import export_tokens, tokenizer
 
 
-def _build_chain(root):
-  for name, arg in (("vq", "runlocal"), ("msvq", "msvq,runlocal"), ("rvq", "rvq,runlocal"),
-                    ("lfq", "lfq,runlocal")):
-    c = vqgan_quickstart.get_config(arg)
-    c.data.update(name="vqlab_digits", data_dir=str(root / "tfds"), min_crop=0, max_crop=0,
-                  flip=False)
-    c.model.shape.update(in_channels=1, channel_mult=(1, 2, 2) if name == "msvq" else (1, 2))
-    c.loss.update(disc_start=10_000, perceptual_weight=0.0, lpips_weights="")  # codes only
-    if name == "msvq":
-      c.model.quantizer.args.update(codebook_size=64, patch_nums=(1, 2, 4, 8))
-    workdir = str(root / name)
-    tokenizer.train(c, workdir)
-    export_tokens.export(workdir, str(root / f"{name}_tokens"), split="train", examples=100,
-                         batch_size=16)
+_CHAIN = {"vq": "runlocal", "msvq": "msvq,runlocal", "rvq": "rvq,runlocal",
+          "lfq": "lfq,runlocal"}
+
+
+def _build_tokenizer(root, name):
+  c = vqgan_quickstart.get_config(_CHAIN[name])
+  c.data.update(name="vqlab_digits", data_dir=str(root.parent / "chain_tfds"), min_crop=0,
+                max_crop=0, flip=False)
+  c.model.shape.update(in_channels=1, channel_mult=(1, 2, 2) if name == "msvq" else (1, 2))
+  c.loss.update(disc_start=10_000, perceptual_weight=0.0, lpips_weights="")  # codes only
+  if name == "msvq":
+    c.model.quantizer.args.update(codebook_size=64, patch_nums=(1, 2, 4, 8))
+  tokenizer.train(c, str(root / "run"))
+  export_tokens.export(str(root / "run"), str(root / "tokens"), split="train", examples=100,
+                       batch_size=16)
+
+
+class _Chain:
+  """`chain[name]` -> (tokenizer workdir, tokens dir), each tokenizer built on first use."""
+
+  def __init__(self, build_once):
+    self._build_once = build_once
+
+  def __getitem__(self, name):
+    if name not in _CHAIN:
+      raise KeyError(f"chain: expected one of {sorted(_CHAIN)}, got {name!r}")
+    # the digits are prepared once, under their own lock, before any tokenizer reads them
+    self._build_once("chain_tfds", lambda d: builtin.load("vqlab_digits", str(d)))
+    root = self._build_once(f"generator_chain_{name}", lambda d: _build_tokenizer(d, name))
+    return str(root / "run"), str(root / "tokens")
 
 
 @pytest.fixture(scope="session")
 def chain(build_once):
   """2-step digit tokenizers (one index per position, VAR's multi-scale, residual VQ of 4
-  levels, LFQ of 2^16 codes) and 100 exported training tokens of each, with labels;
-  built once per session."""
-  root = build_once("generator_chain", _build_chain)
-  return {name: (str(root / name), str(root / f"{name}_tokens"))
-          for name in ("vq", "msvq", "rvq", "lfq")}
+  levels, LFQ of 2^16 codes) and 100 exported training tokens of each, with labels; each
+  built once per session, on first use, so the xdist workers build different ones."""
+  return _Chain(build_once)
 
 
 def _build_speech_chain(root, data_dir):
