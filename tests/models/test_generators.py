@@ -205,6 +205,40 @@ def test_masked_model_memorises_and_decodes_back():
     sampling.sample_masked(model, labels, jax.random.key(0), schedule="cubic")
 
 
+def test_maskbit_slots_round_trip_and_a_masked_group_has_no_bits():
+  model = MaskedGenerator(SHAPE, 2**6, 3, 2, bit_groups=2, rngs=nnx.Rngs(0))
+  assert (model.vocab_size, model.seq_len, model.mask_id) == (8, 8, 8)
+  tokens = jnp.asarray([[0, 63, 0b101011, 0b010100]])
+  slots = model.to_slots(tokens)  # most significant group first
+  np.testing.assert_array_equal(slots, [[0, 0, 7, 7, 5, 3, 2, 4]])
+  np.testing.assert_array_equal(model.from_slots(slots), tokens)
+  bits = np.asarray([[-1, 1, -1, 0, 0, 0]], np.float32)  # token 0b010...: low group masked
+  got = model._embed(jnp.asarray([[2, model.mask_id]]))
+  w, b = model.bit_embed.kernel[...], model.bit_embed.bias[...]
+  np.testing.assert_allclose(got[0], bits @ w + b, rtol=1e-6, atol=1e-6)
+  for groups, vocab in ((4, 2**6), (2, 100)):
+    with pytest.raises(ValueError, match="bit_groups"):
+      MaskedGenerator(SHAPE, vocab, 3, 2, bit_groups=groups, rngs=nnx.Rngs(0))
+
+
+def test_maskbit_memorises_and_decodes_back():
+  data = jax.random.randint(jax.random.key(8), (3, 9), 0, 2**6)
+  labels = jnp.arange(3)
+  model = MaskedGenerator(SHAPE, 2**6, 3, 3, bit_groups=2, rngs=nnx.Rngs(2))
+  slots = model.to_slots(data)
+
+  def loss(m, key):
+    mask = sampling.random_mask(key, 3, 18)
+    logits = m(jnp.where(mask, m.mask_id, slots), labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, slots)
+    return jnp.sum(ce * mask) / jnp.sum(mask)
+
+  assert _fit(model, loss, 1200) < 0.05  # slower to memorise than an embedding table
+  got = sampling.sample_masked(model, labels, jax.random.key(0), steps=6, top_k=1,
+                               choice_temperature=0.0)
+  np.testing.assert_array_equal(model.from_slots(got), data)
+
+
 def test_mask_schedules_run_from_all_masked_to_none():
   r = jnp.asarray([0.0, 0.5, 1.0])
   np.testing.assert_allclose(sampling.mask_schedule(r, "cosine"), [1, np.sqrt(0.5), 0],

@@ -198,13 +198,30 @@ def test_every_head_trains_and_samples_its_tokenizers_tokens(head, chain, tmp_pa
   assert model.head_kind == ("bitwise" if head == "bitwise" else "depth")
 
 
+def test_maskbit_trains_and_samples_lfq_tokens(chain, tmp_path):
+  """MaskBit on the 2^16-code LFQ chain: 2 groups of 8 bits per token, each a slot."""
+  c = generator_quickstart.get_config("maskgit,bitwise,runlocal")
+  c.update(tokenizer_workdir=chain["lfq"][0], tokens_dir=chain["lfq"][1])
+  c.model.num_classes = 10
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert _near_uniform(rows[0]["loss"], (2**8,)), rows[0]["loss"]  # per slot: one group
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
+  model, tok = runs.load_generator(str(tmp_path))
+  assert (model.bit_groups, model.vocab_size, model.seq_len) == (2, 256, 2 * model.grid**2)
+
+
 def test_tokens_a_paradigm_cannot_model_are_named(chain, tmp_path):
   rvq, lfq = chain["rvq"], chain["lfq"]
   cases = [("raster", rvq, {}, "ResidualVQ gives 4 indices per position; expected 'depth'"),
            ("maskgit", rvq, {}, "'maskgit' models one index per latent position"),
            ("raster", chain["vq"], {"head": "bitwise"}, "'bitwise' predicts the bits"),
            ("raster", lfq, {"head": "depth", "sub_token_bits": (16,)}, "sub_token_bits"),
-           ("maskgit", lfq, {"head": "bitwise"}, "MaskBit"),
+           ("maskgit", chain["vq"], {"head": "bitwise"}, r"'bitwise' \(MaskBit\) models the bits"),
+           ("maskgit", lfq, {"head": "bitwise", "bit_groups": 3}, "a divisor of d for 65536"),
+           ("maskgit", lfq, {"head": "depth"}, "'bitwise' also for 'maskgit'"),
            ("var", chain["msvq"], {"head": "depth"}, "not built yet")]
   for i, (paradigm, (workdir, tokens), model, message) in enumerate(cases):
     c = generator_quickstart.get_config(f"{paradigm},runlocal")

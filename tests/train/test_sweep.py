@@ -93,7 +93,7 @@ def test_overrides_of_fields_the_base_lacks_are_errors():
 
 
 # the generator ablations train a digits tokenizer chain first (their `prepare`): slow step
-GENERATOR_ABLATIONS = ("generators", "guidance", "maskgit_schedules")
+GENERATOR_ABLATIONS = ("generators", "generator_heads", "guidance", "maskgit_schedules")
 PARAMS = [pytest.param(p, id=os.path.basename(p)[:-3], marks=[pytest.mark.slow] if
                        os.path.basename(p)[:-3] in GENERATOR_ABLATIONS else [])
           for p in ABLATIONS]

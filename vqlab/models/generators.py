@@ -8,7 +8,9 @@
   codec's frames with 1D RoPE. Tokens too large for one softmax or stacked per position
   get a bitwise or a depth head (token_heads.py: Infinity, Open-MAGVIT2, RQ-Transformer).
 - `MaskedGenerator`: MaskGIT (https://arxiv.org/abs/2202.04200): a class token then
-  all image tokens, bidirectional, `mask_id = vocab_size` for masked slots.
+  all image tokens, bidirectional, `mask_id = vocab_size` for masked slots; with
+  `bit_groups`, MaskBit's masked bit modelling of LFQ / BSQ tokens (groups of bits as
+  slots, the bits themselves as input).
 - `NextScaleGenerator`: VAR (https://arxiv.org/abs/2404.02905): the class embedding
   (+ pos_start) predicts scale 1, and word_embed(teacher-forcing features of the
   multi-scale quantizer) the later scales; block-causal by scale, learned level and
@@ -198,27 +200,67 @@ class NextTokenGenerator(nnx.Module):
 
 
 class MaskedGenerator(nnx.Module):
+  """MaskGIT over `seq_len` slots, `mask_id = vocab_size` where masked.
+
+  `bit_groups` = m > 0 is MaskBit's masked bit modelling (Weber et al. 2024,
+  https://arxiv.org/abs/2409.16211, sec. 3.2) for 2^d-code LFQ / BSQ tokens: each token is
+  m groups of d / m bits (most significant first), each group a slot of its own that is
+  masked and predicted on its own (a softmax over 2^(d/m)); the input is embedding-free,
+  a linear map of the token's d bits as +-1 with a masked group's bits set to 0."""
 
   def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int, grid: int,
-               *, rngs: nnx.Rngs):
-    self.shape, self.vocab_size, self.num_classes, self.grid = shape, vocab_size, num_classes, grid
-    self.seq_len = grid * grid
-    self.mask_id = vocab_size
-    self.tok_embed = embedding(vocab_size + 1, shape.width, ("vocab", "embed"), rngs)
+               *, bit_groups: int = 0, rngs: nnx.Rngs):
+    self.num_classes, self.grid = num_classes, grid
+    self.shape, self.groups = shape, max(bit_groups, 1)
+    bits = max(int(vocab_size).bit_length() - 1, 1)
+    if bit_groups and (vocab_size != 2**bits or bits % bit_groups):
+      raise ValueError(f"bit_groups: MaskBit splits the d bits of 2^d codes into equal "
+                       f"groups; expected a divisor of d for {vocab_size} codes, got "
+                       f"{bit_groups}")
+    self.bit_groups = bit_groups
+    # a slot's vocabulary: a token's, or one group of its bits
+    self.stack = CodeStack((2**(bits // bit_groups),) * bit_groups if bit_groups
+                           else (vocab_size,))
+    self.vocab_size = self.stack.sizes[0]
+    self.seq_len = grid * grid * self.groups
+    self.mask_id = self.vocab_size
+    if bit_groups:
+      self.bit_embed = linear(bits, shape.width, (None, "embed"), rngs)
+    else:
+      self.tok_embed = embedding(vocab_size + 1, shape.width, ("vocab", "embed"), rngs)
     self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
-    self.pos_embed = param(0.02 * jax.random.normal(rngs.params(), (self.seq_len + 1, shape.width)),
+    self.pos_embed = param(0.02 * jax.random.normal(rngs.params(), (grid * grid + 1, shape.width)),
                            (None, "embed"))
     self.transformer = Transformer(shape, rngs)
-    self.head = linear(shape.width, vocab_size, ("embed", "vocab"), rngs)
+    self.head = linear(shape.width, self.groups * self.vocab_size, ("embed", "vocab"), rngs)
 
-  def __call__(self, tokens: Array, labels: Array) -> Array:
-    """tokens (B, N) with `mask_id` where masked -> logits (B, N, V) for every slot."""
+  def to_slots(self, tokens: Array) -> Array:
+    """Tokens (B, N) -> slots (B, N * groups)."""
+    return self.stack.split(tokens).reshape(tokens.shape[0], -1)
+
+  def from_slots(self, slots: Array) -> Array:
+    """Slots (B, N * groups) -> tokens (B, N)."""
+    return self.stack.join(slots.reshape(slots.shape[0], -1, self.groups))
+
+  def _embed(self, slots: Array) -> Array:
+    if not self.bit_groups:
+      return self.tok_embed(slots)
+    groups = slots.reshape(slots.shape[0], -1, self.groups)
+    k = self.stack.sizes[0].bit_length() - 1
+    shifts = jnp.arange(k - 1, -1, -1)
+    bits = ((groups[..., None] >> shifts) & 1).astype(jnp.float32) * 2 - 1
+    bits = jnp.where((groups == self.mask_id)[..., None], 0.0, bits)  # masked: neither sign
+    return self.bit_embed(bits.reshape(*groups.shape[:2], -1))
+
+  def __call__(self, slots: Array, labels: Array) -> Array:
+    """Slots (B, seq_len) with `mask_id` where masked -> logits (B, seq_len, vocab_size)."""
     _check_labels(labels, self.num_classes)
-    x = jnp.concatenate([self.cls_embed(labels)[:, None], self.tok_embed(tokens)], 1)
+    x = jnp.concatenate([self.cls_embed(labels)[:, None], self._embed(slots)], 1)
     x = x + self.pos_embed[...][None]
     levels = jnp.zeros(x.shape[:2], jnp.int32)  # one level: bidirectional
     h, _ = self.transformer(x, levels)
-    return self.head(h[:, 1:]).astype(jnp.float32)
+    logits = self.head(h[:, 1:]).astype(jnp.float32)
+    return logits.reshape(logits.shape[0], self.seq_len, self.vocab_size)
 
 
 class NextScaleGenerator(nnx.Module):

@@ -106,11 +106,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   loop.check_train_config(config)
   if config.model.head not in HEADS:
     raise ValueError(f"model.head: expected one of {HEADS}, got {config.model.head!r}")
-  if config.model.head != "softmax" and config.paradigm != "raster":
+  masked_bits = config.paradigm == "maskgit" and config.model.head == "bitwise"  # MaskBit
+  if config.model.head != "softmax" and config.paradigm != "raster" and not masked_bits:
     raise ValueError(f"model.head: the {config.model.head!r} head is built for 'raster' "
-                     f"(next token); {config.paradigm!r} predicts one softmax per slot "
-                     "(masked bit modelling (MaskBit) and Infinity's bitwise next-scale are not "
-                     "built yet)")
+                     f"(next token; 'bitwise' also for 'maskgit': MaskBit); "
+                     f"{config.paradigm!r} predicts one softmax per slot (Infinity's bitwise "
+                     "next-scale model is not built yet)")
+  if masked_bits and config.train.bit_flip:
+    raise ValueError(f"train.bit_flip: Infinity's self-correction flips teacher-forcing "
+                     f"inputs of 'raster'; MaskBit ('maskgit') has none, got "
+                     f"{config.train.bit_flip}")
   if not 0.0 <= config.train.bit_flip < 0.5 or (config.train.bit_flip
                                                  and config.model.head != "bitwise"):
     raise ValueError(f"train.bit_flip: expected a probability in [0, 0.5) with "
@@ -193,6 +198,13 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
     return NextTokenGenerator(shape, vocab, m.num_classes, grid, frames=frames,
                               positions=m.positions, head=m.get("head", "softmax"), stack=stack,
                               depth_shape=depth_shape, rngs=rngs)
+  if m.get("head", "softmax") == "bitwise":  # MaskBit: groups of bits as slots
+    if not isinstance(tok.quantizer, BinaryQuantizer):
+      raise ValueError(f"model.head: 'bitwise' (MaskBit) models the bits of an LFQ / BSQ "
+                       f"index; the tokenizer's {type(tok.quantizer).__name__} has {vocab} "
+                       "codes that are not bits")
+    return MaskedGenerator(shape, vocab, m.num_classes, int(meta["latent_size"]),
+                           bit_groups=m.get("bit_groups", 2), rngs=rngs)
   if stacked_indices(tok.quantizer):
     raise ValueError(f"paradigm: 'maskgit' models one index per latent position; the "
                      f"tokenizer's {type(tok.quantizer).__name__} gives "
@@ -251,7 +263,8 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
   if spec.paradigm == "var":  # VAR's inputs: the tokenizer's frozen quantizer
     inputs["features"] = nnx.merge(quantizer_graphdef,
                                    quantizer_state).teacher_forcing_input(tokens)
-  if spec.paradigm == "maskgit":
+  if spec.paradigm == "maskgit":  # slots: tokens, or MaskBit's groups of bits
+    inputs["tokens"] = tokens = model.to_slots(tokens)
     inputs["weights"] = sampling.random_mask(k_mask, *tokens.shape).astype(jnp.float32)
   elif spec.paradigm == "delay":  # targets where the delay pattern holds a code
     codes = tokens.reshape(tokens.shape[0], model.frames, model.levels)
@@ -300,8 +313,8 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
     elif spec.paradigm == "delay":
       tokens = sampling.sample_delay(model, labels, key, prompt, **kw)
     else:
-      tokens = sampling.sample_masked(model, labels, key, steps=spec.steps,
-                                      schedule=spec.schedule, **kw)
+      tokens = model.from_slots(sampling.sample_masked(model, labels, key, steps=spec.steps,
+                                                       schedule=spec.schedule, **kw))
     if spec.audio:  # codes (B, frames, levels) -> waveforms
       return tokens, tok.decode(tokens)
     stack = tokens.shape[2:]  # (D,) for stacked codes
