@@ -107,8 +107,8 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       width=512, depth=12, heads=8, mlp_ratio=4.0, norm="rms", mlp="swiglu", qk_norm="none",
       adaln=False, qkv_bias=False, dropout=0.0, positions="rope2d", num_classes=1000,
       remat="none",  # "block" / "full": recompute each block's activations in backward
-      # raster's output head: "softmax" (one index per position), "bitwise" (an LFQ / BSQ
-      # index as its bits: Infinity), "depth" (a small transformer over each position's
+      # the output head: "softmax" (one index per position), "bitwise" (an LFQ / BSQ
+      # index as its bits: Infinity for raster, MaskBit for maskgit), "depth" (a small transformer over each position's
       # sub-codes: a residual / grouped tokenizer's levels (RQ-Transformer), or one index
       # split into sub-tokens of sub_token_bits bits, the rest last (Open-MAGVIT2: (6,)))
       head="softmax", depth_layers=2, sub_token_bits=(),

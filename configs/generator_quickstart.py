@@ -33,7 +33,8 @@ transformer over the levels of a residual / grouped tokenizer, e.g. from
 `configs/vqgan_quickstart.py:rvq`; with `:audio` over an audio codec's frames, 1D RoPE,
 continuing prompts as `:delay` does), `:bitwise` (Infinity's bitwise head for LFQ / BSQ
 tokens, e.g. from `configs/vqgan_quickstart.py:lfq`), `:factorized` (Open-MAGVIT2's
-sub-tokens: 6 bits, then the rest).
+sub-tokens: 6 bits, then the rest). `:maskgit,bitwise` is MaskBit's masked bit modelling
+of LFQ / BSQ tokens (two groups of bits per token).
 
 `:digits` (e.g. `:raster,digits`) is the class-conditional chain on the built-in digits:
 a tokenizer from `configs/vqgan_quickstart.py:digits`, its tokens, 10 classes; the sample

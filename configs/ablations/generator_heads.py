@@ -1,7 +1,8 @@
 """Generator heads for tokens one softmax cannot hold, on the digits chain
 (configs/ablations/_digits_chain.py; the same raster transformer, 128 wide, 4 blocks, 600
 steps, as the generator ablation): RQ-Transformer's depth head on a 4-level residual VQ
-(Lee et al. 2022, arXiv 2203.01941); on one LFQ tokenizer of 2^16 codes (MAGVIT-v2,
+(Lee et al. 2022, arXiv 2203.01941) and, the cheaper alternative, MusicGen's delay pattern
+over its levels (Copet et al. 2023, arXiv 2306.05284; 1D RoPE over raster steps); on one LFQ tokenizer of 2^16 codes (MAGVIT-v2,
 arXiv 2310.05737): a full softmax over the 2^16 codes, Infinity's bitwise head with and
 without its bitwise self-correction (Han et al. 2024, arXiv 2412.04431, sec. 3.2; 10% of
 the input bits flipped) and Open-MAGVIT2's asymmetric sub-tokens (Luo et al. 2024, arXiv
@@ -19,6 +20,7 @@ from configs.common import parse_arg, sweep_config
 
 HEADS = (  # (tokens, head, paradigm, tokenizer, config variants, overrides)
     ("rvq-4x1024", "depth", "raster", "rvq", "rq", {}),
+    ("rvq-4x1024", "delay", "delay", "rvq", "", {}),
     ("lfq-65536", "softmax", "raster", "lfq", "", {}),
     ("lfq-65536", "bitwise", "raster", "lfq", "bitwise", {}),
     ("lfq-65536", "bitwise-flip", "raster", "lfq", "bitwise", {"train.bit_flip": 0.1}),

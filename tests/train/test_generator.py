@@ -198,6 +198,26 @@ def test_every_head_trains_and_samples_its_tokenizers_tokens(head, chain, tmp_pa
   assert model.head_kind == ("bitwise" if head == "bitwise" else "depth")
 
 
+def test_delay_pattern_models_a_residual_image_tokenizer(chain, tmp_path):
+  """MusicGen's delay pattern over the 4 levels of the RVQ chain's 4x4 positions: 16 + 3
+  steps, each predicting one code of each level."""
+  c = generator_quickstart.get_config("delay,digits,runlocal")
+  c.update(tokenizer_workdir=chain["rvq"][0], tokens_dir=chain["rvq"][1])
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert _near_uniform(rows[0]["loss"], (1024,)), rows[0]["loss"]  # per code: one level
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
+  model, _ = runs.load_generator(str(tmp_path))
+  assert (model.levels, model.vocab_size) == (4, 1024)
+  assert model.frames == json.load(open(os.path.join(chain["rvq"][1], "tokens.json")))[
+      "latent_size"]**2
+  c.update(tokenizer_workdir=chain["vq"][0], tokens_dir=chain["vq"][1])
+  with pytest.raises(ValueError, match="'delay' models the levels of an audio codec or of"):
+    generator.train(c, str(tmp_path / "vq"))
+
+
 def test_maskbit_trains_and_samples_lfq_tokens(chain, tmp_path):
   """MaskBit on the 2^16-code LFQ chain: 2 groups of 8 bits per token, each a slot."""
   c = generator_quickstart.get_config("maskgit,bitwise,runlocal")

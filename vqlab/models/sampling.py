@@ -205,14 +205,16 @@ def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: i
   return tokens
 
 
-def sample_delay(model: DelayPatternGenerator, labels: Array, key: Array, prompt: Array, *,
-                 cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0) -> Array:
-  """Continue prompts (B, P, K) to codes (B, F, K) with the delay pattern and the KV
-  cache: each step samples its K delayed tokens, except those of prompt frames (kept)
-  and of the pattern's empty corners (pad)."""
+def sample_delay(model: DelayPatternGenerator, labels: Array, key: Array,
+                 prompt: Array | None = None, *, cfg_scale: float = 1.0,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Array:
+  """Continue prompts (B, P, K) (None: P = 0) to codes (B, F, K) with the delay pattern and
+  the KV cache: each step samples its K delayed tokens, except those of prompt frames
+  (kept) and of the pattern's empty corners (pad)."""
   model = _eval_copy(model)
   b, guided = labels.shape[0], cfg_scale != 1.0
+  if prompt is None:
+    prompt = jnp.zeros((b, 0, model.levels), jnp.int32)
   if prompt.ndim != 3 or prompt.shape[0] != b or prompt.shape[2] != model.levels \
       or prompt.shape[1] > model.frames:
     raise ValueError(f"prompt: expected (B={b}, P <= {model.frames}, {model.levels}), got "

@@ -174,12 +174,19 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
   if audio and config.paradigm not in ("delay", "raster"):
     raise ValueError(f"paradigm: audio-codec tokens are modelled by 'delay' (MusicGen) or "
                      f"'raster' with the depth head (RQ-Transformer), got {config.paradigm!r}")
-  if config.paradigm == "delay" and not audio:
-    raise ValueError(f"paradigm: 'delay' models an audio codec's levels; image tokens are "
-                     f"modelled by {PARADIGMS[:3]}")
   if config.paradigm == "delay":
-    return DelayPatternGenerator(shape, vocab, m.num_classes, int(meta["frames"]),
-                                 int(meta["levels"]), rngs=rngs)
+    if audio:
+      return DelayPatternGenerator(shape, vocab, m.num_classes, int(meta["frames"]),
+                                   int(meta["levels"]), rngs=rngs)
+    sizes = index_sizes(tok.quantizer)
+    if not stacked_indices(tok.quantizer) or len(set(sizes)) != 1:
+      raise ValueError(f"paradigm: 'delay' models the levels of an audio codec or of a "
+                       f"residual / grouped image tokenizer (equal codebooks); the "
+                       f"tokenizer's {type(tok.quantizer).__name__} gives {sizes}: use "
+                       f"{PARADIGMS[:3]}")
+    # an image's stacked codes in raster order, level k delayed by k steps (1D RoPE)
+    return DelayPatternGenerator(shape, sizes[0], m.num_classes, int(meta["latent_size"])**2,
+                                 len(sizes), rngs=rngs)
   if config.paradigm == "var":
     if not hasattr(tok.quantizer, "patch_nums"):
       raise ValueError("paradigm: 'var' needs a tokenizer with the multi-scale quantizer "
