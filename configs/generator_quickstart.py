@@ -33,7 +33,8 @@ transformer over the levels of a residual / grouped tokenizer, e.g. from
 `configs/vqgan_quickstart.py:rvq`; with `:audio` over an audio codec's frames, 1D RoPE,
 continuing prompts as `:delay` does), `:bitwise` (Infinity's bitwise head for LFQ / BSQ
 tokens, e.g. from `configs/vqgan_quickstart.py:lfq`), `:factorized` (Open-MAGVIT2's
-sub-tokens: 6 bits, then the rest). `:maskgit,bitwise` is MaskBit's masked bit modelling
+sub-tokens: 6 bits, then the rest); `:delay` also models an image tokenizer's residual
+levels (MusicGen's delay pattern over raster steps, the cheaper alternative to `:rq`). `:maskgit,bitwise` is MaskBit's masked bit modelling
 of LFQ / BSQ tokens (two groups of bits per token).
 
 `:digits` (e.g. `:raster,digits`) is the class-conditional chain on the built-in digits:
