@@ -84,6 +84,30 @@ def test_more_scales_reconstruct_better_after_codebook_init():
   assert errs[-1] < 0.5 * errs[0], errs
 
 
+def test_binary_codes_are_the_signs_of_each_scales_residual():
+  """Infinity's bitwise multi-scale quantizer, rebuilt scale by scale in numpy: each
+  scale's code is sign(area-downsampled residual) / sqrt(C), its index the bits MSB first;
+  decode and teacher forcing agree with the forward."""
+  msvq = MultiScaleVQ(8, 256, SCALES, binary=True, rngs=nnx.Rngs(0))
+  msvq.eval()
+  f = _features(3)
+  out = msvq(f)
+  rest, f_hat = np.asarray(f, np.float64), 0.0
+  for si, (pn, idx) in enumerate(zip(SCALES, msvq.split_scales(out.indices))):
+    r = rest if pn == 8 else np.asarray(resize(jnp.asarray(rest, jnp.float32), pn, "area"))
+    bits = (r > 0).astype(np.int64)
+    np.testing.assert_array_equal(idx, bits @ (1 << np.arange(7, -1, -1)))
+    codes = jnp.asarray(np.where(r > 0, 1.0, -1.0) / np.sqrt(8), jnp.float32)
+    h = np.asarray(msvq._upsampled(codes, si, 8), np.float64)
+    rest, f_hat = rest - h, f_hat + h
+  np.testing.assert_allclose(out.quantized, f_hat, atol=1e-4)
+  np.testing.assert_allclose(msvq.decode(out.indices), f_hat, atol=1e-4)
+  assert msvq.teacher_forcing_input(out.indices).shape == (2, sum(p * p for p in SCALES[1:]), 8)
+  assert "codebook" not in nnx.state(msvq, nnx.Param)  # only phi's convs learn
+  with pytest.raises(ValueError, match="binary codes of dim=8 bits are 2\\*\\*dim"):
+    MultiScaleVQ(8, 64, SCALES, binary=True, rngs=nnx.Rngs(0))
+
+
 def test_bad_input():
   msvq = _model()
   with pytest.raises(ValueError, match="f: expected"):

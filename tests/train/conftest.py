@@ -13,18 +13,21 @@ from configs import vqgan_quickstart
 from vqlab.train import export_tokens, tokenizer
 
 
-_CHAIN = {"vq": "runlocal", "msvq": "msvq,runlocal", "rvq": "rvq,runlocal",
-          "lfq": "lfq,runlocal"}
+_CHAIN = {"vq": "runlocal", "msvq": "msvq,runlocal", "msbsq": "msbsq,runlocal",
+          "rvq": "rvq,runlocal", "lfq": "lfq,runlocal"}
 
 
 def _build_tokenizer(root, name):
   c = vqgan_quickstart.get_config(_CHAIN[name])
   c.data.update(name="vqlab_digits", data_dir=str(root.parent / "chain_tfds"), min_crop=0,
                 max_crop=0, flip=False)
-  c.model.shape.update(in_channels=1, channel_mult=(1, 2, 2) if name == "msvq" else (1, 2))
+  multiscale = name.startswith("ms")
+  c.model.shape.update(in_channels=1, channel_mult=(1, 2, 2) if multiscale else (1, 2))
   c.loss.update(disc_start=10_000, perceptual_weight=0.0, lpips_weights="")  # codes only
   if name == "msvq":
     c.model.quantizer.args.update(codebook_size=64, patch_nums=(1, 2, 4, 8))
+  if name == "msbsq":
+    c.model.quantizer.args.update(patch_nums=(1, 2, 4, 8))
   tokenizer.train(c, str(root / "run"))
   export_tokens.export(str(root / "run"), str(root / "tokens"), split="train", examples=100,
                        batch_size=16)
@@ -47,8 +50,8 @@ class _Chain:
 
 @pytest.fixture(scope="session")
 def chain(build_once):
-  """2-step digit tokenizers (one index per position, VAR's multi-scale, residual VQ of 4
-  levels, LFQ of 2^16 codes) and 100 exported training tokens of each, with labels; each
+  """2-step digit tokenizers (one index per position, VAR's multi-scale, Infinity's binary
+  multi-scale of 16 bits, residual VQ of 4 levels, LFQ of 2^16 codes) and 100 exported training tokens of each, with labels; each
   built once per session, on first use, so the xdist workers build different ones."""
   return _Chain(build_once)
 

@@ -218,6 +218,28 @@ def test_delay_pattern_models_a_residual_image_tokenizer(chain, tmp_path):
     generator.train(c, str(tmp_path / "vq"))
 
 
+def test_bitwise_next_scale_trains_with_self_correction_and_samples(chain, tmp_path):
+  """Infinity: the binary multi-scale chain (scales 1, 2, 4, 8; 16 bits a position), d
+  bit logits per slot, bitwise self-correction on."""
+  c = generator_quickstart.get_config("var,bitwise,runlocal")
+  c.update(tokenizer_workdir=chain["msbsq"][0], tokens_dir=chain["msbsq"][1])
+  c.model.num_classes = 10
+  c.train.bit_flip = 0.1
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert _near_uniform(rows[0]["loss"], (2,) * 16), rows[0]["loss"]  # 16 bits a slot
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
+  model, tok = runs.load_generator(str(tmp_path))
+  assert (model.bits, tok.quantizer.binary, model.head.out_features) == (16, True, 16)
+  c = generator_quickstart.get_config("var,bitwise,runlocal")
+  c.update(tokenizer_workdir=chain["msvq"][0], tokens_dir=chain["msvq"][1])
+  c.model.num_classes = 10
+  with pytest.raises(ValueError, match="binary multi-scale quantizer"):
+    generator.train(c, str(tmp_path / "codebook"))
+
+
 def test_maskbit_trains_and_samples_lfq_tokens(chain, tmp_path):
   """MaskBit on the 2^16-code LFQ chain: 2 groups of 8 bits per token, each a slot."""
   c = generator_quickstart.get_config("maskgit,bitwise,runlocal")
@@ -242,7 +264,7 @@ def test_tokens_a_paradigm_cannot_model_are_named(chain, tmp_path):
            ("maskgit", chain["vq"], {"head": "bitwise"}, r"'bitwise' \(MaskBit\) models the bits"),
            ("maskgit", lfq, {"head": "bitwise", "bit_groups": 3}, "a divisor of d for 65536"),
            ("maskgit", lfq, {"head": "depth"}, "'bitwise' also for 'maskgit'"),
-           ("var", chain["msvq"], {"head": "depth"}, "not built yet")]
+           ("var", chain["msvq"], {"head": "depth"}, "predicts one softmax per slot")]
   for i, (paradigm, (workdir, tokens), model, message) in enumerate(cases):
     c = generator_quickstart.get_config(f"{paradigm},runlocal")
     c.update(tokenizer_workdir=workdir, tokens_dir=tokens)

@@ -266,10 +266,19 @@ class MaskedGenerator(nnx.Module):
 class NextScaleGenerator(nnx.Module):
   """VAR's transformer over the scales `patch_nums` of a `MultiScaleVQ` (latent width
   `latent_dim`, `vocab_size` codes). Use `TransformerShape(adaln=True, norm="layer",
-  mlp="gelu", qk_norm="l2")` for VAR's architecture."""
+  mlp="gelu", qk_norm="l2")` for VAR's architecture. `bitwise=True` is Infinity's
+  bitwise next-scale model (https://arxiv.org/abs/2412.04431, sec. 3.2) for the binary
+  multi-scale quantizer's 2^d codes: d bit logits per slot instead of a 2^d softmax (its
+  input, the cumulative f_hat, already scales with d, not 2^d)."""
 
   def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int,
-               patch_nums: Sequence[int], latent_dim: int, *, rngs: nnx.Rngs):
+               patch_nums: Sequence[int], latent_dim: int, *, bitwise: bool = False,
+               rngs: nnx.Rngs):
+    bits = max(int(vocab_size).bit_length() - 1, 1)
+    if bitwise and vocab_size != 2**bits:
+      raise ValueError(f"vocab_size: the bitwise head predicts the d bits of 2^d codes, got "
+                       f"{vocab_size}")
+    self.bits = bits if bitwise else 0
     self.shape, self.vocab_size, self.num_classes = shape, vocab_size, num_classes
     self.patch_nums = tuple(int(p) for p in patch_nums)
     self.seq_len = sum(p * p for p in self.patch_nums)
@@ -284,7 +293,8 @@ class NextScaleGenerator(nnx.Module):
     self.lvl_embed = embedding(len(self.patch_nums), w, (None, "embed"), rngs)
     self.word_embed = linear(latent_dim, w, (None, "embed"), rngs)
     self.transformer = Transformer(shape, rngs)
-    self.head = linear(w, vocab_size, ("embed", "vocab"), rngs)
+    self.head = (linear(w, self.bits, ("embed", None), rngs) if bitwise
+                 else linear(w, vocab_size, ("embed", "vocab"), rngs))
 
   def embed(self, labels: Array, features: Array, start: int) -> Array:
     """Input embeddings of slots start..start+L-1. Slots of scale 1 come from the class;
@@ -309,14 +319,34 @@ class NextScaleGenerator(nnx.Module):
     return self.head(h).astype(jnp.float32), cache
 
   def __call__(self, labels: Array, features: Array) -> Array:
-    """Teacher forcing: logits (B, L, V) for all scales, from the multi-scale
-    quantizer's `teacher_forcing_input(indices)` (B, L - first_len, latent_dim)."""
+    """Teacher forcing: logits (B, L, V) (bitwise: bit logits (B, L, d)) for all scales,
+    from the multi-scale quantizer's `teacher_forcing_input(indices)` (B, L - first_len,
+    latent_dim)."""
     _check_labels(labels, self.num_classes)
     want = self.seq_len - self.first_len
     if features.ndim != 3 or features.shape[1] != want:
       raise ValueError(f"features: expected (B, {want}, latent_dim), got shape {features.shape}")
     logits, _ = self.step(self.embed(labels, features, 0), labels, 0)
     return logits
+
+  def log_prob(self, labels: Array, features: Array, indices: Array) -> tuple[Array, Array]:
+    """(log p(index), predicted right) per slot (B, L); bitwise: the sum over its bits."""
+    logits = self(labels, features)
+    if not self.bits:
+      return (-optax.softmax_cross_entropy_with_integer_labels(logits, indices),
+              jnp.argmax(logits, -1) == indices)
+    shifts = jnp.arange(self.bits - 1, -1, -1)
+    signed = jnp.where((indices[..., None] >> shifts) & 1, logits, -logits)
+    return jnp.sum(jax.nn.log_sigmoid(signed), -1), jnp.all(signed > 0, -1)
+
+  def pick_slots(self, logits: Array, pick) -> Array:
+    """Indices (B, L) from step logits with `pick(logits (.., K)) -> (..)` sampling over
+    the last axis: the index itself, or each bit from its 2-way [0, logit] (guidance and
+    filtering per bit) packed most significant first."""
+    if not self.bits:
+      return pick(logits)
+    bits = pick(jnp.stack([jnp.zeros_like(logits), logits], -1))
+    return jnp.sum(bits << jnp.arange(self.bits - 1, -1, -1), -1).astype(jnp.int32)
 
 
 def delay_pattern(codes: Array, pad: int) -> Array:

@@ -123,7 +123,8 @@ def sample_next_scale(model: NextScaleGenerator, quantizer, labels: Array, key: 
                       top_p: float = 1.0) -> Array:
   """VAR's sampling: one scale at a time with the KV cache; guidance ramps linearly from
   none at the first scale to `cfg_scale` - 1 extra at the last (VAR's `t = cfg * ratio`
-  with s = 1 + t). Returns indices (B, sum pn^2) for `quantizer.decode`."""
+  with s = 1 + t). Returns indices (B, sum pn^2) for `quantizer.decode`; a bitwise model
+  samples each bit (guidance and filtering per bit)."""
   model = _eval_copy(model)
   b, guided = labels.shape[0], cfg_scale != 1.0
   kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -141,7 +142,7 @@ def sample_next_scale(model: NextScaleGenerator, quantizer, labels: Array, key: 
     logits, cache = model.step(x, lab, offset, cache)
     key, sub = jax.random.split(key)
     scale = 1.0 + (cfg_scale - 1.0) * si / max(stages - 1, 1)
-    idx = _pick(logits, sub, b, guided, scale, **kw)
+    idx = model.pick_slots(logits, lambda l: _pick(l, sub, b, guided, scale, **kw))
     indices = indices.at[:, offset:offset + pn * pn].set(idx)
     offset += pn * pn
   return indices

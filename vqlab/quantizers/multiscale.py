@@ -14,6 +14,12 @@ https://arxiv.org/abs/2404.02905), following the official FoundationVision/VAR
   is f + sg(f_hat - f) (straight-through).
 Channels are last: features (B, H, W, C). Indices are the scales' raster orders
 concatenated, (B, sum pn^2), as VAR's `gt_idx_Bl`.
+
+`binary=True` is Infinity's bitwise multi-scale residual quantizer (Han et al. 2024,
+https://arxiv.org/abs/2412.04431, sec. 3.1, its `MultiScaleBSQ`): no codebook; each
+scale's residual is quantized to its signs times 1/sqrt(C) (BSQ's codes on the unit
+sphere, C bits per position, indices most significant bit first as LFQ / BSQ), the rest
+as above (VAR's area / bicubic resizing and phi, not Infinity's interpolation modes).
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqlab.quantizers.core import (INVALID, QuantizerOutput, as_int, check_indices,
-                                   check_weight, empty_output, lookup_indices, mse,
-                                   nan_where_invalid, sg, track_usage, usage_buffer)
+from vqlab.quantizers.core import (INVALID, QuantizerOutput, as_int, bits_to_indices,
+                                   check_indices, check_weight, empty_output,
+                                   indices_to_bits, lookup_indices, mse, nan_where_invalid,
+                                   sg, track_usage, usage_buffer)
 from vqlab.quantizers.search import DEFAULT_BLOCK_SIZE, check_metric, nearest_code
 
 Array = jax.Array
@@ -96,12 +103,14 @@ class MultiScaleVQ(nnx.Module):
     quant_resi: phi's residual ratio r (VAR: 0.5); 0 makes phi the identity.
     num_phi: number of partially shared phi convs (VAR: 4); 0 means one per scale.
     metric: "l2", or "cosine" (VAR's using_znorm: cosine search, raw code vectors).
+    binary: Infinity's bitwise codes (signs / sqrt(dim)); codebook_size must be 2**dim.
   """
 
   def __init__(self, dim: int, codebook_size: int, patch_nums: Sequence[int] = VAR_PATCH_NUMS,
                *, beta: float = 0.25, quant_resi: float = 0.5, num_phi: int = 4,
-               metric: str = "l2", usage_decay: float = 0.99, usage_threshold: float = 1e-3,
-               block_size: int = DEFAULT_BLOCK_SIZE, rngs: nnx.Rngs):
+               metric: str = "l2", binary: bool = False, usage_decay: float = 0.99,
+               usage_threshold: float = 1e-3, block_size: int = DEFAULT_BLOCK_SIZE,
+               rngs: nnx.Rngs):
     check_metric(metric)
     dim, codebook_size = as_int("dim", dim), as_int("codebook_size", codebook_size)
     beta = check_weight("beta", beta)
@@ -115,9 +124,16 @@ class MultiScaleVQ(nnx.Module):
     self.usage_decay, self.usage_threshold = usage_decay, usage_threshold
     self.block_size = block_size
     self.deterministic = False
-    self.codebook = nnx.Param(jax.random.uniform(
-        rngs.params(), (codebook_size, dim), minval=-1.0 / codebook_size,
-        maxval=1.0 / codebook_size))
+    self.binary = bool(binary)
+    if self.binary:  # the codes are the signs: nothing to learn
+      if dim > 31 or codebook_size != 2**dim:
+        raise ValueError(f"codebook_size: binary codes of dim={dim} bits are 2**dim "
+                         f"(at most 2^31, int32 indices), got {codebook_size}")
+      self.level = dim ** -0.5
+    else:
+      self.codebook = nnx.Param(jax.random.uniform(
+          rngs.params(), (codebook_size, dim), minval=-1.0 / codebook_size,
+          maxval=1.0 / codebook_size))
     self.num_phi = num_phi or len(patch_nums)
     self.phis = nnx.List([nnx.Conv(dim, dim, (3, 3), padding="SAME", rngs=rngs)
                           for _ in range(self.num_phi if self.quant_resi > 1e-6 else 0)])
@@ -162,12 +178,11 @@ class MultiScaleVQ(nnx.Module):
     f32 = f.astype(jnp.float32)
     f_rest = sg(f32)
     f_hat = jnp.zeros_like(f32)
-    codebook = self.codebook[...].astype(jnp.float32)
     loss, scale_indices = 0.0, []
     for si, pn in enumerate(self.patch_nums):
       rest = f_rest if si == len(self.patch_nums) - 1 else resize(f_rest, pn, "area")
-      idx, _ = nearest_code(rest.reshape(-1, self.dim), codebook, self.metric, self.block_size)
-      h = self._upsampled(jnp.take(codebook, idx, axis=0).reshape(b, pn, pn, self.dim), si, side)
+      idx, codes = self._quantize(rest.reshape(-1, self.dim))
+      h = self._upsampled(codes.reshape(b, pn, pn, self.dim), si, side)
       f_hat = f_hat + h
       f_rest = f_rest - h
       loss = loss + self.beta * mse(sg(f_hat), f32) + mse(f_hat, sg(f32))
@@ -201,12 +216,53 @@ class MultiScaleVQ(nnx.Module):
       f_hat = f_hat + self._upsampled(self._lookup(idx), si, side)
     return f_hat
 
+  def _quantize(self, rows: Array) -> tuple[Array, Array]:
+    """Rows (N, dim) -> (indices (N,), code vectors (N, dim)): the nearest code, or the
+    signs."""
+    if self.binary:
+      return bits_to_indices(rows > 0), jnp.where(rows > 0, self.level, -self.level)
+    codebook = self.codebook[...].astype(jnp.float32)
+    idx, _ = nearest_code(rows, codebook, self.metric, self.block_size)
+    return idx, jnp.take(codebook, idx, axis=0)
+
   def _lookup(self, idx: Array) -> Array:
     """Code vectors of indices; out of range: an error outside jit, NaN under jit (which
     the upsampling and phi spread over the map)."""
     safe, valid = lookup_indices(idx, self.codebook_size)
-    return nan_where_invalid(jnp.take(self.codebook[...].astype(jnp.float32), safe, axis=0),
-                             valid)
+    if self.binary:
+      codes = (indices_to_bits(safe, self.dim) * 2 - 1).astype(jnp.float32) * self.level
+    else:
+      codes = jnp.take(self.codebook[...].astype(jnp.float32), safe, axis=0)
+    return nan_where_invalid(codes, valid)
+
+  def self_correction(self, indices: Array, key: Array, flip: float) -> tuple[Array, Array]:
+    """Infinity's bitwise self-correction (sec. 3.3) for binary codes: scale by scale,
+    flip each bit with probability u * `flip` (u ~ U(0, 1) per image and scale: Infinity
+    draws a strength in [0, flip] per scale), build the next scales' residuals from the
+    flipped codes and re-quantize them, so the targets correct the flips. Returns
+    (teacher-forcing inputs as `teacher_forcing_input`, target indices (B, sum pn^2)).
+    The tokenizer's own reconstruction decode(indices) stands in for its encoder
+    features (a token export holds indices only): with flip = 0 the targets are the
+    re-quantized reconstruction, not exactly `indices`."""
+    if not self.binary:
+      raise ValueError("self_correction: flips bits of binary codes (binary=True); this "
+                       "quantizer has a codebook")
+    side, b = self.patch_nums[-1], indices.shape[0]
+    rest = self.decode(indices)
+    f_hat, inputs, targets = 0.0, [], []
+    for si, pn in enumerate(self.patch_nums):
+      r = rest if si == len(self.patch_nums) - 1 else resize(rest, pn, "area")
+      bits = r > 0
+      targets.append(bits_to_indices(bits).reshape(b, pn * pn))
+      key, k_strength, k_flip = jax.random.split(key, 3)
+      p = flip * jax.random.uniform(k_strength, (b, 1, 1, 1))
+      used = jnp.logical_xor(bits, jax.random.bernoulli(k_flip, p, bits.shape))
+      h = self._upsampled(jnp.where(used, self.level, -self.level), si, side)
+      f_hat, rest = f_hat + h, rest - h
+      if si < len(self.patch_nums) - 1:
+        nxt = self.patch_nums[si + 1]
+        inputs.append(resize(f_hat, nxt, "area").reshape(b, nxt * nxt, self.dim))
+    return jnp.concatenate(inputs, axis=1), jnp.concatenate(targets, axis=1)
 
   def teacher_forcing_input(self, indices: Array) -> Array:
     """VAR's `idxBl_to_var_input`: (B, sum pn^2 - pn_0^2, C) transformer inputs.

@@ -106,15 +106,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   loop.check_train_config(config)
   if config.model.head not in HEADS:
     raise ValueError(f"model.head: expected one of {HEADS}, got {config.model.head!r}")
-  masked_bits = config.paradigm == "maskgit" and config.model.head == "bitwise"  # MaskBit
-  if config.model.head != "softmax" and config.paradigm != "raster" and not masked_bits:
+  # bits per slot beyond raster: MaskBit (maskgit), Infinity's next-scale model (var)
+  masked_bits = config.paradigm == "maskgit" and config.model.head == "bitwise"
+  scale_bits = config.paradigm == "var" and config.model.head == "bitwise"
+  if config.model.head != "softmax" and config.paradigm != "raster" and not (
+      masked_bits or scale_bits):
     raise ValueError(f"model.head: the {config.model.head!r} head is built for 'raster' "
-                     f"(next token; 'bitwise' also for 'maskgit': MaskBit); "
-                     f"{config.paradigm!r} predicts one softmax per slot (Infinity's bitwise "
-                     "next-scale model is not built yet)")
+                     f"(next token; 'bitwise' also for 'maskgit' (MaskBit) and 'var' "
+                     f"(Infinity)); {config.paradigm!r} predicts one softmax per slot")
   if masked_bits and config.train.bit_flip:
     raise ValueError(f"train.bit_flip: Infinity's self-correction flips teacher-forcing "
-                     f"inputs of 'raster'; MaskBit ('maskgit') has none, got "
+                     f"inputs of 'raster' and 'var'; MaskBit ('maskgit') has none, got "
                      f"{config.train.bit_flip}")
   if not 0.0 <= config.train.bit_flip < 0.5 or (config.train.bit_flip
                                                  and config.model.head != "bitwise"):
@@ -192,8 +194,13 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
       raise ValueError("paradigm: 'var' needs a tokenizer with the multi-scale quantizer "
                        "(configs/vqgan_quickstart.py:msvq), got "
                        f"{type(tok.quantizer).__name__}")
+    bitwise = m.get("head", "softmax") == "bitwise"
+    if bitwise and not tok.quantizer.binary:
+      raise ValueError("model.head: 'bitwise' next-scale (Infinity) predicts the bits of a "
+                       "binary multi-scale quantizer (configs/vqgan_quickstart.py:msbsq); the "
+                       f"tokenizer's has a codebook of {vocab} codes")
     return NextScaleGenerator(shape, vocab, m.num_classes, tok.quantizer.patch_nums,
-                              tok.quantizer.dim, rngs=rngs)
+                              tok.quantizer.dim, bitwise=bitwise, rngs=rngs)
   if hasattr(tok.quantizer, "patch_nums"):
     raise ValueError(f"paradigm: the multi-scale quantizer's tokens are modelled by 'var', "
                      f"got {config.paradigm!r}")
@@ -261,15 +268,19 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
   inputs = {"tokens": tokens, "labels": labels}
   if raster and model.stack.stacked:  # (B, N * D) -> (B, N, D)
     inputs["tokens"] = tokens = tokens.reshape(tokens.shape[0], model.seq_len, -1)
-  if spec.bit_flip:
+  if spec.bit_flip and raster:
     # Infinity's bitwise self-correction: flip teacher-forcing input bits, keep the
     # targets (raster order has no later residual to re-quantize, unlike next-scale)
     codes = model.stack.split(tokens)
     flips = jax.random.bernoulli(k_mask, spec.bit_flip, codes.shape)
     inputs["codes"] = jnp.where(flips, 1 - codes, codes)
   if spec.paradigm == "var":  # VAR's inputs: the tokenizer's frozen quantizer
-    inputs["features"] = nnx.merge(quantizer_graphdef,
-                                   quantizer_state).teacher_forcing_input(tokens)
+    quantizer = nnx.merge(quantizer_graphdef, quantizer_state)
+    if spec.bit_flip:  # next-scale self-correction: flipped history, re-quantized targets
+      inputs["features"], inputs["tokens"] = quantizer.self_correction(tokens, k_mask,
+                                                                       spec.bit_flip)
+    else:
+      inputs["features"] = quantizer.teacher_forcing_input(tokens)
   if spec.paradigm == "maskgit":  # slots: tokens, or MaskBit's groups of bits
     inputs["tokens"] = tokens = model.to_slots(tokens)
     inputs["weights"] = sampling.random_mask(k_mask, *tokens.shape).astype(jnp.float32)
@@ -284,8 +295,9 @@ def train_step(state, batch, quantizer_state, *, graphdef, quantizer_graphdef, s
     if raster:  # any head: log p(token) of the whole stack
       logp, hit = model.log_prob(x["tokens"], x["labels"], x.get("codes"))
       return _batch_share(-logp, hit, x["weights"], total)
-    if spec.paradigm == "var":
-      return _cross_entropy(model(x["labels"], x["features"]), x["tokens"], x["weights"], total)
+    if spec.paradigm == "var":  # a softmax or Infinity's bits per slot
+      logp, hit = model.log_prob(x["labels"], x["features"], x["tokens"])
+      return _batch_share(-logp, hit, x["weights"], total)
     if spec.paradigm == "delay":
       codes = x["tokens"].reshape(x["tokens"].shape[0], model.frames, model.levels)
       logits, pattern = model(codes, x["labels"])
