@@ -35,7 +35,8 @@ continuing prompts as `:delay` does), `:bitwise` (Infinity's bitwise head for LF
 tokens, e.g. from `configs/vqgan_quickstart.py:lfq`), `:factorized` (Open-MAGVIT2's
 sub-tokens: 6 bits, then the rest); `:delay` also models an image tokenizer's residual
 levels (MusicGen's delay pattern over raster steps, the cheaper alternative to `:rq`). `:maskgit,bitwise` is MaskBit's masked bit modelling
-of LFQ / BSQ tokens (two groups of bits per token).
+of LFQ / BSQ tokens (two groups of bits per token); `:var,bitwise` Infinity's bitwise
+next-scale model on a tokenizer from `configs/vqgan_quickstart.py:msbsq`.
 
 `:digits` (e.g. `:raster,digits`) is the class-conditional chain on the built-in digits:
 a tokenizer from `configs/vqgan_quickstart.py:digits`, its tokens, 10 classes; the sample

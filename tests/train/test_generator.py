@@ -198,6 +198,7 @@ def test_every_head_trains_and_samples_its_tokenizers_tokens(head, chain, tmp_pa
   assert model.head_kind == ("bitwise" if head == "bitwise" else "depth")
 
 
+@pytest.mark.slow  # CI's slow step: the default run's budget
 def test_delay_pattern_models_a_residual_image_tokenizer(chain, tmp_path):
   """MusicGen's delay pattern over the 4 levels of the RVQ chain's 4x4 positions: 16 + 3
   steps, each predicting one code of each level."""
@@ -218,6 +219,7 @@ def test_delay_pattern_models_a_residual_image_tokenizer(chain, tmp_path):
     generator.train(c, str(tmp_path / "vq"))
 
 
+@pytest.mark.slow  # CI's slow step: the default run's budget
 def test_bitwise_next_scale_trains_with_self_correction_and_samples(chain, tmp_path):
   """Infinity: the binary multi-scale chain (scales 1, 2, 4, 8; 16 bits a position), d
   bit logits per slot, bitwise self-correction on."""
