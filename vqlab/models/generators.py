@@ -33,9 +33,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vqlab.models.token_heads import BitwiseHead, CodeStack, DepthHead
+from vqlab.models.token_heads import (BitwiseHead, CodeStack, DepthHead, bit_choices,
+                                      bit_log_prob)
 from vqlab.nn.transformer import (KVCache, Transformer, TransformerShape, embedding, linear,
                                   param, rope_1d, rope_2d, rope_3d)
+from vqlab.quantizers.core import bits_to_indices, indices_to_bits
 
 Array = jax.Array
 POSITIONS = ("rope2d", "rope3d", "rope1d", "learned")
@@ -210,8 +212,7 @@ class MaskedGenerator(nnx.Module):
 
   def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int, grid: int,
                *, bit_groups: int = 0, rngs: nnx.Rngs):
-    self.num_classes, self.grid = num_classes, grid
-    self.shape, self.groups = shape, max(bit_groups, 1)
+    self.num_classes, self.grid, self.shape = num_classes, grid, shape
     bits = max(int(vocab_size).bit_length() - 1, 1)
     if bit_groups and (vocab_size != 2**bits or bits % bit_groups):
       raise ValueError(f"bit_groups: MaskBit splits the d bits of 2^d codes into equal "
@@ -234,6 +235,11 @@ class MaskedGenerator(nnx.Module):
     self.transformer = Transformer(shape, rngs)
     self.head = linear(shape.width, self.groups * self.vocab_size, ("embed", "vocab"), rngs)
 
+  @property
+  def groups(self) -> int:
+    """Slots per position: MaskBit's bit groups, else 1."""
+    return self.stack.depth
+
   def to_slots(self, tokens: Array) -> Array:
     """Tokens (B, N) -> slots (B, N * groups)."""
     return self.stack.split(tokens).reshape(tokens.shape[0], -1)
@@ -246,9 +252,7 @@ class MaskedGenerator(nnx.Module):
     if not self.bit_groups:
       return self.tok_embed(slots)
     groups = slots.reshape(slots.shape[0], -1, self.groups)
-    k = self.stack.sizes[0].bit_length() - 1
-    shifts = jnp.arange(k - 1, -1, -1)
-    bits = ((groups[..., None] >> shifts) & 1).astype(jnp.float32) * 2 - 1
+    bits = indices_to_bits(groups, self.stack.sizes[0].bit_length() - 1) * 2.0 - 1.0
     bits = jnp.where((groups == self.mask_id)[..., None], 0.0, bits)  # masked: neither sign
     return self.bit_embed(bits.reshape(*groups.shape[:2], -1))
 
@@ -335,9 +339,7 @@ class NextScaleGenerator(nnx.Module):
     if not self.bits:
       return (-optax.softmax_cross_entropy_with_integer_labels(logits, indices),
               jnp.argmax(logits, -1) == indices)
-    shifts = jnp.arange(self.bits - 1, -1, -1)
-    signed = jnp.where((indices[..., None] >> shifts) & 1, logits, -logits)
-    return jnp.sum(jax.nn.log_sigmoid(signed), -1), jnp.all(signed > 0, -1)
+    return bit_log_prob(logits, indices_to_bits(indices, self.bits))
 
   def pick_slots(self, logits: Array, pick) -> Array:
     """Indices (B, L) from step logits with `pick(logits (.., K)) -> (..)` sampling over
@@ -345,8 +347,7 @@ class NextScaleGenerator(nnx.Module):
     filtering per bit) packed most significant first."""
     if not self.bits:
       return pick(logits)
-    bits = pick(jnp.stack([jnp.zeros_like(logits), logits], -1))
-    return jnp.sum(bits << jnp.arange(self.bits - 1, -1, -1), -1).astype(jnp.int32)
+    return bits_to_indices(pick(bit_choices(logits)))
 
 
 def delay_pattern(codes: Array, pad: int) -> Array:

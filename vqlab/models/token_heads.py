@@ -87,6 +87,19 @@ def _gather(log_probs: Array, codes: Array) -> Array:
   return jnp.take_along_axis(log_probs, codes[..., None], -1)[..., 0]
 
 
+def bit_log_prob(logits: Array, bits: Array) -> tuple[Array, Array]:
+  """(sum of the bits' log-likelihoods, every bit right) for bit logits (..., d) and
+  bits (..., d) in {0, 1}: the log-probability of independent bits."""
+  signed = jnp.where(bits > 0, logits, -logits)
+  return jnp.sum(jax.nn.log_sigmoid(signed), -1), jnp.all(signed > 0, -1)
+
+
+def bit_choices(logits: Array) -> Array:
+  """Bit logits (..., d) as d 2-way distributions (..., d, 2) = [0, logit], so that one
+  sampler (guidance, temperature, top-k / top-p) draws each bit."""
+  return jnp.stack([jnp.zeros_like(logits), logits], -1)
+
+
 class BitwiseHead(nnx.Module):
   """Infinity's bitwise head: input Linear(+-1 bits -> width), output d bit logits."""
 
@@ -104,15 +117,12 @@ class BitwiseHead(nnx.Module):
 
   def log_prob(self, h: Array, codes: Array) -> tuple[Array, Array]:
     """(log p(token) = sum of the bits' log-likelihoods, every bit right) per position."""
-    logits = self.bit_logits(h)
-    signed = jnp.where(codes > 0, logits, -logits)
-    return jnp.sum(jax.nn.log_sigmoid(signed), -1), jnp.all(signed > 0, -1)
+    return bit_log_prob(self.bit_logits(h), codes)
 
   def sample(self, h: Array, key: Array, pick: Pick) -> Array:
     """Every bit at once from its own 2-way distribution [0, logit] (guidance, temperature,
     top-k / top-p apply per bit); h (B', width) -> bits (B, d)."""
-    logits = self.bit_logits(h)
-    return pick(jnp.stack([jnp.zeros_like(logits), logits], -1), key)
+    return pick(bit_choices(self.bit_logits(h)), key)
 
 
 class DepthHead(nnx.Module):
