@@ -70,7 +70,8 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
       recon="l1", recon_weight=1.0, quantizer_weight=1.0,
       perceptual_weight=1.0, lpips_weights="",  # a converted .npz, or "random" (smoke tests)
       gan_loss="hinge", disc_weight=0.8, adaptive_weight=True, disc_start=50_000,
-      lecam_weight=0.0, lecam_decay=0.999))
+      lecam_weight=0.0, lecam_decay=0.999,
+      proxy_weight=0.0))  # TiTok stage 1: cross-entropy on a teacher's codes
   c.disc = ml_collections.ConfigDict(dict(width=64, n_layers=3, norm="batch"))
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12,

@@ -7,9 +7,9 @@ arXiv 2310.05737): a full softmax over the 2^16 codes, Infinity's bitwise head w
 without its bitwise self-correction (Han et al. 2024, arXiv 2412.04431, sec. 3.2; 10% of
 the input bits flipped) and Open-MAGVIT2's asymmetric sub-tokens (Luo et al. 2024, arXiv
 2409.04410; 2^6 then 2^10); and MaskBit's masked bit modelling (Weber et al. 2024, arXiv
-2409.16211; two groups of 8 bits, MaskGIT's decoding as the generator ablation's). One
-seed per head: a measurement of what each head's samples score, not a test of a paper's
-claim (no claims file).
+2409.16211; two groups of 8 bits, MaskGIT's decoding as the generator ablation's). Three
+seeds; a measurement of what each head's samples score, not a test of a paper's claim (no
+claims file).
 
   vqlab sweep --config configs/ablations/generator_heads.py --workdir runs/ablations/generator_heads
 """
@@ -34,9 +34,9 @@ def get_config(arg=None):
   runs = [chain.generator(paradigm, runlocal, {"tokens": tokens, "head": head}, over,
                           tokenizer=tok, heads=heads)
           for tokens, head, paradigm, tok, heads, over in HEADS
-          if not runlocal or head in ("depth", "bitwise")]  # the smoke run: both tokenizers
+          if not runlocal or head == "bitwise"]  # the smoke run: one tokenizer, one head
   return sweep_config(
       "Generator heads: depth (RQ), full softmax, bitwise, factorized, MaskBit (digits)",
-      runs[0]["base"], runs, METRICS, seeds=(0,),
-      prepare=chain.prepare(runlocal, tokenizers=("rvq", "lfq")),
+      runs[0]["base"], runs, METRICS, seeds=(0,) if runlocal else (0, 1, 2),
+      prepare=chain.prepare(runlocal, tokenizers=("lfq",) if runlocal else ("rvq", "lfq")),
       prepare_dir=chain.PREPARE_DIR, labels=LABELS)

@@ -275,6 +275,7 @@ class VideoTokenizer(nnx.Module):
         shape, rngs)
     self.image_size, self.channels = shape.resolution, shape.in_channels
     self.latent_size = shape.resolution // shape.downsample_factor  # tokens per side
+    self.token_shape = (self.latent_size, self.latent_size)  # per latent frame
     self.temporal_factor = shape.temporal_factor
 
   def _as_clip(self, x: Array) -> tuple[Array, bool]:

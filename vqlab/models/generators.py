@@ -25,6 +25,7 @@ Labels equal to `num_classes` are the null class of classifier-free guidance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -208,11 +209,16 @@ class MaskedGenerator(nnx.Module):
   https://arxiv.org/abs/2409.16211, sec. 3.2) for 2^d-code LFQ / BSQ tokens: each token is
   m groups of d / m bits (most significant first), each group a slot of its own that is
   masked and predicted on its own (a softmax over 2^(d/m)); the input is embedding-free,
-  a linear map of the token's d bits as +-1 with a masked group's bits set to 0."""
+  a linear map of the token's d bits as +-1 with a masked group's bits set to 0.
 
-  def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int, grid: int,
-               *, bit_groups: int = 0, rngs: nnx.Rngs):
-    self.num_classes, self.grid, self.shape = num_classes, grid, shape
+  `grid`: tokens per side, or an image's token shape ((h, w), or (K,) for a 1D tokenizer:
+  learned positions either way)."""
+
+  def __init__(self, shape: TransformerShape, vocab_size: int, num_classes: int,
+               grid: int | tuple[int, ...], *, bit_groups: int = 0, rngs: nnx.Rngs):
+    self.num_classes, self.shape = num_classes, shape
+    self.token_shape = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    self.num_positions = math.prod(self.token_shape)
     bits = max(int(vocab_size).bit_length() - 1, 1)
     if bit_groups and (vocab_size != 2**bits or bits % bit_groups):
       raise ValueError(f"bit_groups: MaskBit splits the d bits of 2^d codes into equal "
@@ -223,14 +229,15 @@ class MaskedGenerator(nnx.Module):
     self.stack = CodeStack((2**(bits // bit_groups),) * bit_groups if bit_groups
                            else (vocab_size,))
     self.vocab_size = self.stack.sizes[0]
-    self.seq_len = grid * grid * self.groups
+    self.seq_len = self.num_positions * self.groups
     self.mask_id = self.vocab_size
     if bit_groups:
       self.bit_embed = linear(bits, shape.width, (None, "embed"), rngs)
     else:
       self.tok_embed = embedding(vocab_size + 1, shape.width, ("vocab", "embed"), rngs)
     self.cls_embed = embedding(num_classes + 1, shape.width, (None, "embed"), rngs)
-    self.pos_embed = param(0.02 * jax.random.normal(rngs.params(), (grid * grid + 1, shape.width)),
+    self.pos_embed = param(0.02 * jax.random.normal(rngs.params(),
+                                                    (self.num_positions + 1, shape.width)),
                            (None, "embed"))
     self.transformer = Transformer(shape, rngs)
     self.head = linear(shape.width, self.groups * self.vocab_size, ("embed", "vocab"), rngs)

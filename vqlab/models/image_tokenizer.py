@@ -3,8 +3,10 @@
 `build(arch, shape, quantizer_kind, quantizer_args)` assembles the convolutional VQGAN
 (`arch="vqgan"`, shape fields of `VQGANShape`), ViT-VQGAN (`arch="vit"`, `ViTShape`) or
 the causal 3D video tokenizer that also takes images (`arch="causal3d"`, `CausalShape`:
-a `causal3d.VideoTokenizer`, same methods) around a quantizer built by
-`vqlab.quantizers.factory`. Images are channels last in
+a `causal3d.VideoTokenizer`, same methods) or the 1D TiTok (`arch="titok"`, `TiTokShape`:
+a `titok.TiTok`, same methods, K tokens an image) around a quantizer built by
+`vqlab.quantizers.factory`. `token_shape` is the index layout of one image: (h, w) on a
+latent grid, (K,) for a 1D tokenizer. Images are channels last in
 [-1, 1]; `encode` gives the quantizer's output (indices included), `decode` turns
 indices back into images without the input.
 """
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqlab.models import causal3d, vit_vqgan, vqgan
+from vqlab.models import causal3d, titok, vit_vqgan, vqgan
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import QuantizerOutput
 
@@ -30,6 +32,7 @@ ARCHS = {
     "vqgan": (vqgan.VQGANShape, vqgan.Encoder, vqgan.Decoder, "embed_dim"),
     "vit": (vit_vqgan.ViTShape, vit_vqgan.ViTEncoder, vit_vqgan.ViTDecoder, "latent_dim"),
     "causal3d": (causal3d.CausalShape, causal3d.Encoder3D, causal3d.Decoder3D, "embed_dim"),
+    "titok": (titok.TiTokShape, titok.TiTokEncoder, titok.TiTokDecoder, "token_dim"),
 }
 VIDEO_ARCHS = ("causal3d",)  # take clips (B, T, H, W, C) as well as images
 
@@ -41,6 +44,7 @@ class ImageTokenizer(nnx.Module):
     self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
     self.image_size, self.channels = image_size, channels
     self.latent_size = image_size // downsample  # tokens per side
+    self.token_shape = (self.latent_size, self.latent_size)
 
   def check_images(self, x: Array) -> None:
     want = (self.image_size, self.image_size, self.channels)
@@ -82,10 +86,20 @@ def make_shape(arch: str, shape: Mapping[str, Any]):
   return cls(**tuples)
 
 
+def image_size(shape) -> int:
+  """The side of the images a shape dataclass takes."""
+  return shape.resolution if hasattr(shape, "resolution") else shape.image_size
+
+
 def build(arch: str, shape: Mapping[str, Any], quantizer_kind: str,
-          quantizer_args: Mapping[str, Any], *, rngs: nnx.Rngs
-          ) -> ImageTokenizer | causal3d.VideoTokenizer:
+          quantizer_args: Mapping[str, Any], *, rngs: nnx.Rngs,
+          teacher: ImageTokenizer | None = None, stage: int = 1
+          ) -> ImageTokenizer | causal3d.VideoTokenizer | titok.TiTok:
+  """`teacher`, `stage`: a TiTok with the "proxy" decoder (its teacher's codes; stage 1 or 2)."""
   shape = make_shape(arch, shape)
+  if arch == "titok":
+    quantizer = factory.build(quantizer_kind, shape.token_dim, rngs=rngs, **dict(quantizer_args))
+    return titok.TiTok(shape, quantizer, rngs=rngs, teacher=teacher, stage=stage)
   _, encoder_cls, decoder_cls, latent_field = ARCHS[arch]
   if arch == "causal3d":
     quantizer = factory.build(quantizer_kind, shape.embed_dim, rngs=rngs, **dict(quantizer_args))

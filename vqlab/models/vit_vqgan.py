@@ -13,8 +13,8 @@ import dataclasses
 import jax
 from flax import nnx
 
-from vqlab.nn.transformer import REMAT_POLICIES, checkpointed
-from vqlab.nn.vit import EncoderBlock, patchify, sincos_2d, unpatchify
+from vqlab.nn.transformer import REMAT_POLICIES
+from vqlab.nn.vit import EncoderBlock, patchify, run_blocks, sincos_2d, unpatchify
 
 Array = jax.Array
 
@@ -49,12 +49,6 @@ class ViTShape:
 # ViT-VQGAN's "Base" (encoder and decoder alike) and a CPU-sized one.
 BASE = ViTShape()
 TINY = ViTShape(image_size=32, patch_size=4, width=64, depth=2, heads=4, latent_dim=32)
-
-
-def run_blocks(blocks, h: Array, remat: str) -> Array:
-  for block in blocks:  # the blocks hold no state that a call changes
-    h = block(h) if remat == "none" else checkpointed(block, remat, lambda b, h: b(h), h)
-  return h
 
 
 class ViTEncoder(nnx.Module):

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from vqlab.nn.precision import float32_softmax_attention
-from vqlab.nn.transformer import linear
+from vqlab.nn.transformer import checkpointed, linear
 
 Array = jax.Array
 
@@ -57,6 +57,14 @@ class EncoderBlock(nnx.Module):
     self.up = linear(width, mlp_ratio * width, ("embed", "mlp"), rngs)
     self.down = linear(mlp_ratio * width, width, ("mlp", "embed"), rngs)
 
-  def __call__(self, x: Array) -> Array:
-    x = x + self.attn(self.norm1(x))
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    x = x + self.attn(self.norm1(x), mask=mask)
     return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
+
+
+def run_blocks(blocks, h: Array, remat: str, mask: Array | None = None) -> Array:
+  """`mask`: attention mask broadcastable to (B, heads, L, L), True where attended."""
+  for block in blocks:  # the blocks hold no state that a call changes
+    h = (block(h, mask) if remat == "none" else
+         checkpointed(block, remat, lambda b, h, m: b(h, m), h, mask))
+  return h

@@ -3,7 +3,8 @@ the last step) and `vqlab eval` (any checkpoint of any tokenizer run):
 
 - images (`evaluate_images`): PSNR, SSIM, code usage and perplexity of fixed crops, and
   rFID (Frechet distance of Inception features, originals vs reconstructions) when
-  Inception weights are given; for clips the same per frame, the PSNR of the frames
+  Inception weights are given; for 1D tokenizers (TiTok) the PSNR of decoding only the
+  first k tokens, k = 1, 2, 4, ..., K (ordered tokens keep improving with k); for clips the same per frame, the PSNR of the frames
   after the first against repeating the first frame (the floor a video tokenizer must
   beat), and rFVD (Frechet distance of I3D features) when I3D weights are given;
 - audio (`evaluate_audio`): held-out clips reconstructed with 1 .. L residual levels:
@@ -48,6 +49,18 @@ def reconstruct_images(state, images, *, graphdef):
   """Reconstructions (in [-1, 1]) and indices of uint8 images, evaluation weights."""
   recon, q = eval_model(graphdef, state)(to_unit(images))
   return recon, q.indices
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k"))
+def decode_prefix(state, indices, *, graphdef, k: int):
+  """A 1D tokenizer's images from the first `k` of its tokens."""
+  return eval_model(graphdef, state).decode(indices[:, :k])
+
+
+def prefix_lengths(num_tokens: int) -> list[int]:
+  """1, 2, 4, ... below K, then K: the prefixes a 1D tokenizer is evaluated at."""
+  return sorted({2**i for i in range(num_tokens.bit_length()) if 2**i < num_tokens} |
+                {num_tokens})
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -125,8 +138,11 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
     raise ValueError("i3d: rFVD is a video metric; expected no I3D weights for an image run")
   psnrs, ssims, counts, real_feats, fake_feats = [], [], None, [], []
   later, repeat, real_clips, fake_clips = [], [], [], []
-  codebook = eval_model(graphdef, state).quantizer.codebook_size
+  model = eval_model(graphdef, state)
+  codebook = model.quantizer.codebook_size
   video = splits.is_video(config)
+  prefixes = prefix_lengths(model.token_shape[0]) if len(model.token_shape) == 1 else []
+  prefix_psnrs: dict[int, list] = {k: [] for k in prefixes}
   for images in _batches(config, split, num_examples, mesh, splits.tokenizer_key(config),
                          splits.tokenizer_split):
     recon, indices = reconstruct_images(state, images, graphdef=graphdef)
@@ -139,6 +155,9 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
       real, fake = _i3d_pair(i3d_params, x, recon)
       real_clips.append(parallel.to_host(real))
       fake_clips.append(parallel.to_host(fake))
+    for k in prefixes:
+      part = decode_prefix(state, indices, graphdef=graphdef, k=k)
+      prefix_psnrs[k].append(parallel.to_host(psnr(part, x)))
     recon, x = frames(recon), frames(x)
     psnrs.append(parallel.to_host(psnr(recon, x)))
     if min(x.shape[1:3]) >= 11:
@@ -164,6 +183,9 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
   if inception_params is not None:
     extra["rfid"] = frechet_distance(*gaussian_stats(np.concatenate(real_feats)),
                                      *gaussian_stats(np.concatenate(fake_feats)))
+  if prefixes:
+    extra["psnr_at_tokens"] = {str(k): float(np.mean(np.concatenate(v)))
+                               for k, v in prefix_psnrs.items()}
   return {**extra, "psnr": float(np.mean(np.concatenate(psnrs))),
           "ssim": float(np.mean(np.concatenate(ssims))) if ssims else float("nan"),
           "usage": float(usage["usage"]), "perplexity": float(usage["perplexity"]),
@@ -178,6 +200,9 @@ def describe_images(r: dict[str, Any]) -> str:
   later = (f"; frames after the first: PSNR {r['psnr_after_first']:.2f} dB vs "
            f"{r['psnr_repeat_first']:.2f} dB repeating the first frame"
            if "psnr_after_first" in r else "")
+  if "psnr_at_tokens" in r:
+    later += "; PSNR from the first k tokens: " + ", ".join(
+        f"k={k} {v:.2f} dB" for k, v in r["psnr_at_tokens"].items())
   return (f"{rfid}PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, code usage {r['usage']:.1%} "
           f"of {r['codebook_size']}, perplexity {r['perplexity']:.0f} ({r['examples']} "
           f"{what}){later}")

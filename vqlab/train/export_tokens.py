@@ -84,8 +84,10 @@ def export(workdir: str, out: str, split: str = "train", examples: int | None = 
                                 num_examples=examples, labels=True, drop_remainder=False)
     key = splits.tokenizer_key(config)
     encode = functools.partial(_encode_images, state, graphdef=graphdef)
-    meta.update(modality=key, latent_size=int(model.latent_size),
+    meta.update(modality=key, token_shape=[int(n) for n in model.token_shape],
                 image_size=int(config.data.image_size))
+    if len(model.token_shape) == 2:  # a latent grid (h = w); 1D tokenizers: (K,) only
+      meta["latent_size"] = int(model.token_shape[0])
     if splits.is_video(config):  # indices (latent frames, h, w)
       meta.update(num_frames=int(config.data.num_frames), latent_frames=latent_frames(
           config.data.num_frames, model.temporal_factor))

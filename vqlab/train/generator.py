@@ -75,7 +75,7 @@ class SampleSpec:
   top_k: int
   top_p: float
   steps: int
-  latent_size: int  # images: tokens per side
+  token_shape: tuple[int, ...]  # one image's (or latent frame's) tokens: (h, w) or (K,)
   schedule: str = "cosine"  # masked decoding's mask schedule
   frames: int = 0  # video: latent frames of a clip (0: images)
   num_frames: int = 0  # video: the clip's frames, decoded
@@ -91,7 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.sample.schedule not in sampling.MASK_SCHEDULES:
     raise ValueError(f"sample.schedule: expected one of {sampling.MASK_SCHEDULES}, got "
                      f"{config.sample.schedule!r}")
-  fields = {f.name for f in dataclasses.fields(SampleSpec)} - {"paradigm", "latent_size",
+  fields = {f.name for f in dataclasses.fields(SampleSpec)} - {"paradigm", "token_shape",
                                                                "frames", "num_frames", "audio"}
   for setting in config.eval.sample_settings:
     if not isinstance(setting, dict) or not setting or set(setting) - fields:
@@ -162,14 +162,25 @@ def code_stack(config: ml_collections.ConfigDict, quantizer) -> CodeStack:
   return CodeStack((vocab,))
 
 
+def token_shape(meta: dict) -> tuple[int, ...]:
+  """One image's token layout from an export's meta: (h, w), or (K,) for a 1D tokenizer."""
+  if "token_shape" in meta:
+    return tuple(int(n) for n in meta["token_shape"])
+  return (int(meta["latent_size"]),) * 2  # exports before token_shape
+
+
 def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
   """The generator for `config.paradigm` over the tokenizer's codes; `meta` describes the
-  exported tokens (tokens.json)."""
+  exported tokens (tokens.json). 1D tokens (TiTok) are a sequence: 1D RoPE for "raster"
+  (`positions` "rope2d", the default, means "rope1d" there), learned positions for
+  "maskgit"."""
   m = config.model
   shape = TransformerShape(**{k: m[k] for k in SHAPE_FIELDS})
   rngs = nnx.Rngs(config.seed)
   vocab = int(tok.quantizer.codebook_size)
   audio = meta.get("modality") == "audio"
+  one_d = not audio and len(token_shape(meta)) == 1
+  positions = "rope1d" if one_d and m.positions == "rope2d" else m.positions
   if meta.get("modality") == "video" and config.paradigm != "raster":
     raise ValueError(f"paradigm: video tokens are modelled by 'raster' (next token, 3D RoPE), "
                      f"got {config.paradigm!r}")
@@ -187,7 +198,7 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
                        f"tokenizer's {type(tok.quantizer).__name__} gives {sizes}: use "
                        f"{PARADIGMS[:3]}")
     # an image's stacked codes in raster order, level k delayed by k steps (1D RoPE)
-    return DelayPatternGenerator(shape, sizes[0], m.num_classes, int(meta["latent_size"])**2,
+    return DelayPatternGenerator(shape, sizes[0], m.num_classes, math.prod(token_shape(meta)),
                                  len(sizes), rngs=rngs)
   if config.paradigm == "var":
     if not hasattr(tok.quantizer, "patch_nums"):
@@ -207,24 +218,24 @@ def build_model(config: ml_collections.ConfigDict, tok, meta: dict):
   if config.paradigm == "raster":
     stack = code_stack(config, tok.quantizer)
     depth_shape = dataclasses.replace(shape, depth=m.get("depth_layers", 2), remat="none")
-    grid, frames = ((1, int(meta["frames"])) if audio else
-                    (int(meta["latent_size"]), int(meta.get("latent_frames", 1))))
+    grid, frames = ((1, int(meta["frames"])) if audio else (1, token_shape(meta)[0]) if one_d
+                    else (token_shape(meta)[0], int(meta.get("latent_frames", 1))))
     return NextTokenGenerator(shape, vocab, m.num_classes, grid, frames=frames,
-                              positions=m.positions, head=m.get("head", "softmax"), stack=stack,
+                              positions=positions, head=m.get("head", "softmax"), stack=stack,
                               depth_shape=depth_shape, rngs=rngs)
   if m.get("head", "softmax") == "bitwise":  # MaskBit: groups of bits as slots
     if not isinstance(tok.quantizer, BinaryQuantizer):
       raise ValueError(f"model.head: 'bitwise' (MaskBit) models the bits of an LFQ / BSQ "
                        f"index; the tokenizer's {type(tok.quantizer).__name__} has {vocab} "
                        "codes that are not bits")
-    return MaskedGenerator(shape, vocab, m.num_classes, int(meta["latent_size"]),
+    return MaskedGenerator(shape, vocab, m.num_classes, token_shape(meta),
                            bit_groups=m.get("bit_groups", 2), rngs=rngs)
   if stacked_indices(tok.quantizer):
     raise ValueError(f"paradigm: 'maskgit' models one index per latent position; the "
                      f"tokenizer's {type(tok.quantizer).__name__} gives "
                      f"{len(index_sizes(tok.quantizer))} on a trailing axis: use 'raster' "
                      "(model.head='depth' for more than one)")
-  return MaskedGenerator(shape, vocab, m.num_classes, int(meta["latent_size"]), rngs=rngs)
+  return MaskedGenerator(shape, vocab, m.num_classes, token_shape(meta), rngs=rngs)
 
 
 def init_state(config: ml_collections.ConfigDict, tok=None, meta: dict | None = None):
@@ -338,10 +349,9 @@ def make_sampler(graphdef, tok_graphdef, spec: SampleSpec):
       return tokens, tok.decode(tokens)
     stack = tokens.shape[2:]  # (D,) for stacked codes
     if spec.frames:  # video: (B, latent frames, h, w[, D]) -> clips
-      grid = tokens.reshape(-1, spec.frames, spec.latent_size, spec.latent_size, *stack)
+      grid = tokens.reshape(-1, spec.frames, *spec.token_shape, *stack)
       return tokens, tok.decode(grid, spec.num_frames)
-    grid = tokens if spec.paradigm == "var" else tokens.reshape(
-        -1, spec.latent_size, spec.latent_size, *stack)
+    grid = tokens if spec.paradigm == "var" else tokens.reshape(-1, *spec.token_shape, *stack)
     return tokens, tok.decode(grid)
 
   return run
@@ -437,7 +447,7 @@ class GeneratorJob(loop.Job):
     meta = self.source.meta
     video = meta.get("modality") == "video"
     self.sample_spec = SampleSpec(c.paradigm, s.cfg_scale, s.temperature, s.top_k, s.top_p,
-                                  s.steps, int(meta.get("latent_size", 0)), s.schedule,
+                                  s.steps, () if self.audio else token_shape(meta), s.schedule,
                                   int(meta.get("latent_frames", 0)), int(meta.get("num_frames", 0)),
                                   self.audio)
     self.graphdef, self.tok_graphdef = graphdef, tok_graphdef

@@ -174,9 +174,12 @@ def check_tokens_match(meta: dict, tok, step: int, ident: str, workdir: str) -> 
   want = {"codebook_size": int(tok.quantizer.codebook_size)}
   if meta.get("modality") == "audio":
     want["levels"] = int(tok.num_levels)
-  else:
-    want["latent_size"] = int(tok.latent_size)
-  bad = {k: (meta.get(k), v) for k, v in want.items() if int(meta.get(k, v)) != v}
+  else:  # exports before token_shape have latent_size only; 1D tokenizers token_shape only
+    if "latent_size" in meta or len(tok.token_shape) == 2:
+      want["latent_size"] = int(tok.token_shape[0])
+    if "token_shape" in meta:
+      want["token_shape"] = [int(n) for n in tok.token_shape]
+  bad = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k, v) != v}
   if bad:
     raise ValueError(f"tokens_dir: {made_by} do not fit tokenizer_workdir {workdir!r}: "
                      + ", ".join(f"{k} {a} in the tokens, {b} in the tokenizer"

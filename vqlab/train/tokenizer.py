@@ -1,8 +1,16 @@
 """The image- and video-tokenizer trainer (VQGAN / ViT-VQGAN / the causal 3D video
-tokenizer, with any quantizer).
+tokenizer / the 1D TiTok, with any quantizer).
 
   vqlab train --config configs/vqgan_quickstart.py --workdir runs/quickstart
   vqlab train --config configs/video_quickstart.py --workdir runs/video
+  vqlab train --config configs/titok_quickstart.py --workdir runs/titok
+
+TiTok's two-stage recipe (vqlab/models/titok.py) runs here too: `model.proxy.teacher` names
+a trained 2D tokenizer run; stage 1 (`model.proxy.stage=1`, `loss.proxy_weight` > 0)
+trains the encoder, quantizer and decoder to predict the teacher's codes (cross-entropy);
+stage 2 starts from a stage-1 run (`model.proxy.init_from`) and trains only the decoders
+on the pixel losses below. The teacher's run must stay where it is: its config and
+checkpoint build the model whenever it is loaded.
 
 Clips when `data.num_frames` > 0 (a video arch, `causal3d`): batches (B, T, H, W, C), the
 perceptual loss, PSNR and SSIM per frame, and the discriminator the 3D PatchGAN.
@@ -45,7 +53,7 @@ from vqlab.models import image_tokenizer
 from vqlab.models.discriminator import PatchGAN
 from vqlab.nn import precision
 from vqlab.quantizers import factory
-from vqlab.train import evaluators, loop
+from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (ema_update, make_optimizer, save_image_grid, to_pixels,
                                 to_unit)
 
@@ -68,11 +76,14 @@ class LossSpec:
   lecam_weight: float
   lecam_decay: float
   ema_decay: float
+  proxy_weight: float = 0.0  # TiTok stage 1: cross-entropy against the teacher's codes
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LossSpec":
-    fields = [f.name for f in dataclasses.fields(cls) if f.name != "ema_decay"]
-    return cls(**{k: config.loss[k] for k in fields}, ema_decay=config.train.ema_decay)
+    fields = [f.name for f in dataclasses.fields(cls)
+              if f.name not in ("ema_decay", "proxy_weight")]
+    return cls(**{k: config.loss[k] for k in fields}, ema_decay=config.train.ema_decay,
+               proxy_weight=config.loss.get("proxy_weight", 0.0))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -95,10 +106,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f"clips (data.num_frames={config.data.num_frames}), got "
                      f"{config.model.arch!r}")
   shape = image_tokenizer.make_shape(config.model.arch, config.model.shape.to_dict())
-  size = shape.image_size if config.model.arch == "vit" else shape.resolution
+  size = image_tokenizer.image_size(shape)
+  check_proxy_config(config, shape)
   if config.data.image_size != size:
     raise ValueError(f"data.image_size: expected the model's image size {size}, got "
                      f"{config.data.image_size}")
+
+
+def check_proxy_config(config: ml_collections.ConfigDict, shape) -> None:
+  """TiTok's two-stage recipe: a teacher for the "proxy" decoder, the loss of each stage."""
+  proxy = config.model.get("proxy", {})
+  uses = config.model.arch == "titok" and shape.decoder == "proxy"
+  weight = config.loss.get("proxy_weight", 0.0)
+  if not uses:
+    if weight:
+      raise ValueError(f"loss.proxy_weight: expected 0 without a TiTok 'proxy' decoder, got "
+                       f"{weight}")
+    return
+  stage = proxy.get("stage", 1)
+  if stage not in (1, 2):
+    raise ValueError(f"model.proxy.stage: expected 1 (proxy codes) or 2 (decoders on "
+                     f"pixels), got {stage}")
+  if stage == 1 and not proxy.get("teacher"):
+    raise ValueError("model.proxy.teacher: expected a trained 2D tokenizer's workdir (its codes "
+                     "are stage 1's targets), got none")
+  if stage == 1 and not weight:
+    raise ValueError("loss.proxy_weight: expected > 0 in stage 1 (it trains on the teacher's "
+                     "codes), got 0")
+  if stage == 2 and (weight or not proxy.get("init_from")):
+    raise ValueError(f"model.proxy: stage 2 starts from a stage-1 run (init_from, got "
+                     f"{proxy.get('init_from')!r}) and trains on pixels (loss.proxy_weight 0, "
+                     f"got {weight})")
 
 
 # ----------------------------------------------------------------------------- state
@@ -107,8 +145,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def build_model(config: ml_collections.ConfigDict, seed: int
                 ) -> image_tokenizer.ImageTokenizer:
   m = config.model
-  return image_tokenizer.build(m.arch, m.shape.to_dict(), m.quantizer.kind,
-                               factory.spec_args(m.quantizer), rngs=nnx.Rngs(seed))
+  shape = m.shape.to_dict()
+  teacher, stage = None, 1
+  if m.arch == "titok" and shape.get("decoder") == "proxy":
+    stage = m.proxy.stage
+    if stage == 2:  # the teacher's architecture as stage 1 had it; weights: stage 1's
+      first = runs.load_tokenizer(m.proxy.init_from)
+      teacher_workdir = runs.load_config(m.proxy.init_from).model.proxy.teacher
+    else:
+      teacher_workdir = m.proxy.teacher
+    teacher = runs.load_tokenizer(teacher_workdir)
+  model = image_tokenizer.build(m.arch, shape, m.quantizer.kind, factory.spec_args(m.quantizer),
+                                rngs=nnx.Rngs(seed), teacher=teacher, stage=stage)
+  if teacher is not None and stage == 2:
+    for part in ("encoder", "quantizer", "decoder"):
+      nnx.update(getattr(model, part), nnx.state(getattr(first, part)))
+  return model
+
+
+def trainable(model) -> nnx.filterlib.Filter:
+  """The generator parameters the optimizer updates (a TiTok stage trains some only)."""
+  return model.trainable() if hasattr(model, "trainable") else nnx.Param
 
 
 @dataclasses.dataclass
@@ -130,7 +187,7 @@ def init_state(config: ml_collections.ConfigDict):
                   rngs=nnx.Rngs(config.seed + 1))
   for module in (model, disc):
     precision.set_compute_dtype(module, config.train.compute_dtype)
-  opt_g = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=nnx.Param)
+  opt_g = nnx.Optimizer(model, make_optimizer(config, config.train.lr), wrt=trainable(model))
   opt_d = nnx.Optimizer(disc, make_optimizer(config, config.train.disc_lr), wrt=nnx.Param)
   graphdef, nnx_state = nnx.split((model, disc, opt_g, opt_d))
   ema = (jax.tree.map(jnp.copy, nnx.state(model, nnx.Param)) if config.train.ema_decay
@@ -186,6 +243,18 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
     return nll, terms
 
   def generator_loss(model):
+    if loss.proxy_weight:  # TiTok stage 1: the teacher's codes; pixels only to watch
+      q = model.encode(x)
+      logits = model.decoder.logits(q.quantized).astype(jnp.float32)
+      targets = model.proxy_targets(x)
+      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+      recon = jax.lax.stop_gradient(model.decoder.last_layer(
+          model.decoder.teacher_decoder.features(model.decoder.soft_codes(logits)),
+          model.decoder.last_kernel))
+      total = loss.proxy_weight * ce + loss.quantizer_weight * q.loss
+      return total, (recon, {"proxy_loss": ce, "proxy_accuracy": jnp.mean(
+          jnp.argmax(logits, -1) == targets), "quantizer_loss": q.loss,
+          **{f"q/{k}": v for k, v in q.metrics.items()}})
     h, q = model.features(x)
     kernel = model.decoder.last_kernel
     recon = model.decoder.last_layer(h, kernel)
@@ -204,7 +273,7 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
       terms.update(generator_loss=g, gan_weight=weight)
     return total, (recon, terms)
 
-  diff = nnx.DiffState(0, nnx.Param)
+  diff = nnx.DiffState(0, trainable(p.model))
   (total, (recon, terms)), grads = nnx.value_and_grad(generator_loss, argnums=diff,
                                                       has_aux=True)(p.model)
   p.opt_g.update(p.model, grads)
