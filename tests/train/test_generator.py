@@ -254,7 +254,7 @@ def test_maskbit_trains_and_samples_lfq_tokens(chain, tmp_path):
   assert np.isfinite(summary["sample_tokens_per_second"])
   assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
   model, tok = runs.load_generator(str(tmp_path))
-  assert (model.bit_groups, model.vocab_size, model.seq_len) == (2, 256, 2 * model.grid**2)
+  assert (model.bit_groups, model.vocab_size, model.seq_len) == (2, 256, 2 * model.num_positions)
 
 
 def test_tokens_a_paradigm_cannot_model_are_named(chain, tmp_path):
