@@ -25,7 +25,8 @@ from vqlab.train.common import read_jsonl, to_unit
 # The f16 config's runlocal trains for minutes: CI's slow step (the default-suite budget)
 CONFIGS = ("vqgan_quickstart", pytest.param("vqgan_imagenet_f16", marks=pytest.mark.slow),
            pytest.param("video_ucf101", marks=pytest.mark.slow),
-           "vit_vqgan_imagenet")
+           "vit_vqgan_imagenet", "titok_quickstart",
+           "titok_imagenet")
 
 
 @pytest.fixture(scope="module")
