@@ -1,0 +1,34 @@
+"""TiTok's number of latent tokens against reconstruction (Yu et al. 2024, "An Image is Worth
+32 Tokens for Reconstruction and Generation", arXiv 2406.07550, Fig. 4a / Table 1: with K
+from 16 to 256 1D tokens reconstruction improves as K grows). The digits tokenizer of
+configs/titok_quickstart.py:digits at K = 16, 32, 64, 128 (1,000 steps, no GAN, three
+seeds), beside the 2D VQGAN of configs/vqgan_quickstart.py:digits at its 64 tokens (8x8)
+with the same codebook and steps.
+
+  vqlab sweep --config configs/ablations/titok_tokens.py --workdir runs/ablations/titok_tokens
+"""
+
+from configs.common import parse_arg, sweep_config, variant
+
+METRICS = ("psnr", "ssim", "usage")
+NO_GAN = {"loss.disc_start": 10**9, "loss.perceptual_weight": 0.0, "loss.lpips_weights": ""}
+
+
+def get_config(arg=None):
+  variants = parse_arg(arg)
+  tokens, steps, seeds, extra = (16, 32, 64, 128), 1000, (0, 1, 2), ""
+  if "runlocal" in variants:
+    tokens, steps, seeds, extra = (8, 16), 2, (0,), ",runlocal"
+  same = {"train.steps": steps, "log.checkpoint_every": max(steps // 2, 1), **NO_GAN}
+  runs = [variant({"model": "titok", "tokens": k}, {"model.shape.num_tokens": k})
+          for k in tokens]
+  if "runlocal" not in variants:  # the 2D reference: 8x8 codes of 1,024 (cosine, as TiTok's)
+    runs.append(variant({"model": "vqgan_2d", "tokens": 64}, {
+        "model.quantizer.args.codebook_size": 1024, "model.quantizer.args.metric": "cosine"},
+        base="configs/vqgan_quickstart.py:digits"))
+  return sweep_config(
+      "TiTok: latent tokens vs reconstruction (digits)",
+      f"configs/titok_quickstart.py:digits{extra}", runs, METRICS, seeds=seeds,
+      overrides=same, claims="titok_tokens.claims.toml",
+      plots=[dict(x="tokens", metric="psnr", line="model", log2_x=True)],
+      labels={"psnr": "held-out PSNR (dB)", "tokens": "tokens per image"})
