@@ -9,15 +9,23 @@ from flax import nnx
 from vqlab import parallel
 from vqlab.data import builtin
 
-from configs import vqgan_quickstart
+from configs import titok_quickstart, vqgan_quickstart
 from vqlab.train import export_tokens, tokenizer
 
 
 _CHAIN = {"vq": "runlocal", "msvq": "msvq,runlocal", "msbsq": "msbsq,runlocal",
-          "rvq": "rvq,runlocal", "lfq": "lfq,runlocal"}
+          "rvq": "rvq,runlocal", "lfq": "lfq,runlocal", "titok": "digits,runlocal"}
 
 
 def _build_tokenizer(root, name):
+  if name == "titok":  # a 1D tokenizer: 32 tokens per digit
+    c = titok_quickstart.get_config(_CHAIN[name])
+    c.data.data_dir = str(root.parent / "chain_tfds")
+    c.loss.disc_start = 10_000
+    tokenizer.train(c, str(root / "run"))
+    export_tokens.export(str(root / "run"), str(root / "tokens"), split="train", examples=100,
+                         batch_size=16)
+    return
   c = vqgan_quickstart.get_config(_CHAIN[name])
   c.data.update(name="vqlab_digits", data_dir=str(root.parent / "chain_tfds"), min_crop=0,
                 max_crop=0, flip=False)
@@ -51,7 +59,7 @@ class _Chain:
 @pytest.fixture(scope="session")
 def chain(build_once):
   """2-step digit tokenizers (one index per position, VAR's multi-scale, Infinity's binary
-  multi-scale of 16 bits, residual VQ of 4 levels, LFQ of 2^16 codes) and 100 exported training tokens of each, with labels; each
+  multi-scale of 16 bits, residual VQ of 4 levels, LFQ of 2^16 codes; TiTok's 32 1D tokens) and 100 exported training tokens of each, with labels; each
   built once per session, on first use, so the xdist workers build different ones."""
   return _Chain(build_once)
 

@@ -257,6 +257,25 @@ def test_maskbit_trains_and_samples_lfq_tokens(chain, tmp_path):
   assert (model.bit_groups, model.vocab_size, model.seq_len) == (2, 256, 2 * model.num_positions)
 
 
+@pytest.mark.parametrize("paradigm", ["raster", "maskgit"])
+def test_generators_model_a_1d_tokenizers_tokens(paradigm, chain, tmp_path):
+  """TiTok's (B, 32) tokens: raster with 1D positions, MaskGIT over 32 positions."""
+  c = generator_quickstart.get_config(f"{paradigm},runlocal")
+  c.update(tokenizer_workdir=chain["titok"][0], tokens_dir=chain["titok"][1])
+  c.model.num_classes = 10
+  summary = generator.train(c, str(tmp_path))
+  rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert _near_uniform(rows[0]["loss"], (64,)), rows[0]["loss"]  # 64 codes
+  assert np.isfinite(summary["sample_tokens_per_second"])
+  assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
+  model, tok = runs.load_generator(str(tmp_path))
+  assert tok.token_shape == (32,)
+  if paradigm == "maskgit":
+    assert model.token_shape == (32,) and model.seq_len == 32
+  else:
+    assert (model.frames, model.grid, model.seq_len) == (32, 1, 32)  # a 1D sequence
+
+
 def test_tokens_a_paradigm_cannot_model_are_named(chain, tmp_path):
   rvq, lfq = chain["rvq"], chain["lfq"]
   cases = [("raster", rvq, {}, "ResidualVQ gives 4 indices per position; expected 'depth'"),
