@@ -1,12 +1,16 @@
 """TiTok in the tokenizer trainer: ordered prefixes in eval, the two-stage proxy recipe."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import titok_quickstart
-from vqlab.train import runs, tokenizer
+from vqlab.data.pipeline import iterate
+from vqlab.train import runs, tokenizer, utilisation
 from vqlab.train.common import read_jsonl
 
 
@@ -57,3 +61,44 @@ def test_two_stage_titok_learns_the_teachers_codes_then_only_its_decoders(tmp_pa
   assert not _same(second.decoder, first.decoder)  # stage 2 trains the decoders
   np.testing.assert_array_equal(second.encode(x).indices, first.encode(x).indices)
   assert jnp.all(jnp.isfinite(second.decode(second.encode(x).indices)))
+
+
+def _ordered_config(data_dir, steps):
+  c = titok_quickstart.get_config("ordered,digits,runlocal")
+  c.data.data_dir = data_dir
+  c.train.update(steps=steps, ema_decay=0.9)
+  c.log.update(every=1, checkpoint_every=2, image_every=100)
+  return c
+
+
+@pytest.mark.slow  # three runs; the skeleton's resume is tested on every trainer
+def test_resumed_ordered_run_is_bit_identical(tmp_path, chain):
+  """Tail-drop draws (the model's rng stream) resume with the rest of the state."""
+  data_dir = runs.load_config(chain["vq"][0]).data.data_dir
+  tokenizer.train(_ordered_config(data_dir, 4), str(tmp_path / "whole"))
+  tokenizer.train(_ordered_config(data_dir, 2), str(tmp_path / "parts"))  # "preempted"
+  tokenizer.train(_ordered_config(data_dir, 4), str(tmp_path / "parts"))
+  drop = utilisation.without_timing
+  whole, parts = (read_jsonl(str(tmp_path / d / "metrics.jsonl")) for d in ("whole", "parts"))
+  assert [r["step"] for r in parts] == [1, 2, 3, 4]
+  assert [drop(r) for r in whole] == [drop(r) for r in parts]
+  _, _, a, _ = runs.restore(str(tmp_path / "whole"))
+  _, _, b, _ = runs.restore(str(tmp_path / "parts"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sharded_titok_step_matches_one_device(chain, sharded_steps_match):
+  """Tail drop and the GAN on: 3 steps on a data x fsdp mesh of 8 equal one device's."""
+  data_dir = runs.load_config(chain["vq"][0]).data.data_dir
+  c = _ordered_config(data_dir, 3)
+  graphdef, state = tokenizer.init_state(c)
+  it = iterate(runs.datasets(c, "train", train=True, batch_size=16), threads=0)
+  batches = [next(it)["image"] for _ in range(3)]
+  step = functools.partial(tokenizer.train_step, graphdef=graphdef,
+                           loss=tokenizer.LossSpec.from_config(c), gan=True,
+                           lpips_graphdef=None)
+  sharded_steps_match(step, state, batches, {"data": 2, "fsdp": 4},
+                      ("loss", "disc_loss", "psnr", "q/usage"), 1024)
