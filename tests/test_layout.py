@@ -77,3 +77,15 @@ def test_a_runs_kind_is_read_from_its_config():
   assert runs.kind(speech_units.get_config()) == "units"
   with pytest.raises(ValueError, match="kind: expected one of"):
     runs.trainer("video")
+
+
+def test_test_modules_have_unique_basenames():
+  # tests/ has no __init__.py, so pytest imports each file under its bare name: two
+  # files called test_x.py in different folders make collection fail for one of them.
+  tests = os.path.dirname(__file__)
+  seen = {}
+  for folder, _, files in os.walk(tests):
+    for f in files:
+      if f.startswith("test_") and f.endswith(".py"):
+        seen.setdefault(f, []).append(os.path.relpath(os.path.join(folder, f), tests))
+  assert not {f: p for f, p in seen.items() if len(p) > 1}

@@ -23,6 +23,7 @@ from flax import nnx
 
 from vqlab.models import causal3d, titok, vit_vqgan, vqgan
 from vqlab.quantizers import factory
+from vqlab.models.tokenizer_base import TokenizerBase
 from vqlab.quantizers.core import QuantizerOutput
 
 Array = jax.Array
@@ -37,7 +38,7 @@ ARCHS = {
 VIDEO_ARCHS = ("causal3d",)  # take clips (B, T, H, W, C) as well as images
 
 
-class ImageTokenizer(nnx.Module):
+class ImageTokenizer(TokenizerBase):
 
   def __init__(self, encoder: nnx.Module, quantizer: nnx.Module, decoder: nnx.Module,
                image_size: int, channels: int, downsample: int):
@@ -45,21 +46,6 @@ class ImageTokenizer(nnx.Module):
     self.image_size, self.channels = image_size, channels
     self.latent_size = image_size // downsample  # tokens per side
     self.token_shape = (self.latent_size, self.latent_size)
-
-  def check_images(self, x: Array) -> None:
-    want = (self.image_size, self.image_size, self.channels)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-      raise ValueError(f"images: expected shape (B, {want[0]}, {want[1]}, {want[2]}), got "
-                       f"{tuple(x.shape)}")
-
-  def encode(self, x: Array) -> QuantizerOutput:
-    """Images (B, H, W, C) in [-1, 1] -> quantizer output on the latent grid."""
-    self.check_images(x)
-    return self.quantizer(self.encoder(x))
-
-  def decode(self, indices: Array) -> Array:
-    """Indices as `encode` gives them -> images (float32 whatever the compute dtype)."""
-    return self.decoder(self.quantizer.decode(indices)).astype(jnp.float32)
 
   def features(self, x: Array) -> tuple[Array, QuantizerOutput]:
     """The decoder's features before its last layer, and the quantizer output: the

@@ -35,6 +35,7 @@ from flax import nnx
 
 from vqlab.nn.transformer import REMAT_POLICIES
 from vqlab.nn.vit import EncoderBlock, patchify, run_blocks, unpatchify
+from vqlab.models.tokenizer_base import TokenizerBase
 from vqlab.quantizers.core import QuantizerOutput
 
 Array = jax.Array
@@ -226,7 +227,7 @@ class ProxyDecoder(nnx.Module):
     return self.last_layer(self.features(z, keep), self.last_kernel)
 
 
-class TiTok(nnx.Module):
+class TiTok(TokenizerBase):
   """Encoder -> quantizer over K latents -> decoder; the image tokenizer's methods, with
   indices (B, K) (or a stack (B, K, D) for residual / grouped quantizers).
 
@@ -289,21 +290,6 @@ class TiTok(nnx.Module):
       raise ValueError("proxy_targets: only a stage-1 'proxy' TiTok holds the teacher's encoder")
     q = self.decoder.teacher_codes(self.teacher_encoder(x))
     return jax.lax.stop_gradient(q.indices.reshape(x.shape[0], -1))
-
-  def check_images(self, x: Array) -> None:
-    want = (self.image_size, self.image_size, self.channels)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-      raise ValueError(f"images: expected shape (B, {want[0]}, {want[1]}, {want[2]}), got "
-                       f"{tuple(x.shape)}")
-
-  def encode(self, x: Array) -> QuantizerOutput:
-    """Images (B, H, W, C) in [-1, 1] -> quantizer output over the K latents."""
-    self.check_images(x)
-    return self.quantizer(self.encoder(x))
-
-  def decode(self, indices: Array) -> Array:
-    """Indices of the first k <= K tokens (B, k[, D]) -> images (float32)."""
-    return self.decoder(self.quantizer.decode(indices)).astype(jnp.float32)
 
   def features(self, x: Array) -> tuple[Array, QuantizerOutput]:
     q = self.encode(x)
