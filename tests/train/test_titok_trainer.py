@@ -32,6 +32,7 @@ def test_ordered_titok_reports_psnr_at_each_prefix(tmp_path, chain):
   assert np.isclose(summary["psnr_at_tokens"]["32"], summary["psnr"], atol=1e-3)
 
 
+@pytest.mark.slow  # two trainings on a teacher: CI's slow step keeps the default run in budget
 def test_two_stage_titok_learns_the_teachers_codes_then_only_its_decoders(tmp_path, chain):
   teacher_run, _ = chain["vq"]  # digits, 32 px, f2: a 16x16 grid of codes
   data_dir = runs.load_config(teacher_run).data.data_dir
