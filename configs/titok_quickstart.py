@@ -5,8 +5,8 @@ the built-in photographs, trained on a CPU.
 
 32x32 crops as configs/vqgan_quickstart.py, patches of 4 (an 8x8 grid of mask tokens),
 encoder and decoder ViTs 128 wide, 4 blocks each, K = 32 latent tokens (`:k64`, `:k128`)
-quantized by VQ with 1,024 l2-normalised codes of 12 dims (TiTok's quantizer, smaller
-codebook). Single stage (TA-TiTok's recipe): the decoder outputs pixels, trained with L1 +
+of 12 dims quantized as the 2D quickstart's (an EMA codebook of 1,024 codes, k-means init,
+dead-code restarts). Single stage (TA-TiTok's recipe): the decoder outputs pixels, trained with L1 +
 quantizer loss and, for the last quarter, the PatchGAN as the 2D quickstart.
 
 Variants:
@@ -47,7 +47,10 @@ def proxy_settings(c: ml_collections.ConfigDict, stage: int) -> None:
 def get_config(arg: str | None = None):
   variants = parse_arg(arg, known=("k64", "k128", "ordered", "proxy", "stage2", "digits"))
   tokens = 128 if "k128" in variants else 64 if "k64" in variants else 32
-  quantizer = quantizer_spec("vq", codebook_size=1024, metric="cosine", beta=0.25)
+  # the 2D quickstart's quantizer, so that 1D vs 2D compares the tokenizers alone (TiTok's
+  # learned cosine codebook used 35 of 1,024 codes here: configs/titok_imagenet.py keeps it)
+  quantizer = quantizer_spec("vq", codebook_size=1024, codebook="ema", kmeans_init=True,
+                             dead_code_threshold=0.5)
   c = tokenizer_config("titok", dict(SHAPE, num_tokens=tokens), quantizer)
   # the two-stage recipe: a teacher tokenizer's run (stage 1), the stage-1 run (stage 2)
   c.model.proxy = ml_collections.ConfigDict(dict(teacher="", stage=1, init_from=""))

@@ -22,10 +22,9 @@ def get_config(arg=None):
   same = {"train.steps": steps, "log.checkpoint_every": max(steps // 2, 1), **NO_GAN}
   runs = [variant({"model": "titok", "tokens": k}, {"model.shape.num_tokens": k})
           for k in tokens]
-  if "runlocal" not in variants:  # the 2D reference: 8x8 codes of 1,024 (cosine, as TiTok's)
-    runs.append(variant({"model": "vqgan_2d", "tokens": 64}, {
-        "model.quantizer.args.codebook_size": 1024, "model.quantizer.args.metric": "cosine"},
-        base="configs/vqgan_quickstart.py:digits"))
+  if "runlocal" not in variants:  # the 2D reference: 8x8 codes, the quantizer both share
+    runs.append(variant({"model": "vqgan_2d", "tokens": 64}, {},
+                        base="configs/vqgan_quickstart.py:digits"))
   return sweep_config(
       "TiTok: latent tokens vs reconstruction (digits)",
       f"configs/titok_quickstart.py:digits{extra}", runs, METRICS, seeds=seeds,
