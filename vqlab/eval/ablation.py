@@ -301,7 +301,8 @@ def plot(rows: Sequence[dict], x: str, metric: str, line: str | None, path: str,
   if log2_x:
     ax.set_xscale("log", base=2)
   ax.set_xlabel(x)
-  ax.set_ylabel((ylabel or metric) + " (mean ± std, seeds)")
+  seeded = any(len(r[metric].get("values", [])) > 1 for r in rows)
+  ax.set_ylabel((ylabel or metric) + (" (mean ± std, seeds)" if seeded else ""))
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
   if line:

@@ -1,0 +1,71 @@
+"""Reconstruction against the number of tokens, from finished tokenizer runs: one row per
+run (tokens per image, held-out PSNR / SSIM / code usage from its summary.json), and for
+the 1D runs (TiTok) PSNR from only the first k tokens, as a table and a plot.
+
+  python benchmarks/tokens_vs_quality.py --out docs/titok_prefixes.png \\
+      2d=runs/quickstart k32=runs/titok k64=runs/titok_k64 k128=runs/titok_k128 \\
+      ordered=runs/titok_ordered
+
+Each argument is `label=workdir` of a run trained to the end (its summary.json holds the
+last evaluation; `vqlab eval --workdir` writes the same numbers). Prints markdown tables;
+the README quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from vqlab.eval import ablation
+from vqlab.train import runs
+
+
+def tokens_per_image(workdir: str) -> int:
+  model = runs.load_tokenizer(workdir)
+  n = 1
+  for d in model.token_shape:
+    n *= d
+  return n
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("runs", nargs="+", help="label=workdir")
+  p.add_argument("--out", default="", help="plot of PSNR against the tokens kept (.png)")
+  args = p.parse_args(argv)
+  table = ["| run | tokens | held-out PSNR | SSIM | code usage |", "|---|---:|---:|---:|---:|"]
+  prefix_rows = []
+  for item in args.runs:
+    label, _, workdir = item.partition("=")
+    if not workdir:
+      raise SystemExit(f"{item!r}: expected label=workdir")
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+      raise SystemExit(f"{workdir}: no summary.json (the run has not finished)")
+    s = json.load(open(path))
+    table.append(f"| {label} | {tokens_per_image(workdir)} | {s['psnr']:.2f} dB | "
+                 f"{s['ssim']:.3f} | {s['usage']:.1%} |")
+    for k, v in s.get("psnr_at_tokens", {}).items():
+      prefix_rows.append({"axes": {"run": label, "tokens kept": int(k)},
+                          "psnr": {"mean": v, "std": float("nan")}})
+  print("\n".join(table))
+  if prefix_rows:
+    labels = list(dict.fromkeys(r["axes"]["run"] for r in prefix_rows))
+    ks = sorted({r["axes"]["tokens kept"] for r in prefix_rows})
+    value = {(r["axes"]["run"], r["axes"]["tokens kept"]): r["psnr"]["mean"]
+             for r in prefix_rows}
+    print("\nPSNR (dB) decoding only the first k tokens:\n")
+    print("| run | " + " | ".join(f"k={k}" for k in ks) + " |")
+    print("|---|" + "---:|" * len(ks))
+    for label in labels:
+      print(f"| {label} | " + " | ".join(
+          f"{value[label, k]:.2f}" if (label, k) in value else "" for k in ks) + " |")
+    if args.out:
+      ablation.plot(prefix_rows, "tokens kept", "psnr", "run", args.out, log2_x=True,
+                    title="1D tokens: decoding a prefix", ylabel="held-out PSNR (dB)")
+      print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
