@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqlab.nn.transformer import REMAT_POLICIES
-from vqlab.nn.vit import EncoderBlock, patchify, run_blocks, unpatchify
+from vqlab.nn.vit import EncoderBlock, image_patches, run_blocks, unpatchify
 from vqlab.models.tokenizer_base import TokenizerBase
 from vqlab.quantizers.core import QuantizerOutput
 
@@ -110,11 +110,8 @@ class TiTokEncoder(nnx.Module):
   def __call__(self, x: Array) -> Array:
     """(B, H, W, C) -> latents (B, K, token_dim)."""
     s = self.shape
-    if x.shape[1:] != (s.image_size, s.image_size, s.channels):
-      raise ValueError(f"x: expected (B, {s.image_size}, {s.image_size}, {s.channels}), got "
-                       f"{x.shape}")
     b = x.shape[0]
-    patches = self.embed(patchify(x, s.patch_size))
+    patches = self.embed(image_patches(x, s.image_size, s.channels, s.patch_size))
     h = jnp.concatenate([jnp.broadcast_to(self.cls[...], (b, 1, s.width)).astype(patches.dtype),
                          patches], axis=1) + self.pos[...]
     latents = jnp.broadcast_to(self.latents[...] + self.latent_pos[...], (b, s.num_tokens, s.width))

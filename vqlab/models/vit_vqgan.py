@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from vqlab.nn.transformer import REMAT_POLICIES
-from vqlab.nn.vit import EncoderBlock, patchify, run_blocks, sincos_2d, unpatchify
+from vqlab.nn.vit import EncoderBlock, image_patches, run_blocks, sincos_2d, unpatchify
 
 Array = jax.Array
 
@@ -64,10 +64,8 @@ class ViTEncoder(nnx.Module):
   def __call__(self, x: Array) -> Array:
     """(B, H, W, C) -> latents (B, H/p, W/p, latent_dim)."""
     s = self.shape
-    if x.shape[1:] != (s.image_size, s.image_size, s.channels):
-      raise ValueError(f"x: expected (B, {s.image_size}, {s.image_size}, {s.channels}), got "
-                       f"{x.shape}")
-    h = self.embed(patchify(x, s.patch_size)) + sincos_2d(s.grid, s.grid, s.width)
+    patches = image_patches(x, s.image_size, s.channels, s.patch_size)
+    h = self.embed(patches) + sincos_2d(s.grid, s.grid, s.width)
     h = run_blocks(self.blocks, h, s.remat)
     return self.to_latent(self.norm(h)).reshape(x.shape[0], s.grid, s.grid, s.latent_dim)
 

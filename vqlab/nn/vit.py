@@ -25,6 +25,14 @@ def patchify(x: Array, patch: int) -> Array:
   return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
+def image_patches(x: Array, image_size: int, channels: int, patch: int) -> Array:
+  """`patchify` of an encoder's input, checked to be (B, image_size, image_size, channels)."""
+  if x.shape[1:] != (image_size, image_size, channels):
+    raise ValueError(f"x: expected (B, {image_size}, {image_size}, {channels}), got "
+                     f"{x.shape}")
+  return patchify(x, patch)
+
+
 def unpatchify(tokens: Array, patch: int, h: int, w: int) -> Array:
   """Inverse of `patchify` for an (h, w) image."""
   b, n, d = tokens.shape
