@@ -5,7 +5,7 @@ the 1D runs (TiTok) PSNR from only the first k tokens, as a table and a plot.
 
   python benchmarks/tokens_vs_quality.py --out docs/titok_prefixes.png \\
       2d=runs/quickstart k32=runs/titok k64=runs/titok_k64 k128=runs/titok_k128 \\
-      ordered=runs/titok_ordered
+      ordered=runs/titok_ordered --grid ordered=docs/titok_ordered_prefixes.png
 
 Each argument is `label=workdir` of a run trained to the end (its summary.json holds the
 last evaluation; `vqlab eval --workdir` writes the same numbers). Prints markdown tables;
@@ -18,9 +18,10 @@ import argparse
 import json
 import os
 
+from vqlab.data.pipeline import iterate
 from vqlab.eval import ablation
-from vqlab.train import runs
-from vqlab.train.common import read_jsonl
+from vqlab.train import evaluators, runs
+from vqlab.train.common import labeled_grid, read_jsonl, to_pixels, to_unit
 
 
 def tokens_per_image(workdir: str) -> int:
@@ -39,10 +40,28 @@ def last_training_psnr(workdir: str, rows: int = 4) -> float:
   return sum(logged[-rows:]) / len(logged[-rows:])
 
 
+def prefix_grid(workdir: str, path: str, examples: int = 8) -> None:
+  """Held-out crops (top row) and their decodes from the first k tokens, k = 1, 2, 4, ...
+  K, one row each, of a 1D tokenizer run."""
+  config, model = runs.load_config(workdir), runs.load_tokenizer(workdir)
+  if len(model.token_shape) != 1:
+    raise SystemExit(f"{workdir}: --grid needs a 1D tokenizer (tokens {model.token_shape})")
+  ds = runs.datasets(config, config.data.eval_split, train=False, batch_size=examples,
+                     num_examples=examples)
+  x = to_unit(next(iterate(ds, threads=0))["image"])
+  indices = model.encode(x).indices
+  rows = [("held-out", to_pixels(x))]
+  for k in evaluators.prefix_lengths(model.token_shape[0]):
+    rows.append((f"first {k}", to_pixels(model.decode(indices[:, :k]))))
+  labeled_grid(rows).save(path)
+  print(f"wrote {path}")
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("runs", nargs="+", help="label=workdir")
   p.add_argument("--out", default="", help="plot of PSNR against the tokens kept (.png)")
+  p.add_argument("--grid", default="", help="LABEL=PATH.png: that run's prefix decodes")
   args = p.parse_args(argv)
   table = ["| run | tokens | held-out PSNR | SSIM | code usage | training-batch PSNR |",
            "|---|---:|---:|---:|---:|---:|"]
@@ -76,6 +95,12 @@ def main(argv=None):
       ablation.plot(prefix_rows, "tokens kept", "psnr", "run", args.out, log2_x=True,
                     title="1D tokens: decoding a prefix", ylabel="held-out PSNR (dB)")
       print(f"\nwrote {args.out}")
+  if args.grid:
+    label, _, path = args.grid.partition("=")
+    workdirs = dict(item.partition("=")[::2] for item in args.runs)
+    if label not in workdirs or not path:
+      raise SystemExit(f"--grid {args.grid!r}: expected LABEL=PATH.png with a LABEL of the runs")
+    prefix_grid(workdirs[label], path)
 
 
 if __name__ == "__main__":
