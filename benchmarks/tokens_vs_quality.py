@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 from vqlab.data.pipeline import iterate
@@ -25,11 +26,7 @@ from vqlab.train.common import labeled_grid, read_jsonl, to_pixels, to_unit
 
 
 def tokens_per_image(workdir: str) -> int:
-  model = runs.load_tokenizer(workdir)
-  n = 1
-  for d in model.token_shape:
-    n *= d
-  return n
+  return math.prod(runs.load_tokenizer(workdir).token_shape)
 
 
 def last_training_psnr(workdir: str, rows: int = 4) -> float:

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqlab.models import causal3d, titok, vit_vqgan, vqgan
-from vqlab.quantizers import factory
 from vqlab.models.tokenizer_base import TokenizerBase
+from vqlab.quantizers import factory
 from vqlab.quantizers.core import QuantizerOutput
 
 Array = jax.Array

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vqlab.models.tokenizer_base import TokenizerBase
 from vqlab.nn.transformer import REMAT_POLICIES
 from vqlab.nn.vit import EncoderBlock, image_patches, run_blocks, unpatchify
-from vqlab.models.tokenizer_base import TokenizerBase
 from vqlab.quantizers.core import QuantizerOutput
 
 Array = jax.Array

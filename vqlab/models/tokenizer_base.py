@@ -17,8 +17,7 @@ class TokenizerBase(nnx.Module):
   """Subclasses set `image_size`, `channels`, `encoder`, `quantizer`, `decoder`."""
 
   def check_images(self, x: Array) -> None:
-    want = (self.image_size, self.channels)
-    want = (want[0], want[0], want[1])
+    want = (self.image_size, self.image_size, self.channels)
     if x.ndim != 4 or tuple(x.shape[1:]) != want:
       raise ValueError(f"images: expected shape (B, {want[0]}, {want[1]}, {want[2]}), got "
                        f"{tuple(x.shape)}")
