@@ -12,4 +12,4 @@ bash launch/install_speech.sh  # espeak-ng + recordings for the built-in speech
 .venv/bin/pip install -q "torch==2.13.0" vector-quantize-pytorch \
   || echo "torch not installed: reference-comparison tests will be skipped"
 # Slow tests (real subprocesses killed mid-run) are a separate CI step: .ci/run.
-.venv/bin/python -m pytest -n 2 -m "not slow" "$@"
+.venv/bin/python -m pytest -n 2 -m "not slow" --durations=30 "$@"

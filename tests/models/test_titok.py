@@ -50,15 +50,16 @@ def test_encode_decode_shapes_and_every_prefix_equals_a_masked_tail():
   z = tok.quantizer.decode(indices)
   full = tok.decode(indices)
   np.testing.assert_allclose(tok.decoder(z, keep=jnp.full((3,), 8)), full, atol=1e-6)
+  decode_prefix = nnx.jit(lambda t, i, k: t.decode_prefix(i, k))  # one program, any k
   previous = None
   for k in range(1, 9):
     prefix = tok.decode(indices[:, :k])  # attends to k latents only
-    masked = tok.decoder(z, keep=jnp.full((3,), k))
-    np.testing.assert_allclose(prefix, masked, atol=1e-5)
+    np.testing.assert_allclose(prefix, tok.decoder(z, keep=jnp.full((3,), k)), atol=1e-5)
+    np.testing.assert_allclose(prefix, decode_prefix(tok, indices, k), atol=1e-5)
     if previous is not None:  # every token changes the image: none is ignored
       assert float(jnp.max(jnp.abs(prefix - previous))) > 1e-4
     previous = prefix
-  mixed = tok.decoder(z, keep=jnp.array([1, 4, 8]))  # per-example prefixes in one batch
+  mixed = decode_prefix(tok, indices, jnp.array([1, 4, 8]))  # per-example prefixes
   np.testing.assert_allclose(mixed[1], tok.decode(indices[1:2, :4])[0], atol=1e-5)
   with pytest.raises(ValueError, match=r"z: expected \(B, k, 6\) with 1 <= k <= 8"):
     tok.decoder(jnp.zeros((1, 9, 6)))

@@ -23,11 +23,12 @@ from vqlab.data.pipeline import iterate
 from vqlab.train import evaluators, export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
-# The f16 config's runlocal trains for minutes: CI's slow step (the default-suite budget)
+# The ImageNet / UCF configs' runlocal runs are CI's slow step (the default-suite budget);
+# the quickstarts cover the same models and trainer in the default run
 CONFIGS = ("vqgan_quickstart", pytest.param("vqgan_imagenet_f16", marks=pytest.mark.slow),
            pytest.param("video_ucf101", marks=pytest.mark.slow),
            "vit_vqgan_imagenet", "titok_quickstart",
-           "titok_imagenet")
+           pytest.param("titok_imagenet", marks=pytest.mark.slow))
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,10 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
 
 
 # (data only is the case the two others contain: the budget of the default run)
-@pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 4},
-                                        {"data": 2, "fsdp": 2, "tensor": 2}],
-                         ids=["data+fsdp", "data+fsdp+tensor"])
+# all three axes in the default run; data + fsdp alone (a subset of its rules) in the slow step
+@pytest.mark.parametrize("mesh_shape", [
+    pytest.param({"data": 2, "fsdp": 4}, marks=pytest.mark.slow),
+    {"data": 2, "fsdp": 2, "tensor": 2}], ids=["data+fsdp", "data+fsdp+tensor"])
 def test_sharded_step_matches_one_device(mesh_shape, data_dir, sharded_steps_match):
   # three steps (GAN, LeCam and EMA on): the loss trajectory on 8 devices equals 1 device's
   config = small_config(data_dir)

@@ -288,6 +288,12 @@ class TiTok(TokenizerBase):
     q = self.decoder.teacher_codes(self.teacher_encoder(x))
     return jax.lax.stop_gradient(q.indices.reshape(x.shape[0], -1))
 
+  def decode_prefix(self, indices: Array, keep: Array) -> Array:
+    """Images from the first `keep` of all K tokens (an int or (B,) array, traced): what
+    `decode(indices[:, :keep])` gives, as one compiled program for every prefix length."""
+    keep = jnp.broadcast_to(jnp.asarray(keep, jnp.int32), indices.shape[:1])
+    return self.decoder(self.quantizer.decode(indices), keep).astype(jnp.float32)
+
   def features(self, x: Array) -> tuple[Array, QuantizerOutput]:
     q = self.encode(x)
     return self.decoder.features(q.quantized), q

@@ -51,10 +51,10 @@ def reconstruct_images(state, images, *, graphdef):
   return recon, q.indices
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "k"))
-def decode_prefix(state, indices, *, graphdef, k: int):
-  """A 1D tokenizer's images from the first `k` of its tokens."""
-  return eval_model(graphdef, state).decode(indices[:, :k])
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def decode_prefix(state, indices, k, *, graphdef):
+  """A 1D tokenizer's images from the first `k` of its tokens (k traced: one program)."""
+  return eval_model(graphdef, state).decode_prefix(indices, k)
 
 
 def prefix_lengths(num_tokens: int) -> list[int]:
@@ -156,7 +156,7 @@ def evaluate_images(config: ml_collections.ConfigDict, graphdef, state, mesh, *,
       real_clips.append(parallel.to_host(real))
       fake_clips.append(parallel.to_host(fake))
     for k in prefixes:
-      part = decode_prefix(state, indices, graphdef=graphdef, k=k)
+      part = decode_prefix(state, indices, jnp.int32(k), graphdef=graphdef)
       prefix_psnrs[k].append(parallel.to_host(psnr(part, x)))
     recon, x = frames(recon), frames(x)
     psnrs.append(parallel.to_host(psnr(recon, x)))
