@@ -91,6 +91,7 @@ def test_resumed_ordered_run_is_bit_identical(tmp_path, chain):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # CI's slow step: the default run has the CNN tokenizer's sharded step
 def test_sharded_titok_step_matches_one_device(chain, sharded_steps_match):
   """Tail drop and the GAN on: 3 steps on a data x fsdp mesh of 8 equal one device's."""
   data_dir = runs.load_config(chain["vq"][0]).data.data_dir
