@@ -64,14 +64,17 @@ def chain(build_once):
   return _Chain(build_once)
 
 
+SPEECH_CHAIN_VARIANT = "semantic,runlocal"
+
+
 def _build_speech_chain(root, data_dir):
   from configs import audio_codec
   from vqlab.train import codec
-  c = audio_codec.get_config("runlocal")
+  # the codec quickstart's default-run variant (phoneme CTC on level 1, the GAN from step
+  # 2, WER and the phoneme probe in its evaluation): test_codec checks this run too
+  c = audio_codec.get_config(SPEECH_CHAIN_VARIANT)
   c.data.update(data_dir=data_dir, crop_seconds=0.5, eval_seconds=0.5)
   c.model.shape.update(strides=(2, 4, 5, 8))  # 50 frames/s: 25 frames per 0.5 s record
-  c.loss.disc_start = 10_000  # codes only
-  c.eval.update(wer_utterances=0, probe_utterances=0)  # the codec tests check those
   workdir = str(root / "codec")
   codec.train(c, workdir)
   export_tokens.export(workdir, str(root / "tokens"), split="train", examples=24, batch_size=8)
@@ -81,8 +84,9 @@ def _build_speech_chain(root, data_dir):
 
 @pytest.fixture(scope="session")
 def speech_chain(build_once, speech_data_dir):
-  """A 2-step speech codec (3 levels of 64 codes, 50 frames/s), 24 exported training
-  clips of 0.5 s and 8 held-out prompt clips; built once per session."""
+  """A 2-step speech codec (`configs/audio_codec.py:semantic,runlocal`: 3 levels of 64
+  codes; 50 frames/s here), 24 exported training clips of 0.5 s and 8 held-out prompt clips;
+  built once per session."""
   root = build_once("speech_chain", lambda d: _build_speech_chain(d, speech_data_dir))
   return str(root / "codec"), str(root / "tokens"), str(root / "prompts")
 

@@ -4,6 +4,7 @@ speech learns, the outputs a person listens to are written, bad configs fail ear
 import importlib
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +21,10 @@ from vqlab.train import codec, evaluators, runs, utilisation
 from vqlab.train.common import read_jsonl
 
 
-# the variants and the learning / resume runs are CI's slow step (.ci/run): minutes each
-# the default run's variant also distils phonemes into level 1 (`:semantic`)
-@pytest.mark.parametrize("arg", ["semantic,runlocal",
-                                 pytest.param("encodec,runlocal", marks=pytest.mark.slow),
-                                 pytest.param("dac,runlocal", marks=pytest.mark.slow)])
-def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
-  config = importlib.import_module("configs.audio_codec").get_config(arg)
-  config.data.data_dir = speech_data_dir
-  if "semantic" not in arg:  # WER and the probe: checked once, in the default run's variant
-    config.eval.update(wer_utterances=0, probe_utterances=0)
-  summary = codec.train(config, str(tmp_path))
-  rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
+def _check_runlocal_run(workdir, summary):
+  """A finished 2-step runlocal codec run (`summary` as the trainer returned or saved it)."""
+  config = runs.load_config(str(workdir))
+  rows = read_jsonl(str(workdir / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]
   assert "disc_loss" not in rows[0] and "disc_loss" in rows[1]  # discriminators from step 2
   assert rows[1]["feature_loss"] > 0 and rows[1]["adversarial_loss"] > 0
@@ -44,10 +37,11 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
     assert rows[0]["phoneme_ctc"] > 1.0
   levels = config.model.quantizer.args.num_levels
   hop = int(np.prod(config.model.shape.strides))
+  bitrates = {int(n): b for n, b in summary["bitrate@n"].items()}  # JSON keys are strings
   for n in range(1, levels + 1):
     assert np.isfinite(summary[f"mel_distance@{n}"]) and np.isfinite(summary[f"si_sdr@{n}"])
     bits = n * np.log2(config.model.quantizer.args.codebook_size)
-    assert summary["bitrate@n"][n] == pytest.approx(config.data.sample_rate / hop * bits)
+    assert bitrates[n] == pytest.approx(config.data.sample_rate / hop * bits)
     assert 0 < summary[f"level{n - 1}/usage"] <= 1
   # the bottleneck diagnostics: the unquantized latent decoded, what each depth misses
   assert np.isfinite(summary["mel_distance@unquantized"])
@@ -67,14 +61,33 @@ def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
     for n in range(1, levels + 1):
       assert 0 < summary[f"phone_error@level{n}"] <= 1
     assert 0.5 < summary["phone_error@majority"] < 1  # pauses: the commonest "phoneme"
-  saved = json.load(open(tmp_path / "summary.json"))
+  saved = json.load(open(workdir / "summary.json"))
   assert saved["mel_distance"] == summary["mel_distance"]
-  audio = tmp_path / "audio" / "step_0000002"
+  audio = workdir / "audio" / "step_0000002"
   assert sorted(os.listdir(audio))[:2] == ["0_original.wav", "0_reconstruction.wav"]
-  assert (tmp_path / "audio" / "step_0000002.png").exists()
-  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
-  model = runs.load_codec(str(tmp_path))
+  assert (workdir / "audio" / "step_0000002.png").exists()
+  assert Checkpointer(str(workdir / "checkpoints")).all_steps() == [2]
+  model = runs.load_codec(str(workdir))
   assert model.sample_rate == config.data.sample_rate and model.num_levels == levels
+
+
+def test_the_default_variant_trains_in_runlocal(speech_chain):
+  """`:semantic,runlocal` (phoneme CTC, WER and the probe on) is the speech chain's codec,
+  which the generator and eval tests share: checked here, not trained again."""
+  workdir = pathlib.Path(speech_chain[0])
+  config = runs.load_config(str(workdir))
+  assert config.loss.phoneme_ctc > 0 and config.eval.wer_utterances and config.eval.probe_utterances
+  _check_runlocal_run(workdir, json.load(open(workdir / "summary.json")))
+
+
+# the other variants and the learning / resume runs are CI's slow step (.ci/run): minutes each
+@pytest.mark.slow
+@pytest.mark.parametrize("arg", ["encodec,runlocal", "dac,runlocal"])
+def test_every_config_trains_in_runlocal(arg, speech_data_dir, tmp_path):
+  config = importlib.import_module("configs.audio_codec").get_config(arg)
+  config.data.data_dir = speech_data_dir
+  config.eval.update(wer_utterances=0, probe_utterances=0)  # checked in the default variant
+  _check_runlocal_run(tmp_path, codec.train(config, str(tmp_path)))
 
 
 def _stationary_reference(x: np.ndarray) -> np.ndarray:
