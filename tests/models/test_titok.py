@@ -61,6 +61,9 @@ def test_encode_decode_shapes_and_every_prefix_equals_a_masked_tail():
     previous = prefix
   mixed = decode_prefix(tok, indices, jnp.array([1, 4, 8]))  # per-example prefixes
   np.testing.assert_allclose(mixed[1], tok.decode(indices[1:2, :4])[0], atol=1e-5)
+  with pytest.raises(ValueError, match=r"keep: expected 1 <= keep <= 8 \(the tokens given\), "
+                                       r"got 9"):
+    tok.decode_prefix(indices, 9)
   with pytest.raises(ValueError, match=r"z: expected \(B, k, 6\) with 1 <= k <= 8"):
     tok.decoder(jnp.zeros((1, 9, 6)))
 

@@ -64,15 +64,12 @@ def chain(build_once):
   return _Chain(build_once)
 
 
-SPEECH_CHAIN_VARIANT = "semantic,runlocal"
-
-
 def _build_speech_chain(root, data_dir):
   from configs import audio_codec
   from vqlab.train import codec
   # the codec quickstart's default-run variant (phoneme CTC on level 1, the GAN from step
   # 2, WER and the phoneme probe in its evaluation): test_codec checks this run too
-  c = audio_codec.get_config(SPEECH_CHAIN_VARIANT)
+  c = audio_codec.get_config("semantic,runlocal")
   c.data.update(data_dir=data_dir, crop_seconds=0.5, eval_seconds=0.5)
   c.model.shape.update(strides=(2, 4, 5, 8))  # 50 frames/s: 25 frames per 0.5 s record
   workdir = str(root / "codec")

@@ -132,8 +132,8 @@ def test_resumed_run_is_bit_identical(data_dir, tmp_path):
         jnp.issubdtype(y.dtype, jax.dtypes.prng_key) else y))
 
 
-# (data only is the case the two others contain: the budget of the default run)
-# all three axes in the default run; data + fsdp alone (a subset of its rules) in the slow step
+# all three axes in the default run; data + fsdp (a subset of its rules) in the slow step;
+# data only is the case the two others contain
 @pytest.mark.parametrize("mesh_shape", [
     pytest.param({"data": 2, "fsdp": 4}, marks=pytest.mark.slow),
     {"data": 2, "fsdp": 2, "tensor": 2}], ids=["data+fsdp", "data+fsdp+tensor"])

@@ -291,6 +291,9 @@ class TiTok(TokenizerBase):
   def decode_prefix(self, indices: Array, keep: Array) -> Array:
     """Images from the first `keep` of all K tokens (an int or (B,) array, traced): what
     `decode(indices[:, :keep])` gives, as one compiled program for every prefix length."""
+    k = indices.shape[1]
+    if isinstance(keep, int) and not 1 <= keep <= k:
+      raise ValueError(f"keep: expected 1 <= keep <= {k} (the tokens given), got {keep}")
     keep = jnp.broadcast_to(jnp.asarray(keep, jnp.int32), indices.shape[:1])
     return self.decoder(self.quantizer.decode(indices), keep).astype(jnp.float32)
 
