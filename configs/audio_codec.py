@@ -44,7 +44,7 @@ def get_config(arg: str | None = None):
       source_rate=0,  # for sources without a sample_rate field (librispeech: 16000)
       sample_rate=16000, crop_seconds=0.5, eval_seconds=2.0,
       normalize=True, target_dbfs=-20.0,  # RMS loudness normalisation per utterance
-      in_memory=True, threads=2, prefetch=64))
+      in_memory=True, threads=2, prefetch=64, workers=0))
   c.train = ml_collections.ConfigDict(dict(
       steps=1200, batch_size=16, lr=2e-3, disc_lr=1e-4, b1=0.8, b2=0.99, weight_decay=0.0,
       warmup_steps=50, schedule="cosine", grad_clip=10.0, nonfinite="stop", max_skips=20,

@@ -57,7 +57,8 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
       min_crop=0, max_crop=0,  # 0: crops of image_size; else random sides, resized
       flip=True,
       in_memory=False,  # decode every record once and keep it (small datasets only)
-      threads=16, prefetch=512))  # grain reader threads, records read ahead
+      threads=16, prefetch=512,  # grain reader threads (per worker), records read ahead
+      workers=0))  # > 0: worker processes decode and crop (grain mp_prefetch)
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=32, lr=1e-4, disc_lr=1e-4, b1=0.5, b2=0.9,
       weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0,
@@ -139,7 +140,7 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       # (default tokens_dir), e.g. tokens of a held-out split; video tokens: continue
       # their first prompt_frames latent frames (0: sample whole clips)
       prompts_dir="", prompt_frames=25))
-  c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64))
+  c.data = ml_collections.ConfigDict(dict(threads=2, prefetch=64, workers=0))
   # gFID / Inception Score at the end, when converted Inception weights are given
   # (vqlab convert inception); against the tokenizer dataset's eval split
   # digits tokenizers (vqlab_digits): FID in a digits classifier's feature space, class

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       nonfinite="stop", max_skips=20))
   c.data = ml_collections.ConfigDict(dict(
       eval_size=500,  # held-out digits (of the 5,000)
-      threads=0, prefetch=0))  # in memory: no reader threads needed
+      threads=0, prefetch=0, workers=0))  # in memory: no reader threads needed
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(every=50, checkpoint_every=100, keep_checkpoints=2))

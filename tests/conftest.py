@@ -7,8 +7,11 @@ import os
 import shutil
 import tempfile
 
+# The suite is compile-bound: LLVM's expensive passes cost ~25% of each compile (a small
+# VQGAN's train step: 16.4 -> 11.8 s) and nothing measurable in the tests' executions.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+                           + " --xla_force_host_platform_device_count=8"
+                           + " --xla_llvm_disable_expensive_passes=true").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "vqlab-tests-jax-cache"))

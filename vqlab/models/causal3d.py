@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqlab.models.vqgan import check_sizes
+from vqlab.nn.transformer import check_remat, run_blocks
 from vqlab.quantizers.core import QuantizerOutput
 
 Array = jax.Array
@@ -49,6 +50,7 @@ class CausalShape:
   in_channels: int = 3
   norm_groups: int = 32
   adaptive_norm: bool = True  # the decoder's norms conditioned on the quantized latent
+  remat: str = "none"  # "block" / "full": each residual block recomputed in the backward
 
   @property
   def downsample_factor(self) -> int:
@@ -64,6 +66,7 @@ class CausalShape:
                        f"(one per downsampling of channel_mult={self.channel_mult}), got "
                        f"{self.temporal_downsample}")
     check_sizes(self, ("channels", "num_res_blocks", "embed_dim", "resolution", "in_channels"))
+    check_remat(self.remat)
 
 
 # MAGVIT-v2's video tokenizer (f8, 4x in time, 2^18 LFQ codes) and a CPU-sized one.
@@ -218,11 +221,10 @@ class Encoder3D(nnx.Module):
     self.layers = nnx.List(layers)
     self.norm_out = FrameGroupNorm(cin, g, rngs)
     self.conv_out = CausalConv3d(cin, shape.embed_dim, 1, rngs)
+    self.remat = shape.remat
 
   def __call__(self, x: Array) -> Array:
-    h = self.conv_in(x)
-    for layer in self.layers:
-      h = layer(h)
+    h = run_blocks(self.layers, self.remat, self.conv_in(x))
     return self.conv_out(nnx.swish(self.norm_out(h)))
 
 
@@ -243,12 +245,11 @@ class Decoder3D(nnx.Module):
     self.layers = nnx.List(layers)
     self.norm_out = FrameGroupNorm(cin, g, rngs, cond)
     self.conv_out = CausalConv3d(cin, shape.in_channels, 3, rngs)
+    self.remat = shape.remat
 
   def features(self, z: Array) -> Array:
     """Everything before `conv_out`: the adaptive GAN weight differentiates the last layer."""
-    h = self.conv_in(z)
-    for layer in self.layers:
-      h = layer(h, z)
+    h = run_blocks(self.layers, self.remat, self.conv_in(z), z)
     return nnx.swish(self.norm_out(h, z))
 
   def last_layer(self, h: Array, kernel: Array) -> Array:

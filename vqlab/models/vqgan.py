@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vqlab.nn.transformer import check_remat, run_blocks
+
 Array = jax.Array
 
 
@@ -35,6 +37,9 @@ class VQGANShape:
   norm_groups: int = 32
   dropout: float = 0.0
   quant_conv_kernel: int = 1  # taming: 1x1 quant / post-quant convs; VAR's VQVAE: 3x3
+  # training memory: "block" / "full" recompute each residual / attention block in the
+  # backward pass (jax.checkpoint; vqlab.nn.transformer.REMAT_POLICIES)
+  remat: str = "none"
 
   @property
   def downsample_factor(self) -> int:
@@ -43,6 +48,7 @@ class VQGANShape:
   def check(self) -> None:
     check_sizes(self, ("channels", "num_res_blocks", "z_channels", "embed_dim", "resolution",
                        "quant_conv_kernel"))
+    check_remat(self.remat)
 
 
 def check_sizes(shape, positive: tuple[str, ...]) -> None:
@@ -147,11 +153,10 @@ class Encoder(nnx.Module):
     self.norm_out = nnx.GroupNorm(cin, num_groups=g, epsilon=1e-6, rngs=rngs)
     self.conv_out = _conv(cin, shape.z_channels, 3, rngs)
     self.quant_conv = _conv(shape.z_channels, shape.embed_dim, shape.quant_conv_kernel, rngs)
+    self.remat, self.keep_state = shape.remat, shape.dropout > 0
 
   def __call__(self, x: Array) -> Array:
-    h = self.conv_in(x)
-    for layer in self.layers:
-      h = layer(h)
+    h = run_blocks(self.layers, self.remat, self.conv_in(x), keep_state=self.keep_state)
     return self.quant_conv(self.conv_out(nnx.swish(self.norm_out(h))))
 
 
@@ -178,12 +183,12 @@ class Decoder(nnx.Module):
     self.layers = nnx.List(layers)
     self.norm_out = nnx.GroupNorm(cin, num_groups=g, epsilon=1e-6, rngs=rngs)
     self.conv_out = _conv(cin, shape.in_channels, 3, rngs)
+    self.remat, self.keep_state = shape.remat, shape.dropout > 0
 
   def features(self, z: Array) -> Array:
     """Everything before `conv_out`: the adaptive GAN weight differentiates the last layer."""
-    h = self.conv_in(self.post_quant_conv(z))
-    for layer in self.layers:
-      h = layer(h)
+    h = run_blocks(self.layers, self.remat, self.conv_in(self.post_quant_conv(z)),
+                   keep_state=self.keep_state)
     return nnx.swish(self.norm_out(h))
 
   def last_layer(self, h: Array, kernel: Array) -> Array:

@@ -34,11 +34,20 @@ Array = jax.Array
 NORMS = ("rms", "layer")
 MLPS = ("swiglu", "gelu")
 QK_NORMS = ("none", "rms", "l2")
-# Activation rematerialisation per block (jax.checkpoint): "block" keeps the matmul
-# outputs and recomputes the rest (norms, activations, softmax); "full" keeps only each
-# block's input and recomputes the whole block in the backward pass.
+
+
+def _convs_saveable(prim, *_, **__) -> bool:
+  return prim is jax.lax.conv_general_dilated_p
+
+
+# Activation rematerialisation per block (jax.checkpoint): "block" keeps the matmul and
+# convolution outputs (not attention's batched logits) and recomputes the rest (norms,
+# activations, softmax); "full" keeps only each block's input and recomputes the whole
+# block in the backward pass.
 REMAT_POLICIES = {"none": None,
-                  "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "block": jax.checkpoint_policies.save_from_both_policies(
+                      jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                      _convs_saveable),
                   "full": jax.checkpoint_policies.nothing_saveable}
 UNSEEN = jnp.iinfo(jnp.int32).max  # the level of an empty cache slot: no query sees it
 
@@ -268,6 +277,20 @@ def checkpointed(module: nnx.Module, remat: str, call, *args, keep_state: bool =
   if keep_state:
     nnx.update(module, state)
   return out
+
+
+def check_remat(remat: str) -> None:
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat: expected one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+
+
+def run_blocks(blocks, remat: str, h, *args, keep_state: bool = False):
+  """h = block(h, *args) for each block in turn, each under `checkpointed` unless remat
+  is "none" (the conv tokenizers' residual and attention blocks)."""
+  for block in blocks:
+    h = (block(h, *args) if remat == "none" else
+         checkpointed(block, remat, lambda b, *a: b(*a), h, *args, keep_state=keep_state))
+  return h
 
 
 class Transformer(nnx.Module):

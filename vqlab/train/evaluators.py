@@ -115,10 +115,14 @@ def _batches(config, split: str, num_examples: int, mesh, key: str, split_fn):
   ds = split_fn(config, split, train=False, batch_size=local_batch_size(batch, mesh),
                 num_examples=num_examples)
   sharding = parallel.batch_sharding(mesh)
-  for i, b in enumerate(iterate(ds, config.data.threads, config.data.prefetch)):
-    if i * batch >= num_examples:
-      return
-    yield jax.make_array_from_process_local_data(sharding, b[key])
+  it = iterate(ds, config.data.threads, config.data.prefetch, config.data.get("workers", 0))
+  try:
+    for i, b in enumerate(it):
+      if i * batch >= num_examples:
+        return
+      yield jax.make_array_from_process_local_data(sharding, b[key])
+  finally:
+    it.close()
 
 
 def _no_batch(config, split):

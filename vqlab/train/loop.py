@@ -546,7 +546,8 @@ def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
     return state, job.last_metrics
 
   ckpt = checkpointer(workdir, config.log.keep_checkpoints)
-  it = iterate(train_ds, config.data.threads, config.data.prefetch)
+  it = iterate(train_ds, config.data.threads, config.data.prefetch,
+               config.data.get("workers", 0))
   try:
     start, state = resume(ckpt, state, it, config, workdir)
   except BaseException:
@@ -559,14 +560,17 @@ def _train_in(job: Job, mesh, batch_size: int) -> dict[str, Any]:
     job.last_metrics = last_logged_step(workdir)
   periodic = job.periodic(graphdef)
   report: dict[str, Any] = {}
-  state = run(state, it, step_fn, start=start, total=config.train.steps, ckpt=ckpt,
-              writer=job.writer, log_every=config.log.every,
-              checkpoint_every=config.log.checkpoint_every, periodic=periodic,
-              postfix=job.postfix, nonfinite=config.train.nonfinite,
-              max_skips=config.train.get("max_skips", 20), report=report,
-              throughput=throughput,
-              profile=(*config.profile_steps, os.path.join(workdir, "profile"))
-              if config.get("profile_steps") else None)
+  try:
+    state = run(state, it, step_fn, start=start, total=config.train.steps, ckpt=ckpt,
+                writer=job.writer, log_every=config.log.every,
+                checkpoint_every=config.log.checkpoint_every, periodic=periodic,
+                postfix=job.postfix, nonfinite=config.train.nonfinite,
+                max_skips=config.train.get("max_skips", 20), report=report,
+                throughput=throughput,
+                profile=(*config.profile_steps, os.path.join(workdir, "profile"))
+                if config.get("profile_steps") else None)
+  finally:
+    it.close()  # the data workers, if any
   summary = {"step": config.train.steps, **job.evaluate(graphdef, state)}
   if report["skipped_steps"]:
     summary["skipped_steps"] = report["skipped_steps"]
