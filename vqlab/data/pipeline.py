@@ -273,8 +273,8 @@ class Batches:
 
   workers > 0: that many worker processes (grain's `mp_prefetch`), each reading with
   `threads` threads; worker w makes elements w, w + workers, ... of the same stream.
-  Decoding JPEGs in threads is bound by one core (the GIL); processes are how a host
-  feeds several accelerators (benchmarks/data.py measures both).
+  Threads share one interpreter (the GIL; PIL releases it only inside decode and
+  resize), processes do not (benchmarks/data.py measures both).
   """
 
   def __init__(self, ds: grain.MapDataset, threads: int, prefetch: int, workers: int):
