@@ -27,6 +27,7 @@ import numpy as np
 from configs import titok_imagenet, vit_vqgan_imagenet, vqgan_imagenet_f16
 from vqlab.data import builtin
 from vqlab.data.pipeline import image_dataset, iterate
+from vqlab.train import utilisation
 
 
 def images_per_second(it, batch: int, batches: int, warmup: int = 2) -> float:
@@ -52,7 +53,7 @@ def flops_per_example(config) -> float:
   example of `config`'s tokenizer, without compiling: the same count the trainer logs."""
   import jax
   from vqlab import parallel
-  from vqlab.train import tokenizer, utilisation
+  from vqlab.train import tokenizer
   import train_steps  # benchmarks/: the trainers' own compiled step on random batches
 
   config.loss.lpips_weights = "random"  # LPIPS's compute without its converted weights
@@ -66,7 +67,7 @@ def flops_per_example(config) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "vqlab-bench-tfds"))
-  parser.add_argument("--workers", default="", help="comma-separated; default 0..cores")
+  parser.add_argument("--workers", default="", help="comma-separated counts; default 1, 2 and the cores")
   parser.add_argument("--threads", type=int, default=0, help="in-process threads; 0: cores")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--batches", type=int, default=30)
@@ -107,7 +108,6 @@ def main():
   best = max(scaling)
   if args.no_demand:
     return
-  from vqlab.train import utilisation
   print(f"\n# Step demand at {100 * args.mfu:.0f}% MFU (traced FLOPs per example, datasheet "
         f"bf16 peaks) and host cores per device to feed it at {best:.1f} images/s per core "
         "(the best worker-process rate above)\n")

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
-
 def _small_arrays_from_one_replica() -> None:
   """orbax saves a replicated array in parallel: each replica writes 1/R of it, a slice
   compiled once per device and shape (232 compiles, ~10 s, at the first save of a small

@@ -281,10 +281,10 @@ class Batches:
     if workers < 0:
       raise ValueError(f"data.workers: expected >= 0, got {workers}")
     self.ds, self.threads, self.prefetch, self.workers = ds, threads, prefetch, workers
-    self._start, self._taken, self._it = 0, 0, None
+    self._next, self._it = 0, None  # the index of the next element; the open reader
 
   def _open(self):
-    ds = self.ds[self._start:] if self._start else self.ds
+    ds = self.ds[self._next:] if self._next else self.ds
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.threads,
                                               prefetch_buffer_size=self.prefetch))
     if self.workers:
@@ -301,17 +301,17 @@ class Batches:
     if self._it is None:
       self._it = self._open()
     element = next(self._it)
-    self._taken += 1
+    self._next += 1
     return element
 
   def get_state(self) -> dict:
-    return {"next_index": self._start + self._taken}
+    return {"next_index": self._next}
 
   def set_state(self, state: dict) -> None:
     if set(state) != {"next_index"}:
       raise ValueError(f"data state: expected {{'next_index': k}}, got keys {sorted(state)}")
     self.close()
-    self._start, self._taken = int(state["next_index"]), 0
+    self._next = int(state["next_index"])
 
   def close(self) -> None:
     """Stops the worker processes (also on garbage collection)."""
