@@ -123,6 +123,7 @@ def test_eval_adds_rfvd_with_i3d_weights(video_run):
     evaluators.evaluate(config, graphdef, state, mesh, i3d_params={})
 
 
+@pytest.mark.slow  # 40 executed steps: CI's slow step (the default run's budget)
 def test_short_run_lowers_the_loss(data_dir, tmp_path):
   # 40 steps, reconstruction and quantizer losses only: the L1 error of the last ten
   # logged steps is below the first ten's (measured: 0.20 -> 0.06)
