@@ -11,5 +11,6 @@ bash launch/install_speech.sh  # espeak-ng + recordings for the built-in speech
 # works. Without torch those tests skip and say so.
 .venv/bin/pip install -q "torch==2.13.0" vector-quantize-pytorch \
   || echo "torch not installed: reference-comparison tests will be skipped"
-# Slow tests (real subprocesses killed mid-run) are a separate CI step: .ci/run.
-.venv/bin/python -m pytest -n 2 -m "not slow" --durations=30 "$@"
+# Slow tests (real subprocesses killed mid-run) are a separate CI step: .ci/run; `manual`
+# ones (pyproject markers) are run by hand: pytest -m manual.
+.venv/bin/python -m pytest -n 2 -m "not slow and not manual" --durations=30 "$@"

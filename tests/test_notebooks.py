@@ -17,7 +17,9 @@ NOTEBOOKS = [pytest.param(p, marks=pytest.mark.slow) if p.name in LONG else p
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, monkeypatch):
   monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("XLA_FLAGS", "")  # the kernel is a fresh process with one device
+  # the kernel is a fresh process with one device, compiled like the tests (conftest.py)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_llvm_disable_expensive_passes=true"
+                     " --xla_backend_optimization_level=1")
   nb = nbformat.read(path, as_version=4)
   # No per-cell wall-clock limit: a busy CI machine made the codec notebook's training
   # cell pass 300 s; a hung kernel still fails the whole run, not this test alone.

@@ -140,7 +140,8 @@ def test_short_run_lowers_the_loss(data_dir, tmp_path):
   assert cond and min(float(jnp.abs(k).max()) for k in cond) > 0
 
 
-@pytest.mark.slow  # three runs: CI's slow step
+# three runs; the tokenizer trainer's resume is CI's on images (test_tokenizer): by hand
+@pytest.mark.manual
 def test_resumed_run_is_bit_identical(data_dir, tmp_path):
   def config(steps):
     c = small_config(data_dir, steps=steps, ema_decay=0.9)
