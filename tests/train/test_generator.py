@@ -198,7 +198,9 @@ def test_every_head_trains_and_samples_its_tokenizers_tokens(head, chain, tmp_pa
   assert model.head_kind == ("bitwise" if head == "bitwise" else "depth")
 
 
-@pytest.mark.slow  # CI's slow step: the default run's budget
+# by hand (-m manual): the delay model and sampler are CI's on the speech chain
+# (test_delay_paradigm_continues_speech_prompts); this is its image-token wiring
+@pytest.mark.manual
 def test_delay_pattern_models_a_residual_image_tokenizer(chain, tmp_path):
   """MusicGen's delay pattern over the 4 levels of the RVQ chain's 4x4 positions: 16 + 3
   steps, each predicting one code of each level."""
