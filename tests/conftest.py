@@ -12,10 +12,9 @@ import tempfile
 # VQGAN's train step: 16.4 -> 11.8 s) and nothing measurable in the tests' executions;
 # LLVM at -O1 (XLA's default is -O2) cut a cold VQGAN runlocal test 62 -> 52 s and the
 # 150-step quantizer study 75 -> 59 s (-O0 made the study ~3x slower).
+COMPILE_FLAGS = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=1"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8"
-                           + " --xla_llvm_disable_expensive_passes=true"
-                           + " --xla_backend_optimization_level=1").strip()
+                           + " --xla_force_host_platform_device_count=8 " + COMPILE_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "vqlab-tests-jax-cache"))

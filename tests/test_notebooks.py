@@ -4,6 +4,8 @@ import pathlib
 
 import pytest
 
+from conftest import COMPILE_FLAGS
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -20,8 +22,7 @@ NOTEBOOKS = [pytest.param(p, marks=LONG[p.name]) if p.name in LONG else p
 def test_notebook_runs(path, monkeypatch):
   monkeypatch.setenv("MPLBACKEND", "Agg")
   # the kernel is a fresh process with one device, compiled like the tests (conftest.py)
-  monkeypatch.setenv("XLA_FLAGS", "--xla_llvm_disable_expensive_passes=true"
-                     " --xla_backend_optimization_level=1")
+  monkeypatch.setenv("XLA_FLAGS", COMPILE_FLAGS)
   nb = nbformat.read(path, as_version=4)
   # No per-cell wall-clock limit: a busy CI machine made the codec notebook's training
   # cell pass 300 s; a hung kernel still fails the whole run, not this test alone.

@@ -125,7 +125,7 @@ RUN = [pytest.param(p, id=_name(p),
 def test_each_ablation_runs_its_runlocal_variant_with_a_verdict_per_claim(path, session_dir,
                                                                          monkeypatch):
   monkeypatch.chdir(REPO)
-  name = os.path.basename(path)[:-3]
+  name = _name(path)
   s = sweep.load_config_file(path + ":runlocal")
   # one session directory for all: sweeps with a shared prepare_dir train its chain once
   tmp_path = session_dir / "ablations" / name
