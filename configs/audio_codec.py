@@ -24,7 +24,7 @@ from vqlab import parallel
 
 SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9),
              residual_kernel=7, kernel=7, activation="elu", causal=True, weight_norm=True,
-             lstm_layers=0, audio_channels=1)
+             lstm_layers=0, audio_channels=1, decoder="seanet")
 
 
 def get_config(arg: str | None = None):

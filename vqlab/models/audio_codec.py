@@ -1,6 +1,7 @@
 """A neural audio codec: SEANet encoder -> residual quantizer -> SEANet decoder
 (SoundStream, https://arxiv.org/abs/2107.03312; EnCodec, https://arxiv.org/abs/2210.13438;
-DAC's factorized codes, https://arxiv.org/abs/2306.06546, are `code_dim` + cosine VQ).
+DAC's factorized codes, https://arxiv.org/abs/2306.06546, are `code_dim` + cosine VQ;
+`shape.decoder="istft"` decodes through a spectrogram instead, vqlab.models.istft_decoder).
 
 Waveforms are (B, T) or (B, T, C) floats in [-1, 1]. A signal of any length T is
 zero-padded at the end to F = ceil(T / hop) frames; decoding gives F hop samples, which
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vqlab.models.istft_decoder import ISTFTDecoder
 from vqlab.models.seanet import SEANetDecoder, SEANetEncoder, SEANetShape
 from vqlab.quantizers import factory
 from vqlab.quantizers.core import QuantizerOutput
@@ -46,7 +48,8 @@ class AudioCodec(nnx.Module):
     self.shape, self.sample_rate, self.hop = shape, int(sample_rate), shape.hop
     self.encoder = SEANetEncoder(shape, rngs)
     self.quantizer = quantizer
-    self.decoder = SEANetDecoder(shape, rngs)
+    decoder = ISTFTDecoder if shape.decoder == "istft" else SEANetDecoder
+    self.decoder = decoder(shape, rngs)
     self.phoneme_head = (nnx.Linear(shape.latent_dim, phoneme_classes, rngs=rngs)
                          if phoneme_classes else None)
 

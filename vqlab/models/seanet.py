@@ -33,6 +33,7 @@ from vqlab.nn.transformer import param
 
 Array = jax.Array
 ACTIVATIONS = ("elu", "snake")
+DECODERS = ("seanet", "istft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +49,13 @@ class SEANetShape:
   weight_norm: bool = True
   lstm_layers: int = 0                    # EnCodec: 2, after the encoder / before the decoder
   audio_channels: int = 1
+  decoder: str = "seanet"                 # or "istft": a spectrogram and its inverse (Vocos)
 
   def check(self) -> None:
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
+    if self.decoder not in DECODERS:
+      raise ValueError(f"decoder: expected one of {DECODERS}, got {self.decoder!r}")
     for name in ("channels", "latent_dim", "residual_kernel", "kernel", "audio_channels"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
