@@ -1,17 +1,20 @@
-"""Does the codec's autoencoder learn at all? Its encoder and decoder trained with no
-quantizer between them, on the built-in speech, under one loss.
+"""Does the codec's autoencoder learn to use its input? The quickstart codec's encoder,
+quantizer and either decoder trained under one loss, outside the trainer.
 
-  python benchmarks/codec_plateau.py --loss mse --decoder seanet --steps 150
-  python benchmarks/codec_plateau.py --loss mse --decoder istft --steps 150
+  python benchmarks/codec_plateau.py --quantize --decoder seanet --loss mse --steps 150
+  python benchmarks/codec_plateau.py --quantize --decoder istft --loss mel --steps 400 \\
+      --mse_first 200
 
-The audio issue's diagnostic: the quickstart codec sits on a plateau (the decoder's
-output hardly depends on its input) for its first hundreds of steps. This trains the
-quickstart's SEANet encoder and either decoder (`seanet`, or the iSTFT head of
-vqlab.models.istft_decoder) with Adam (the codec's b1 0.8, b2 0.99, no schedule) on one
-loss: `mse` (waveform squared error over the signal's power: 1.0 is a silent output),
-`mel` (DAC's multi-scale log-mel L1), `stft` (spectral convergence + log-magnitude L1).
-Prints, every 25 steps, the batch's mel distance, relative squared error and the
-latent's standard deviation. One batch per line: read the trend, not a row.
+The audio issue's diagnostic (README "Audio codec quickstart"): under the log-mel loss the
+codec sits on a plateau where the decoder's output hardly depends on its input. Adam with
+the codec's b1 0.8, b2 0.99 at a constant lr, no quantizer loss (`--quantize` keeps the
+quantizer's forward pass and straight-through gradient; without it the latent goes to
+the decoder as is), one of: `mse` (the waveform's squared error over the signal's power,
+`codec.relative_squared_error`: 1.0 for a silent output), `mel` (DAC's multi-scale
+log-mel L1), `stft` (spectral convergence + log-magnitude L1), `mel+mse`; `--mse_first N`
+trains on `mse` for the first N steps (the trainer's `loss.mse_warmup_steps`). Prints a
+markdown row per 50 steps: the means of the batches' mel distance, relative squared error
+and latent standard deviation.
 """
 
 from __future__ import annotations
@@ -26,50 +29,59 @@ from flax import nnx
 from configs import audio_codec as codec_config
 from vqlab.data import splits
 from vqlab.losses import spectral
-from vqlab.models import audio_codec
+from vqlab.train import codec
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--loss", choices=("mse", "mel", "stft"), default="mse")
+  parser.add_argument("--loss", choices=("mse", "mel", "stft", "mel+mse"), default="mse")
   parser.add_argument("--decoder", choices=("seanet", "istft"), default="seanet")
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--lr", type=float, default=2e-3)
+  parser.add_argument("--mse_first", type=int, default=0,
+                      help="train on the waveform's squared error alone for this many steps first")
+  parser.add_argument("--quantize", action="store_true",
+                      help="put the quickstart's quantizer back between them (its loss unused)")
   parser.add_argument("--data_dir", default="~/tensorflow_datasets")
   args = parser.parse_args()
 
   config = codec_config.get_config()
   config.data.data_dir = args.data_dir
   rate = config.data.sample_rate
-  shape = {**config.model.shape, "decoder": args.decoder}
-  # the quantizer is built (the codec needs one) and never called
-  model = audio_codec.build(shape, "rvq", dict(codebook_size=16, num_levels=1), rate,
-                            rngs=nnx.Rngs(config.seed))
+  config.model.shape.decoder = args.decoder
+  model = codec.build_model(config, config.seed)
   batches = iter(splits.audio_split(config, "train", train=True,
                                     batch_size=config.train.batch_size))
   optimizer = nnx.Optimizer(model, optax.adam(args.lr, b1=config.train.b1, b2=config.train.b2),
                             wrt=nnx.Param)
 
-  def loss_fn(model, x):
+  def loss_fn(model, x, kind):
     z = model.encoder(model.pad(x))
-    y = model.decoder(z)[:, :x.shape[1], 0]
+    y = model.decoder(model.quantize(z).quantized if args.quantize else z)[:, :x.shape[1], 0]
     terms = {"mel": spectral.multiscale_mel_loss(y, x, rate),
-             "mse": jnp.mean(jnp.square(y - x)) / jnp.mean(jnp.square(x)),
+             "mse": codec.relative_squared_error(x, y),
              "stft": spectral.multiscale_stft_loss(y, x)}
-    return terms[args.loss], (terms["mel"], terms["mse"], jnp.std(z))
+    terms["mel+mse"] = terms["mel"] + terms["mse"]
+    return terms[kind], (terms["mel"], terms["mse"], jnp.std(z))
 
-  @nnx.jit
-  def step(model, optimizer, x):
-    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x)
+  @nnx.jit(static_argnums=3)
+  def step(model, optimizer, x, kind):
+    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, kind)
     optimizer.update(model, grads)
     return aux
 
   print(f"{args.decoder} decoder, {args.loss} loss, lr {args.lr}")
-  print("| step | mel distance | relative squared error | latent std |\n|---:|---:|---:|---:|")
+  print("| steps | mel distance | relative squared error | latent std |\n|---:|---:|---:|---:|")
+  window = []
   for i in range(args.steps):
-    mel, mse, z_std = step(model, optimizer, jnp.asarray(np.asarray(next(batches)["audio"])))
-    if i % 25 == 0 or i == args.steps - 1:
-      print(f"| {i + 1} | {float(mel):.3f} | {float(mse):.3f} | {float(z_std):.4f} |", flush=True)
+    kind = "mse" if i < args.mse_first else args.loss
+    x = jnp.asarray(np.asarray(next(batches)["audio"]))
+    window.append([float(v) for v in step(model, optimizer, x, kind)])
+    if (i + 1) % 50 == 0 or i == args.steps - 1:  # means over the steps since the last row
+      mel, mse, z_std = np.mean(window, axis=0)
+      print(f"| {i + 2 - len(window)}-{i + 1} | {mel:.3f} | {mse:.3f} | {z_std:.4f} |",
+            flush=True)
+      window = []
 
 
 if __name__ == "__main__":

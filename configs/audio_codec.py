@@ -3,14 +3,19 @@
   vqlab codec --config configs/audio_codec.py --workdir runs/codec
 
 1,200 steps, about 20 minutes on 2 CPU cores. 16 kHz, strides 2 4 5 8 (hop 320: 50
-frames/s), causal SEANet with ELU and weight norm, residual VQ of 8 levels x 1,024 codes
-(EMA codebooks, k-means init, dead-code restarts, quantizer dropout): 0.5 to 4 kbps from
-one model. Trained on espeak-ng speech, evaluated
-on real recordings (vqlab_speech's test split). Variants:
+frames/s), causal SEANet encoder with ELU and weight norm, residual VQ of 8 levels x
+1,024 codes (EMA codebooks, k-means init, dead-code restarts, quantizer dropout): 0.5 to
+4 kbps from one model. Trained on espeak-ng speech, evaluated on real recordings
+(vqlab_speech's test split). Two deviations from SoundStream, both for a codec whose
+levels count within a CPU budget (README "Audio codec quickstart"): the decoder predicts
+a spectrogram and inverts it (Vocos; `shape.decoder="seanet"` for SoundStream's), and the
+first 200 steps train on the waveform's squared error (`loss.mse_warmup_steps`; 0 for
+SoundStream's losses from the start). Variants:
 - `:encodec`: EnCodec's 24 kHz model (strides 2 4 5 8 -> 75 frames/s, 2-layer LSTM,
-  32 base channels, 32 levels of 1,024 codes, discriminators from the start).
+  32 base channels, 32 levels of 1,024 codes, discriminators from the start; SEANet
+  decoder, no warm-up).
 - `:dac`: DAC-style factorized codes (8-dim l2-normalised lookups), Snake activations, and
-  DAC's quantizer dropout on half of the examples.
+  DAC's quantizer dropout on half of the examples (SEANet decoder, no warm-up).
 - `:semantic`: the first level distilled to carry what is said (SpeechTokenizer / Mimi):
   CTC of a linear phoneme head on level 1 against espeak-ng's phonemes of each crop,
   weight `loss.phoneme_ctc` (1.0: one choice, not tuned).
@@ -24,7 +29,7 @@ from vqlab import parallel
 
 SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9),
              residual_kernel=7, kernel=7, activation="elu", causal=True, weight_norm=True,
-             lstm_layers=0, audio_channels=1, decoder="seanet")
+             lstm_layers=0, audio_channels=1, decoder="istft")
 
 
 def get_config(arg: str | None = None):
@@ -53,6 +58,7 @@ def get_config(arg: str | None = None):
   c.loss = ml_collections.ConfigDict(dict(
       wave_l1=0.1, mel=15.0, stft=0.0, quantizer=1.0, adversarial=1.0, feature=2.0,
       disc_start=1150,  # the discriminators cost ~4x a step on CPU: the last 50 steps
+      mse_warmup_steps=200,  # first steps on the waveform's squared error (codec.train_step)
       phoneme_ctc=0.0))  # > 0: distil espeak-ng's phonemes into level 1 (`:semantic`)
   c.disc = ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11), stft_resolutions=((1024, 256), (2048, 512), (512, 128)),
@@ -71,15 +77,17 @@ def get_config(arg: str | None = None):
       eval_examples=64))
   if "encodec" in args:
     c.model.shape.update(channels=32, latent_dim=128, lstm_layers=2, residual_kernel=3,
-                         dilations=(1,))
+                         dilations=(1,), decoder="seanet")
     c.model.quantizer.args.update(num_levels=32)
     c.data.update(sample_rate=24000, crop_seconds=1.0)
     c.train.update(steps=300_000, batch_size=64, lr=3e-4, disc_lr=3e-4, b1=0.5, b2=0.9,
                    schedule="constant", warmup_steps=0)
-    c.loss.update(wave_l1=0.1, mel=1.0, stft=0.0, adversarial=3.0, feature=3.0, disc_start=0)
+    c.loss.update(wave_l1=0.1, mel=1.0, stft=0.0, adversarial=3.0, feature=3.0, disc_start=0,
+                  mse_warmup_steps=0)
     c.disc.update(width=32, max_width=1024)
   if "dac" in args:
-    c.model.shape.update(activation="snake")
+    c.model.shape.update(activation="snake", decoder="seanet")
+    c.loss.mse_warmup_steps = 0
     c.model.quantizer.args.update(code_dim=8, metric="cosine", codebook="learned",
                                   kmeans_init=False, dead_code_threshold=0.0, beta=0.25,
                                   quantizer_dropout=0.5)
@@ -91,7 +99,7 @@ def get_config(arg: str | None = None):
     c.model.quantizer.args.update(codebook_size=64, num_levels=3)
     c.data.update(crop_seconds=0.2, eval_seconds=0.2)
     c.train.update(steps=2, batch_size=8, warmup_steps=1)
-    c.loss.update(disc_start=1, stft=1.0)
+    c.loss.update(disc_start=1, stft=1.0, mse_warmup_steps=1)  # step 1 warm-up, step 2 GAN
     c.disc.update(width=4, stft_resolutions=((512, 128),))
     c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8)
     c.eval.update(wer_utterances=1, probe_utterances=4, probe_steps=5, probe_held_out=8)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vqlab.losses import spectral
 from vqlab.models import audio_codec, istft_decoder
 
 
@@ -42,7 +43,7 @@ def test_overlap_add_sums_four_windows_per_block():
   np.testing.assert_array_equal(out[0], 0)
   np.testing.assert_array_equal(out[1:], np.arange(12).reshape(4, hop))
   # the Hann window's squares overlap-add to 1.5 where four frames meet
-  env = istft_decoder.overlap_add(jnp.broadcast_to(istft_decoder.hann(4 * hop) ** 2,
+  env = istft_decoder.overlap_add(jnp.broadcast_to(spectral.hann(4 * hop) ** 2,
                                                    (1, 6, 4 * hop)), hop)
   np.testing.assert_allclose(np.asarray(env)[0, 2 * hop:4 * hop], 1.5, rtol=1e-6)
   with pytest.raises(ValueError, match="4 hop"):

@@ -64,8 +64,10 @@ def test_image_tokenizers_compute_in_bf16_close_to_float32(config):
   assert cosine(g16, g32) > 0.99
 
 
-def test_codec_computes_in_bf16_close_to_float32():
-  shape = dict(channels=8, latent_dim=8, strides=(2, 4), dilations=(1, 3), causal=True)
+@pytest.mark.parametrize("decoder", ["seanet", "istft"])
+def test_codec_computes_in_bf16_close_to_float32(decoder):
+  shape = dict(channels=8, latent_dim=8, strides=(2, 4), dilations=(1, 3), causal=True,
+               decoder=decoder)  # istft: bf16 convs, then magnitudes and FFTs in float32
   f32, bf16 = pair(lambda: audio_codec.build(shape, "rvq", dict(codebook_size=16, num_levels=3),
                                              16000, rngs=nnx.Rngs(0)))
   wav = 0.1 * jax.random.normal(jax.random.key(1), (2, 800))

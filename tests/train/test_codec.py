@@ -27,6 +27,15 @@ def _check_runlocal_run(workdir, summary):
   rows = read_jsonl(str(workdir / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]
   assert "disc_loss" not in rows[0] and "disc_loss" in rows[1]  # discriminators from step 2
+  c = config.loss  # step 1 is the waveform warm-up, step 2 the configured losses
+  ctc = [c.phoneme_ctc * r.get("phoneme_ctc", 0.0) for r in rows]
+  assert rows[0]["loss"] == pytest.approx(
+      c.mel * rows[0]["wave_mse"] + c.quantizer * rows[0]["quantizer_loss"] + ctc[0], rel=1e-5)
+  assert rows[1]["loss"] == pytest.approx(
+      c.wave_l1 * rows[1]["wave_l1"] + c.mel * rows[1]["mel_loss"]
+      + c.stft * rows[1]["stft_loss"] + c.quantizer * rows[1]["quantizer_loss"] + ctc[1]
+      + c.adversarial * rows[1]["adversarial_loss"] + c.feature * rows[1]["feature_loss"],
+      rel=1e-5)
   assert rows[1]["feature_loss"] > 0 and rows[1]["adversarial_loss"] > 0
   for r in rows:
     assert all(np.isfinite(v) for v in r.values()), r
@@ -80,6 +89,18 @@ def test_the_default_variant_trains_in_runlocal(speech_chain):
   _check_runlocal_run(workdir, json.load(open(workdir / "summary.json")))
 
 
+def test_waveform_warm_up_error_and_schedule():
+  x = jnp.asarray(np.random.RandomState(0).randn(3, 50, 1), jnp.float32)
+  assert float(codec.relative_squared_error(x, jnp.zeros_like(x))) == pytest.approx(1.0)
+  assert float(codec.relative_squared_error(x, x)) == 0.0
+  assert float(codec.relative_squared_error(x, 0.5 * x)) == pytest.approx(0.25)
+  config = codec_config.get_config()
+  config.loss.update(mse_warmup_steps=3, disc_start=4)
+  job = codec.CodecJob(config, "unused")
+  assert [job.variant(s) for s in range(6)] == [(False, True)] * 3 + [(False, False)] + [
+      (True, False)] * 2
+
+
 # the other variants and the learning / resume runs are CI's slow step (.ci/run): minutes each
 @pytest.mark.slow
 @pytest.mark.parametrize("arg", ["encodec,runlocal", "dac,runlocal"])
@@ -111,7 +132,9 @@ def test_short_run_on_speech_learns(speech_data_dir, tmp_path):
   config.model.shape.update(channels=8, strides=(2, 4, 5, 8), dilations=(1, 3, 9), latent_dim=32)
   config.model.quantizer.args.update(num_levels=4, codebook_size=256)
   config.train.update(steps=200, batch_size=8, lr=2e-3, warmup_steps=20)
-  config.loss.update(disc_start=10_000, stft=0.0)  # reconstruction only: the GAN has its test
+  # reconstruction only (the GAN has its test); the quickstart's decoder (iSTFT) and
+  # waveform warm-up, for half the run
+  config.loss.update(disc_start=10_000, stft=0.0, mse_warmup_steps=100)
   config.log.update(every=50, audio_every=1000, checkpoint_every=1000, eval_examples=32)
   config.eval.update(wer_utterances=0, probe_utterances=0)  # checked in runlocal
   summary = codec.train(config, str(tmp_path))

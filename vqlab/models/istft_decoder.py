@@ -25,16 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vqlab.losses.spectral import hann  # periodic: its squares overlap-add to 1.5 at n / 4
 from vqlab.models.seanet import Conv1d, ResidualUnit, SEANetShape, _activation, _Stack
 
 Array = jax.Array
 OVERLAP = 4  # n_fft / hop
 MAX_LOG_MAGNITUDE = np.log(100.0)  # Vocos clips magnitudes at 1e2
-
-
-def hann(n: int) -> np.ndarray:
-  """Periodic Hann window (torch.hann_window's default): constant overlap-add at n / 4."""
-  return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
 def overlap_add(frames: Array, hop: int) -> Array:

@@ -10,7 +10,9 @@ spectrogram PNGs of held-out clips (audio/) -> summary.json with SI-SDR, mel dis
 and the bitrate of every setting.
 
 Generator loss: wave_l1 |x - x^|_1 + mel * DAC's multi-scale log-mel L1 + stft *
-multi-scale STFT loss + quantizer * the quantizer's loss, and from `disc_start` on,
+multi-scale STFT loss + quantizer * the quantizer's loss; for the first
+`mse_warmup_steps` steps mel * the waveform's squared error over its power replaces the
+reconstruction terms (why: `warmup_mse`). From `disc_start` on,
 adversarial * hinge (multi-period + multi-scale STFT discriminators) + feature *
 relative feature matching. Quantizer dropout (in the quantizer's args) trains one model
 for every bitrate. `phoneme_ctc` > 0 distils content into the first level: CTC of a linear
@@ -59,6 +61,11 @@ class LossSpec:
   feature: float
   phoneme_ctc: float = 0.0
   blank_id: int = 0
+
+
+def relative_squared_error(x: jax.Array, recon: jax.Array) -> jax.Array:
+  """sum (x - x^)^2 / sum x^2 over the batch: 1 for a silent output, 0 for a perfect one."""
+  return jnp.sum(jnp.square(recon - x)) / jnp.maximum(jnp.sum(jnp.square(x)), 1e-12)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -129,15 +136,23 @@ def init_state(config: ml_collections.ConfigDict):
 
 def reconstruction_terms(x, recon, loss: LossSpec) -> dict[str, jax.Array]:
   terms = {"wave_l1": jnp.mean(jnp.abs(recon - x)),
+           "wave_mse": relative_squared_error(x, recon),
            "mel_loss": spectral.multiscale_mel_loss(recon, x, loss.sample_rate)}
   if loss.stft:
     terms["stft_loss"] = spectral.multiscale_stft_loss(recon, x)
   return terms
 
 
-def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool):
+def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool, warmup_mse: bool = False):
   """One codec (+ discriminator when `gan`) update on batch["audio"] (B, T) (and its
-  "phonemes" / "phoneme_count" under phoneme_ctc); (state, metrics)."""
+  "phonemes" / "phoneme_count" under phoneme_ctc); (state, metrics).
+
+  `warmup_mse`: the reconstruction loss is mel * the relative squared error of the
+  waveform instead. Why: under the log-mel loss from the start, the codec first learns
+  the average spectrum through its biases and then sits on a plateau where its output
+  barely depends on its input (the latent collapses to one direction or to nothing; the
+  audio issue's flat ladder); a waveform error has no input-independent solution, so a
+  few hundred steps of it start the information flowing (benchmarks/codec_plateau.py)."""
   model, disc, opt_g, opt_d = nnx.merge(graphdef, state["nnx"])
   audio = batch["audio"]
   x = audio[..., None].astype(jnp.float32)
@@ -149,8 +164,11 @@ def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool):
     terms = reconstruction_terms(x, recon, loss)
     # how many directions the latent uses: a collapsing encoder shows here first
     terms["latent_rank"] = jax.lax.stop_gradient(audio_metrics.effective_rank(z))
-    total = (loss.wave_l1 * terms["wave_l1"] + loss.mel * terms["mel_loss"]
-             + loss.stft * terms.get("stft_loss", 0.0) + loss.quantizer * q.loss)
+    if warmup_mse:
+      total = loss.mel * terms["wave_mse"] + loss.quantizer * q.loss
+    else:
+      total = (loss.wave_l1 * terms["wave_l1"] + loss.mel * terms["mel_loss"]
+               + loss.stft * terms.get("stft_loss", 0.0) + loss.quantizer * q.loss)
     terms.update(quantizer_loss=q.loss, **{f"q/{k}": v for k, v in q.metrics.items()})
     if loss.phoneme_ctc:
       terms["phoneme_ctc"] = semantic.phoneme_ctc(model.phoneme_logits(q), batch["phonemes"],
@@ -208,14 +226,16 @@ class CodecJob(evaluators.TokenizerJob):
     loss = LossSpec(self.config.data.sample_rate, c.wave_l1, c.mel, c.stft, c.quantizer,
                     c.adversarial, c.feature, c.get("phoneme_ctc", 0.0), len(speech.PHONEMES))
 
-    def step(gan):
-      return functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan)
+    def step(gan, warmup_mse):
+      return functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
+                               warmup_mse=warmup_mse)
 
-    return {gan: loop.jit_step(step(gan), self.config, shardings, self.mesh)
-            for gan in (False, True)}
+    return {(gan, warmup): loop.jit_step(step(gan, warmup), self.config, shardings, self.mesh)
+            for gan in (False, True) for warmup in (False, True)}
 
   def variant(self, step):
-    return uses_gan(self.config, step)
+    """(discriminators on, waveform warm-up): each pair is one compiled step."""
+    return uses_gan(self.config, step), step < self.config.loss.get("mse_warmup_steps", 0)
 
   def units(self, batch):
     audio = batch["audio"]

@@ -1,0 +1,87 @@
+"""A codec's bitrate ladder from finished runs: quality at every number of residual levels
+(mel distance, STOI, PESQ, SI-SDR, WER where measured), as a markdown table per run and
+one plot of each metric against kbps.
+
+  python benchmarks/codec_ladder.py --out docs/codec_ladder.png \\
+      istft=runs/codec seanet=runs/codec_seanet
+
+Each argument is `label=workdir` of a codec run trained to the end (its summary.json holds
+the last evaluation; `vqlab eval --workdir` writes the same numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+METRICS = (("mel_distance", "mel distance", "{:.3f}"), ("stoi", "STOI", "{:.3f}"),
+           ("pesq", "PESQ (wb)", "{:.2f}"), ("si_sdr", "SI-SDR (dB)", "{:.1f}"),
+           ("wer", "WER", "{:.0%}"))
+
+
+def ladder(summary: dict) -> tuple[list[int], list[float], dict[str, list[float]]]:
+  """(levels, kbps, {metric: value per number of levels}) for the metrics it has."""
+  levels = list(range(1, int(summary["levels"]) + 1))
+  kbps = [summary["bitrate@n"][str(n)] / 1000 for n in levels]
+  values = {key: [summary[f"{key}@{n}"] for n in levels] for key, _, _ in METRICS
+            if all(f"{key}@{n}" in summary for n in levels)}
+  return levels, kbps, values
+
+
+def table(label: str, summary: dict) -> str:
+  levels, kbps, values = ladder(summary)
+  names = [(key, name, fmt) for key, name, fmt in METRICS if key in values]
+  lines = [f"**{label}** (step {summary['step']}; unquantized latent: mel distance "
+           f"{summary['mel_distance@unquantized']:.3f}, effective rank "
+           f"{summary['latent_rank']:.1f} of {summary['latent_width']})", "",
+           "| levels | kbps | " + " | ".join(name for _, name, _ in names) + " |",
+           "|---:|---:|" + "---:|" * len(names)]
+  for i, n in enumerate(levels):
+    cells = [fmt.format(values[key][i]) for key, _, fmt in names]
+    lines.append(f"| {n} | {kbps[i]:.1f} | " + " | ".join(cells) + " |")
+  if "wer_original" in summary:
+    lines.append(f"\nWER of the originals (the recogniser's floor): {summary['wer_original']:.0%}")
+  return "\n".join(lines)
+
+
+def plot(runs: dict[str, dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = [m for m in METRICS if any(m[0] in ladder(s)[2] for s in runs.values())]
+  fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0))
+  for ax, (key, name, _) in zip(axes, keys):
+    for label, summary in runs.items():
+      _, kbps, values = ladder(summary)
+      if key in values:
+        ax.plot(kbps, values[key], marker="o", label=label)
+    ax.set_xlabel("kbps")
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("runs", nargs="+", help="label=workdir")
+  parser.add_argument("--out", help="PNG path of the plot (none: tables only)")
+  args = parser.parse_args()
+  runs = {}
+  for arg in args.runs:
+    label, sep, workdir = arg.partition("=")
+    if not sep:
+      parser.error(f"expected label=workdir, got {arg!r}")
+    with open(os.path.join(workdir, "summary.json")) as f:
+      runs[label] = json.load(f)
+  for label, summary in runs.items():
+    print(table(label, summary) + "\n")
+  if args.out:
+    plot(runs, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
