@@ -58,13 +58,13 @@ def _codec():
 
 def test_istft_codec_frames_gradients_and_no_streaming():
   model = _codec()
-  for length in (1, 5, 6, 7, 20):
+  for length in (5, 13):  # under one frame; two frames and a sample
     x = jax.random.normal(jax.random.key(length), (2, length))
     recon, q = model(x)
     assert recon.shape == (2, length, 1) and q.indices.shape == (2, -(-length // 6), 2)
     assert model.decode(q.indices).shape == (2, -(-length // 6) * 6, 1)
   x = jax.random.normal(jax.random.key(0), (2, 60))
-  grads = nnx.grad(lambda m: jnp.mean(jnp.square(m(x)[0] - x[..., None])))(model)
+  grads = nnx.jit(nnx.grad(lambda m: jnp.mean(jnp.square(m(x)[0] - x[..., None]))))(model)
   assert float(jnp.abs(grads.encoder.layers[0].v[...]).sum()) > 0  # through the quantizer
   assert float(jnp.abs(grads.decoder.head.v[...]).sum()) > 0
   model.eval()
