@@ -65,7 +65,8 @@ def istft(log_magnitude: Array, phase: Array, hop: int) -> Array:
 
 class ISTFTDecoder(_Stack):
   """Latents (B, F, latent_dim) -> waveform (B, F hop, audio_channels); the same width as
-  the SEANet decoder's first layer (channels x 2^len(strides))."""
+  the SEANet decoder's first layer (channels x 2^len(strides)), the same residual units
+  (centred), no LSTM (`lstm_layers` then shapes the encoder only)."""
 
   def __init__(self, shape: SEANetShape, rngs: nnx.Rngs):
     shape.check()
