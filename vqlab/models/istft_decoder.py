@@ -20,6 +20,8 @@ Frame f's window is centred on the start of hop block f + 1, i.e. it spans block
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,7 +74,7 @@ class ISTFTDecoder(_Stack):
     shape.check()
     kw = dict(causal=False, weight_norm=shape.weight_norm, rngs=rngs)
     ch = shape.channels * 2 ** len(shape.strides)
-    frame_shape = SEANetShape(**{**shape.__dict__, "causal": False})
+    frame_shape = dataclasses.replace(shape, causal=False)
     layers = [Conv1d(shape.latent_dim, ch, shape.kernel, **kw)]
     layers += [ResidualUnit(ch, d, frame_shape, rngs) for d in shape.dilations]
     self.layers = nnx.List(layers)
@@ -85,9 +87,10 @@ class ISTFTDecoder(_Stack):
     h = self.head(self.out_activation(super().__call__(x)))
     b, f, _ = h.shape
     c = self.shape.audio_channels
-    h = h.astype(jnp.float32).reshape(b, f, c, 2, self.bins)
-    wav = istft(jnp.moveaxis(h[:, :, :, 0], 2, 1).reshape(b * c, f, self.bins),
-                jnp.moveaxis(h[:, :, :, 1], 2, 1).reshape(b * c, f, self.bins), self.shape.hop)
+    # (B, F, C x 2 x bins) -> one (log-magnitude, phase) spectrogram per channel
+    h = jnp.moveaxis(h.astype(jnp.float32).reshape(b, f, c, 2, self.bins), 2, 1)
+    h = h.reshape(b * c, f, 2, self.bins)
+    wav = istft(h[:, :, 0], h[:, :, 1], self.shape.hop)
     return jnp.moveaxis(wav.reshape(b, c, f * self.shape.hop), 1, 2)
 
   def init_state(self, batch: int):

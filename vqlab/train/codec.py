@@ -165,10 +165,11 @@ def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool, warmup_mse:
     # how many directions the latent uses: a collapsing encoder shows here first
     terms["latent_rank"] = jax.lax.stop_gradient(audio_metrics.effective_rank(z))
     if warmup_mse:
-      total = loss.mel * terms["wave_mse"] + loss.quantizer * q.loss
+      reconstruction = loss.mel * terms["wave_mse"]
     else:
-      total = (loss.wave_l1 * terms["wave_l1"] + loss.mel * terms["mel_loss"]
-               + loss.stft * terms.get("stft_loss", 0.0) + loss.quantizer * q.loss)
+      reconstruction = (loss.wave_l1 * terms["wave_l1"] + loss.mel * terms["mel_loss"]
+                        + loss.stft * terms.get("stft_loss", 0.0))
+    total = reconstruction + loss.quantizer * q.loss
     terms.update(quantizer_loss=q.loss, **{f"q/{k}": v for k, v in q.metrics.items()})
     if loss.phoneme_ctc:
       terms["phoneme_ctc"] = semantic.phoneme_ctc(model.phoneme_logits(q), batch["phonemes"],
