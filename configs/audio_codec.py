@@ -74,7 +74,8 @@ def get_config(arg: str | None = None):
       data=-1, fsdp=1, tensor=1, min_fsdp_size=2**12, rules=parallel.DEFAULT_RULES))
   c.log = ml_collections.ConfigDict(dict(
       every=25, audio_every=500, audio_examples=4, checkpoint_every=500, keep_checkpoints=3,
-      eval_examples=64))
+      eval_examples=64,
+      ladder_every=300))  # quality at every number of levels on the eval clips (0: off)
   if "encodec" in args:
     c.model.shape.update(channels=32, latent_dim=128, lstm_layers=2, residual_kernel=3,
                          dilations=(1,), decoder="seanet")
@@ -85,6 +86,7 @@ def get_config(arg: str | None = None):
     c.loss.update(wave_l1=0.1, mel=1.0, stft=0.0, adversarial=3.0, feature=3.0, disc_start=0,
                   mse_warmup_steps=0)
     c.disc.update(width=32, max_width=1024)
+    c.log.ladder_every = 10_000
   if "dac" in args:
     c.model.shape.update(activation="snake", decoder="seanet")
     c.loss.mse_warmup_steps = 0
@@ -101,6 +103,6 @@ def get_config(arg: str | None = None):
     c.train.update(steps=2, batch_size=8, warmup_steps=1)
     c.loss.update(disc_start=1, stft=1.0, mse_warmup_steps=1)  # step 1 warm-up, step 2 GAN
     c.disc.update(width=4, stft_resolutions=((512, 128),))
-    c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8)
+    c.log.update(every=1, audio_every=2, checkpoint_every=2, eval_examples=8, ladder_every=1)
     c.eval.update(wer_utterances=1, probe_utterances=4, probe_steps=5, probe_held_out=8)
   return c

@@ -25,7 +25,17 @@ def _check_runlocal_run(workdir, summary):
   """A finished 2-step runlocal codec run (`summary` as the trainer returned or saved it)."""
   config = runs.load_config(str(workdir))
   rows = read_jsonl(str(workdir / "metrics.jsonl"))
+  ladder = [r for r in rows if "ladder/mel_distance@1" in r]
+  rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in rows] == [1, 2]
+  # log.ladder_every = 1: quality at every number of levels after step 1; the last step's
+  # is the summary's (not logged twice)
+  levels = config.model.quantizer.args.num_levels
+  assert [r["step"] for r in ladder] == [1]
+  for n in (*range(1, levels + 1), "unquantized"):
+    for metric in ("mel_distance", "si_sdr"):
+      assert np.isfinite(ladder[0][f"ladder/{metric}@{n}"])
+  assert 0 < ladder[0]["ladder/mel_distance@1"] < 30
   assert "disc_loss" not in rows[0] and "disc_loss" in rows[1]  # discriminators from step 2
   c = config.loss  # step 1 is the waveform warm-up, step 2 the configured losses
   ctc = [c.phoneme_ctc * r.get("phoneme_ctc", 0.0) for r in rows]
@@ -44,7 +54,6 @@ def _check_runlocal_run(workdir, summary):
   assert all(("phoneme_ctc" in r) == semantic for r in rows)
   if semantic:  # CTC per phoneme starts near log(classes) and above
     assert rows[0]["phoneme_ctc"] > 1.0
-  levels = config.model.quantizer.args.num_levels
   hop = int(np.prod(config.model.shape.strides))
   bitrates = {int(n): b for n, b in summary["bitrate@n"].items()}  # JSON keys are strings
   for n in range(1, levels + 1):
@@ -87,6 +96,16 @@ def test_the_default_variant_trains_in_runlocal(speech_chain):
   config = runs.load_config(str(workdir))
   assert config.loss.phoneme_ctc > 0 and config.eval.wer_utterances and config.eval.probe_utterances
   _check_runlocal_run(workdir, json.load(open(workdir / "summary.json")))
+
+
+def test_ladder_scalars_name_every_level_and_the_unquantized_latent():
+  r = {"levels": 2, "mel_distance@1": 3.0, "mel_distance@2": 2.5, "mel_distance@unquantized": 2.4,
+       "stoi@1": 0.6, "stoi@2": 0.7, "si_sdr@1": -3.0, "si_sdr@2": -1.0, "wer@1": 0.9,
+       "latent_rank": 3.0}
+  assert codec.ladder_scalars(r) == {
+      "ladder/mel_distance@1": 3.0, "ladder/mel_distance@2": 2.5,
+      "ladder/mel_distance@unquantized": 2.4, "ladder/stoi@1": 0.6, "ladder/stoi@2": 0.7,
+      "ladder/si_sdr@1": -3.0, "ladder/si_sdr@2": -1.0}
 
 
 def test_waveform_warm_up_error_and_schedule():
@@ -211,7 +230,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
     c = codec_config.get_config("runlocal")
     c.data.data_dir = speech_data_dir
     c.train.steps = steps
-    c.log.update(eval_examples=8, audio_every=100)
+    c.log.update(eval_examples=8, audio_every=100, ladder_every=0)
     c.eval.update(wer_utterances=0, probe_utterances=0)
     return c
 

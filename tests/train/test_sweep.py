@@ -113,20 +113,26 @@ def test_every_ablation_config_is_complete(path, monkeypatch):
 
 # The generator ablations train a digits tokenizer chain first (their `prepare`), then
 # the generator trainer under other overrides (paradigms, heads, guidance scales, mask
-# schedules: each tested in test_generator and tests/models), minutes each: their runlocal
-# sweeps are run by hand (-m manual); CI checks their configs above.
+# schedules: each tested in test_generator and tests/models), and the codec ablation trains
+# three runlocal codecs (the codec's runlocal run is tested in test_codec), minutes each:
+# their runlocal sweeps are run by hand (-m manual); CI checks their configs above.
 GENERATOR_ABLATIONS = ("generators", "generator_heads", "guidance", "maskgit_schedules")
-RUN = [pytest.param(p, id=_name(p),
-                    marks=[pytest.mark.manual] if _name(p) in GENERATOR_ABLATIONS else [])
+SPEECH_ABLATIONS = ("codec_dropout",)
+RUN = [pytest.param(p, id=_name(p), marks=[pytest.mark.manual]
+                    if _name(p) in GENERATOR_ABLATIONS + SPEECH_ABLATIONS else [])
        for p in ABLATIONS]
 
 
 @pytest.mark.parametrize("path", RUN)
 def test_each_ablation_runs_its_runlocal_variant_with_a_verdict_per_claim(path, session_dir,
-                                                                         monkeypatch):
+                                                                         monkeypatch, request):
   monkeypatch.chdir(REPO)
   name = _name(path)
   s = sweep.load_config_file(path + ":runlocal")
+  if name in SPEECH_ABLATIONS:  # the built-in speech as the test cache holds it
+    data_dir = request.getfixturevalue("speech_data_dir")
+    s.variants = [{**v, "overrides": {**v["overrides"], "data.data_dir": data_dir}}
+                  for v in s.variants]
   # one session directory for all: sweeps with a shared prepare_dir train its chain once
   tmp_path = session_dir / "ablations" / name
   out = sweep.sweep_main(s, path, str(tmp_path))

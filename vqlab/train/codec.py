@@ -274,7 +274,30 @@ class CodecJob(evaluators.TokenizerJob):
                    [("original", fixed), ("reconstruction", parallel.to_host(recon)[..., 0])],
                    c.data.sample_rate, self.writer, step)
 
-    return [(c.log.audio_every, write_audio)]
+    every = c.log.get("ladder_every", 0)
+    if not every:
+      return [(c.log.audio_every, write_audio)]
+    cheap = c.copy_and_resolve_references()  # the ladder only: no WER, no probes
+    cheap.eval.update(wer_utterances=0, probe_utterances=0)
+
+    def write_ladder(state, step):
+      if step >= c.train.steps:
+        return  # the final evaluation (summary.json) is the curve's last point
+      r = evaluators.evaluate_audio(cheap, graphdef, state, self.mesh,
+                                    split=c.data.eval_split, num_examples=c.log.eval_examples)
+      self.writer.write(step, ladder_scalars(r))
+
+    return [(c.log.audio_every, write_audio), (every, write_ladder)]
+
+
+LADDER_METRICS = ("mel_distance", "stoi", "pesq", "si_sdr")
+
+
+def ladder_scalars(r: dict[str, Any]) -> dict[str, float]:
+  """`ladder/<metric>@<levels>` (and @unquantized) of an `evaluate_audio` result: the
+  quality-against-steps curve of every bitrate, logged during training."""
+  keys = [f"{m}@{n}" for m in LADDER_METRICS for n in (*range(1, r["levels"] + 1), "unquantized")]
+  return {f"ladder/{k}": r[k] for k in keys if k in r}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
