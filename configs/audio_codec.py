@@ -19,6 +19,10 @@ SoundStream's losses from the start). Variants:
 - `:semantic`: the first level distilled to carry what is said (SpeechTokenizer / Mimi):
   CTC of a linear phoneme head on level 1 against espeak-ng's phonemes of each crop,
   weight `loss.phoneme_ctc` (1.0: one choice, not tuned).
+- `:hubert`: the same with SpeechTokenizer's teacher, a HuBERT's features (the mean of
+  its layers) matched by a linear map of level 1 (their D-axis loss, weight 40 = their
+  120 : 45 to the mel loss); give `--config.teacher.weights=hubert_base.npz` (`vqlab
+  convert hubert` of facebook/hubert-base-ls960; nothing is downloaded).
 Add `,runlocal` for a 2-step smoke run with every loss term on.
 """
 
@@ -33,7 +37,7 @@ SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, known=("encodec", "dac", "semantic"))
+  args = parse_arg(arg, known=("encodec", "dac", "semantic", "hubert"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
@@ -59,7 +63,14 @@ def get_config(arg: str | None = None):
       wave_l1=0.1, mel=15.0, stft=0.0, quantizer=1.0, adversarial=1.0, feature=2.0,
       disc_start=1150,  # the discriminators cost ~4x a step on CPU: the last 50 steps
       mse_warmup_steps=200,  # first steps on the waveform's squared error (codec.train_step)
-      phoneme_ctc=0.0))  # > 0: distil espeak-ng's phonemes into level 1 (`:semantic`)
+      phoneme_ctc=0.0,  # > 0: distil espeak-ng's phonemes into level 1 (`:semantic`)
+      feature_distill=0.0))  # > 0: distil a HuBERT teacher's features into level 1 (`:hubert`)
+  # the teacher of feature_distill: a converted HuBERT (`vqlab convert hubert`), its layer
+  # (or "avg" of all, SpeechTokenizer's), SpeechTokenizer's "time" (D-axis) or "frame"
+  # (T-axis) loss, the input normalised per utterance (the large models expect it), and
+  # its feature width (0: read from the weights)
+  c.teacher = ml_collections.ConfigDict(dict(weights="", layer="avg", axis="time",
+                                             normalize=False, dim=0))
   c.disc = ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11), stft_resolutions=((1024, 256), (2048, 512), (512, 128)),
       width=16, max_width=128))  # HiFi-GAN's period discriminators widen to 1024
@@ -95,6 +106,8 @@ def get_config(arg: str | None = None):
                                   quantizer_dropout=0.5)
   if "semantic" in args:
     c.loss.phoneme_ctc = 1.0
+  if "hubert" in args:  # SpeechTokenizer's distillation-to-mel weight ratio, 120 : 45
+    c.loss.feature_distill = c.loss.mel * 120 / 45
   if "runlocal" in args:
     c.model.shape.update(channels=4, latent_dim=16, strides=(2, 4), dilations=(1, 3),
                          lstm_layers=min(c.model.shape.lstm_layers, 1))

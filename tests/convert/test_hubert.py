@@ -151,3 +151,22 @@ def test_converted_hubert_matches_pytorch(layer_mode, tmp_path):
 def test_not_a_hubert_checkpoint_is_refused():
   with pytest.raises(ValueError, match="expected a HuBERT state dict"):
     convert_hubert.convert({"encoder.weight": np.zeros(3)})
+
+
+def test_random_teacher_saves_loads_and_averages_its_layers(tmp_path):
+  """`random_params` has the converted layout (save -> load_npz runs it), and layer="avg"
+  is SpeechTokenizer's teacher: the mean of the input and every layer's output."""
+  config = hubert.HubertConfig(conv_dim=(8, 8), conv_kernel=(2, 4), conv_stride=(2, 4),
+                               hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                               pos_conv_kernel=4, pos_conv_groups=2)
+  path = str(tmp_path / "tiny.npz")
+  convert_hubert.save(path, hubert.random_params(config, seed=3), config)
+  params, loaded = hubert.load_npz(path)
+  assert loaded == config and loaded.hop == 8
+  wave = np.random.default_rng(0).normal(size=(2, 800)).astype(np.float32)
+  states = hubert.hidden_states(params, wave, loaded)
+  assert len(states) == 3 and states[0].shape == (2, 100, 16)  # 800 / 8 frames
+  np.testing.assert_allclose(np.asarray(hubert.features(params, wave, loaded, "avg")),
+                             np.mean([np.asarray(s) for s in states], axis=0), rtol=1e-6)
+  with pytest.raises(ValueError, match="layer"):
+    hubert.features(params, wave, loaded, "last")

@@ -16,7 +16,9 @@ from configs import audio_codec as codec_config
 from vqlab import parallel
 from vqlab.checkpoint import Checkpointer
 from vqlab.data.pipeline import iterate
+from vqlab.convert import hubert as convert_hubert
 from vqlab.eval import audio_metrics, speech_recognition
+from vqlab.models import hubert
 from vqlab.train import codec, evaluators, runs, utilisation
 from vqlab.train.common import read_jsonl
 
@@ -179,6 +181,66 @@ def test_bad_configs_fail_before_the_workdir(speech_data_dir, tmp_path):
     with pytest.raises(ValueError, match=match):
       codec.train(config, str(workdir))
     assert not workdir.exists()
+
+
+def _tiny_teacher(path, **changes) -> str:
+  """A random HuBERT-shaped teacher whose frame is the runlocal codec's (8 samples)."""
+  config = hubert.HubertConfig(**{
+      **dict(conv_dim=(8, 8), conv_kernel=(2, 4), conv_stride=(2, 4), hidden_size=16,
+             num_layers=2, num_heads=2, intermediate_size=32, pos_conv_kernel=4,
+             pos_conv_groups=2), **changes})
+  convert_hubert.save(str(path), hubert.random_params(config), config)
+  return str(path)
+
+
+def _hubert_config(speech_data_dir, teacher):
+  config = codec_config.get_config("hubert,runlocal")
+  config.data.data_dir = speech_data_dir
+  config.teacher.weights = teacher
+  config.loss.update(disc_start=100, mse_warmup_steps=0)  # one compiled step variant
+  config.eval.update(wer_utterances=0, probe_utterances=0)
+  config.log.update(ladder_every=0, audio_every=100)
+  return config
+
+
+def test_hubert_feature_distillation_trains_and_its_codec_loads(speech_data_dir, tmp_path):
+  """`:hubert` with a (random) converted teacher: each step's loss is its logged terms with
+  the distillation weighted in, SpeechTokenizer's D-axis loss lies in its range, the
+  teacher head is as wide as the teacher's features (teacher.dim read from the weights
+  into config.json) and the trained codec loads from its workdir."""
+  config = _hubert_config(speech_data_dir, _tiny_teacher(tmp_path / "teacher.npz"))
+  workdir = tmp_path / "run"
+  codec.train(config, str(workdir))
+  c = config.loss
+  rows = [r for r in read_jsonl(str(workdir / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert r["loss"] == pytest.approx(
+        c.wave_l1 * r["wave_l1"] + c.mel * r["mel_loss"] + c.stft * r["stft_loss"]
+        + c.quantizer * r["quantizer_loss"] + c.feature_distill * r["feature_distill"],
+        rel=1e-5)
+    # -log sigmoid(cos) for cos in [-1, 1]: log(1 + e^-1) .. log(1 + e)
+    assert np.log1p(np.exp(-1)) <= r["feature_distill"] <= np.log1p(np.e)
+  assert c.feature_distill == pytest.approx(c.mel * 120 / 45)
+  saved = runs.load_config(str(workdir))
+  assert saved.teacher.dim == 16
+  model = runs.load_codec(str(workdir))
+  assert model.teacher_head.out_features == 16 and model.phoneme_head is None
+
+
+def test_a_teacher_that_does_not_fit_the_codec_fails_before_the_workdir(speech_data_dir,
+                                                                       tmp_path):
+  workdir = tmp_path / "run"
+  for weights, match in (("", "teacher.weights"),
+                         (_tiny_teacher(tmp_path / "hop4.npz", conv_stride=(2, 2)),
+                          "the teacher's frames are 4 samples, the codec's 8")):
+    with pytest.raises(ValueError, match=match):
+      codec.train(_hubert_config(speech_data_dir, weights), str(workdir))
+    assert not workdir.exists()
+  config = _hubert_config(speech_data_dir, _tiny_teacher(tmp_path / "t.npz"))
+  config.teacher.layer = "3"  # the teacher has 2 layers
+  with pytest.raises(ValueError, match="teacher.layer: expected <= 2"):
+    codec.train(config, str(workdir))
 
 
 @pytest.mark.slow  # two GAN steps with the LSTM compiled twice: minutes (the default budget)

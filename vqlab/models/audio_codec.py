@@ -37,11 +37,12 @@ def num_frames(length: int, hop: int) -> int:
 class AudioCodec(nnx.Module):
 
   """`phoneme_classes` > 0 adds `phoneme_head`, a linear map from the first level's
-  quantized vectors to per-frame phoneme logits (semantic distillation,
-  vqlab.losses.semantic); it is a training aid and plays no part in coding."""
+  quantized vectors to per-frame phoneme logits; `teacher_dim` > 0 adds `teacher_head`,
+  SpeechTokenizer's linear map from them to a teacher's feature width (semantic
+  distillation, vqlab.losses.semantic). Both are training aids and play no part in coding."""
 
   def __init__(self, shape: SEANetShape, quantizer: nnx.Module, sample_rate: int,
-               rngs: nnx.Rngs, phoneme_classes: int = 0):
+               rngs: nnx.Rngs, phoneme_classes: int = 0, teacher_dim: int = 0):
     shape.check()
     if quantizer.dim != shape.latent_dim:
       raise ValueError(f"quantizer: expected input dim {shape.latent_dim}, got {quantizer.dim}")
@@ -52,12 +53,24 @@ class AudioCodec(nnx.Module):
     self.decoder = decoder(shape, rngs)
     self.phoneme_head = (nnx.Linear(shape.latent_dim, phoneme_classes, rngs=rngs)
                          if phoneme_classes else None)
+    self.teacher_head = (nnx.Linear(shape.latent_dim, teacher_dim, rngs=rngs)
+                         if teacher_dim else None)
+
+  def first_level(self, q: QuantizerOutput) -> Array:
+    """(B, F, latent_dim) float32: the first residual level's quantized vectors."""
+    return q.aux.get("first_level", q.quantized).astype(jnp.float32)
+
+  def teacher_features(self, q: QuantizerOutput) -> Array:
+    """(B, F, teacher_dim): the first level mapped to the teacher's feature space."""
+    if self.teacher_head is None:
+      raise ValueError("teacher_features: this codec has no teacher head (teacher_dim=0)")
+    return self.teacher_head(self.first_level(q))
 
   def phoneme_logits(self, q: QuantizerOutput) -> Array:
     """(B, F, phoneme_classes) logits read from the first level of a quantizer output."""
     if self.phoneme_head is None:
       raise ValueError("phoneme_logits: this codec has no phoneme head (phoneme_classes=0)")
-    return self.phoneme_head(q.aux.get("first_level", q.quantized).astype(jnp.float32))
+    return self.phoneme_head(self.first_level(q))
 
   # ------------------------------------------------------------------ arithmetic
   @property
@@ -186,11 +199,12 @@ def make_shape(shape: Mapping[str, Any]) -> SEANetShape:
 
 
 def build(shape: Mapping[str, Any], quantizer_kind: str, quantizer_args: Mapping[str, Any],
-          sample_rate: int, *, rngs: nnx.Rngs, phoneme_classes: int = 0) -> AudioCodec:
+          sample_rate: int, *, rngs: nnx.Rngs, phoneme_classes: int = 0,
+          teacher_dim: int = 0) -> AudioCodec:
   shape = make_shape(shape)
   shape.check()
   quantizer = factory.build(quantizer_kind, shape.latent_dim, rngs=rngs, **dict(quantizer_args))
-  return AudioCodec(shape, quantizer, sample_rate, rngs, phoneme_classes)
+  return AudioCodec(shape, quantizer, sample_rate, rngs, phoneme_classes, teacher_dim)
 
 
 def bitrate_table(model: AudioCodec) -> list[tuple[int, float]]:

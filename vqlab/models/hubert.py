@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -132,11 +133,17 @@ def hidden_states(params, wave: Array, config: HubertConfig) -> list[Array]:
   return states
 
 
-def features(params, wave: Array, config: HubertConfig, layer: int | None = None) -> Array:
-  """The teacher's frame features: layer `layer`'s output (1-based; default the last), or
-  with layer=0 the transformer's input. (B, frames, hidden)."""
+def features(params, wave: Array, config: HubertConfig, layer: int | str | None = None
+             ) -> Array:
+  """The teacher's frame features: layer `layer`'s output (1-based; default the last),
+  with layer=0 the transformer's input, or with layer="avg" the mean of the input and
+  every layer's output (SpeechTokenizer's teacher). (B, frames, hidden)."""
   states = hidden_states(params, wave, config)
+  if layer == "avg":
+    return jnp.mean(jnp.stack(states), axis=0)
   layer = len(states) - 1 if layer is None else layer
+  if not isinstance(layer, int):
+    raise ValueError(f"layer: expected an int or 'avg', got {layer!r}")
   if not 0 <= layer < len(states):
     raise ValueError(f"layer: expected in [0, {len(states) - 1}], got {layer}")
   return states[layer]
@@ -147,6 +154,41 @@ def normalize_wave(wave: Array) -> Array:
   input (the published large models expect it; base was trained on raw waveforms)."""
   mean = jnp.mean(wave, axis=-1, keepdims=True)
   return (wave - mean) / jnp.sqrt(jnp.var(wave, axis=-1, keepdims=True) + 1e-7)
+
+
+def random_params(config: HubertConfig, seed: int = 0) -> dict[str, np.ndarray]:
+  """A randomly initialised network of `config`'s shape (tests, smoke runs) as the flat
+  {name: array} that `vqlab convert hubert` saves (`unflatten` gives the tree):
+  fan-in-scaled normal weights, unit norms."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: (rng.normal(size=shape) / math.sqrt(math.prod(shape[1:]))).astype(
+      np.float32)
+  ones, zeros = (lambda n: np.ones(n, np.float32)), (lambda n: np.zeros(n, np.float32))
+  flat, hidden, ff = {}, config.hidden_size, config.intermediate_size
+  channels = (1, *config.conv_dim)
+  for i, k in enumerate(config.conv_kernel):
+    flat[f"conv.{i}.weight"] = normal(channels[i + 1], channels[i], k)
+    if config.conv_bias:
+      flat[f"conv.{i}.bias"] = zeros(channels[i + 1])
+    if config.feat_extract_norm == "layer" or i == 0:
+      flat[f"conv.{i}.norm.weight"] = ones(channels[i + 1])
+      flat[f"conv.{i}.norm.bias"] = zeros(channels[i + 1])
+  linear = {"projection": (hidden, channels[-1])}
+  for i in range(config.num_layers):
+    linear.update({f"layers.{i}.attention.{n}": (hidden, hidden) for n in ("q", "k", "v", "out")})
+    linear[f"layers.{i}.feed_forward.intermediate"] = (ff, hidden)
+    linear[f"layers.{i}.feed_forward.output"] = (hidden, ff)
+    for n in ("attention_norm", "final_norm"):
+      flat[f"layers.{i}.{n}.weight"], flat[f"layers.{i}.{n}.bias"] = ones(hidden), zeros(hidden)
+  for name, (out, inp) in linear.items():
+    flat[f"{name}.weight"], flat[f"{name}.bias"] = normal(out, inp), zeros(out)
+  flat["projection.norm.weight"], flat["projection.norm.bias"] = (ones(channels[-1]),
+                                                                  zeros(channels[-1]))
+  flat["encoder_norm.weight"], flat["encoder_norm.bias"] = ones(hidden), zeros(hidden)
+  flat["pos_conv.weight"] = normal(hidden, hidden // config.pos_conv_groups,
+                                   config.pos_conv_kernel)
+  flat["pos_conv.bias"] = zeros(hidden)
+  return flat
 
 
 def unflatten(flat: dict) -> dict:

@@ -40,7 +40,7 @@ from vqlab.data import speech, splits
 from vqlab.data.pipeline import iterate
 from vqlab.eval import audio_metrics
 from vqlab.losses import semantic, spectral
-from vqlab.models import audio_codec
+from vqlab.models import audio_codec, hubert
 from vqlab.models import audio_discriminators as discs
 from vqlab.nn import precision
 from vqlab.quantizers import factory
@@ -61,6 +61,11 @@ class LossSpec:
   feature: float
   phoneme_ctc: float = 0.0
   blank_id: int = 0
+  feature_distill: float = 0.0
+  teacher: hubert.HubertConfig | None = None  # the frozen teacher of feature_distill
+  teacher_layer: int | str = "avg"
+  teacher_axis: str = "time"
+  teacher_normalize: bool = False
 
 
 def relative_squared_error(x: jax.Array, recon: jax.Array) -> jax.Array:
@@ -83,6 +88,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name, value in config.loss.items():
     if value < 0:
       raise ValueError(f"loss.{name}: expected >= 0, got {value}")
+  if config.loss.get("feature_distill", 0.0) > 0:
+    t = config.teacher
+    if not t.weights:
+      raise ValueError("loss.feature_distill: needs teacher.weights, a HuBERT .npz from "
+                       "`vqlab convert hubert`")
+    if t.axis not in semantic.DISTILL_AXES:
+      raise ValueError(f"teacher.axis: expected one of {semantic.DISTILL_AXES}, got {t.axis!r}")
+    teacher_layer(config)
   if phoneme_classes(config) and (d.name != "vqlab_speech"
                                   or d.train_split not in ("train", "synth_test")):
     raise ValueError(f"loss.phoneme_ctc: needs espeak-ng's phonemes, i.e. data.name "
@@ -110,7 +123,50 @@ def build_model(config: ml_collections.ConfigDict, seed: int) -> audio_codec.Aud
   m = config.model
   return audio_codec.build(m.shape.to_dict(), m.quantizer.kind, factory.spec_args(m.quantizer),
                            config.data.sample_rate, rngs=nnx.Rngs(seed),
-                           phoneme_classes=phoneme_classes(config))
+                           phoneme_classes=phoneme_classes(config),
+                           teacher_dim=teacher_dim(config))
+
+
+def teacher_dim(config: ml_collections.ConfigDict) -> int:
+  """Width of the teacher head (0: no feature distillation); `CodecJob.load` sets
+  teacher.dim from the teacher's weights before the model is built."""
+  if config.loss.get("feature_distill", 0.0) <= 0:
+    return 0
+  if not config.teacher.get("dim", 0):
+    raise ValueError("teacher.dim: unknown before the teacher's weights are read "
+                     "(CodecJob.load sets it)")
+  return int(config.teacher.dim)
+
+
+def teacher_layer(config: ml_collections.ConfigDict) -> int | str:
+  """teacher.layer as `hubert.features` takes it: a layer number or "avg" (the command
+  line gives a number as a string: the field's default is "avg")."""
+  layer = config.teacher.get("layer", "avg")
+  if isinstance(layer, str) and layer.isdigit():
+    layer = int(layer)
+  if layer != "avg" and not (isinstance(layer, int) and layer >= 0):
+    raise ValueError(f"teacher.layer: expected a layer number >= 0 or 'avg', got {layer!r}")
+  return layer
+
+
+def load_teacher(config: ml_collections.ConfigDict) -> tuple[dict, hubert.HubertConfig]:
+  """The frozen teacher of `loss.feature_distill` (a converted HuBERT), checked against
+  the codec: its input rate is the data's and one teacher frame is one codec frame."""
+  params, teacher = hubert.load_npz(config.teacher.weights)
+  hop = audio_codec.make_shape(config.model.shape.to_dict()).hop
+  if teacher.hop != hop:
+    raise ValueError(f"teacher.weights: the teacher's frames are {teacher.hop} samples, the "
+                     f"codec's {hop} (model.shape.strides); distillation pairs them one to "
+                     "one (HuBERT: 320 samples at 16 kHz, the quickstart's strides 2 4 5 8)")
+  if config.teacher.get("dim", 0) not in (0, teacher.hidden_size):
+    raise ValueError(f"teacher.dim: {config.teacher.dim}, but the teacher's features are "
+                     f"{teacher.hidden_size} wide")
+  layer = teacher_layer(config)
+  if layer != "avg" and layer > teacher.num_layers:
+    raise ValueError(f"teacher.layer: expected <= {teacher.num_layers} (the teacher's "
+                     f"layers), got {layer}")
+  config.teacher.dim = teacher.hidden_size
+  return params, teacher
 
 
 def build_discriminator(config: ml_collections.ConfigDict) -> discs.AudioDiscriminator:
@@ -143,9 +199,11 @@ def reconstruction_terms(x, recon, loss: LossSpec) -> dict[str, jax.Array]:
   return terms
 
 
-def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool, warmup_mse: bool = False):
+def train_step(state, batch, teacher_params=None, *, graphdef, loss: LossSpec, gan: bool,
+               warmup_mse: bool = False):
   """One codec (+ discriminator when `gan`) update on batch["audio"] (B, T) (and its
-  "phonemes" / "phoneme_count" under phoneme_ctc); (state, metrics).
+  "phonemes" / "phoneme_count" under phoneme_ctc; the frozen teacher's `teacher_params`
+  under feature_distill); (state, metrics).
 
   `warmup_mse`: the reconstruction loss is mel * the relative squared error of the
   waveform instead. Why: under the log-mel loss from the start, the codec first learns
@@ -175,6 +233,13 @@ def train_step(state, batch, *, graphdef, loss: LossSpec, gan: bool, warmup_mse:
       terms["phoneme_ctc"] = semantic.phoneme_ctc(model.phoneme_logits(q), batch["phonemes"],
                                                   batch["phoneme_count"], loss.blank_id)
       total = total + loss.phoneme_ctc * terms["phoneme_ctc"]
+    if loss.feature_distill:
+      wave = hubert.normalize_wave(audio) if loss.teacher_normalize else audio
+      target = hubert.features(teacher_params, wave.astype(jnp.float32), loss.teacher,
+                               loss.teacher_layer)
+      terms["feature_distill"] = semantic.feature_distillation(
+          model.teacher_features(q), target, loss.teacher_axis)
+      total = total + loss.feature_distill * terms["feature_distill"]
     if gan:
       fake_out, real_out = frozen_disc(recon), frozen_disc(x)
       terms["adversarial_loss"] = discs.generator_hinge(fake_out)
@@ -210,9 +275,14 @@ def uses_gan(config: ml_collections.ConfigDict, step: int) -> bool:
 class CodecJob(evaluators.TokenizerJob):
   postfix = ("loss", "mel_loss", "si_sdr")
   outputs = "audio/"
+  teacher = None  # (params, HubertConfig) of loss.feature_distill's teacher, from `load`
 
   def check(self):
     check_config(self.config)
+
+  def load(self):
+    self.teacher = (load_teacher(self.config)
+                    if self.config.loss.get("feature_distill", 0.0) > 0 else None)
 
   def init_state(self):
     return init_state(self.config)
@@ -224,15 +294,26 @@ class CodecJob(evaluators.TokenizerJob):
 
   def compile(self, graphdef, shardings):
     c = self.config.loss
+    t = self.config.get("teacher", {})
     loss = LossSpec(self.config.data.sample_rate, c.wave_l1, c.mel, c.stft, c.quantizer,
-                    c.adversarial, c.feature, c.get("phoneme_ctc", 0.0), len(speech.PHONEMES))
+                    c.adversarial, c.feature, c.get("phoneme_ctc", 0.0), len(speech.PHONEMES),
+                    c.get("feature_distill", 0.0),
+                    self.teacher[1] if self.teacher else None,
+                    teacher_layer(self.config) if self.teacher else "avg",
+                    t.get("axis", "time"), bool(t.get("normalize", False)))
 
     def step(gan, warmup_mse):
       return functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
                                warmup_mse=warmup_mse)
 
-    return {(gan, warmup): loop.jit_step(step(gan, warmup), self.config, shardings, self.mesh)
+    args = len(self.step_args())
+    return {(gan, warmup): loop.jit_step(step(gan, warmup), self.config, shardings, self.mesh,
+                                         num_args=args)
             for gan in (False, True) for warmup in (False, True)}
+
+  def step_args(self):
+    """The teacher's parameters (frozen: an argument of the step, not a constant in it)."""
+    return (self.teacher[0],) if self.teacher else ()
 
   def variant(self, step):
     """(discriminators on, waveform warm-up): each pair is one compiled step."""
