@@ -170,3 +170,32 @@ def test_random_teacher_saves_loads_and_averages_its_layers(tmp_path):
                              np.mean([np.asarray(s) for s in states], axis=0), rtol=1e-6)
   with pytest.raises(ValueError, match="layer"):
     hubert.features(params, wave, loaded, "last")
+
+
+@pytest.mark.parametrize("layer_mode", [False, True], ids=["base-like", "large-like"])
+def test_padded_rows_with_lengths_equal_each_row_alone(layer_mode):
+  """A batch of utterances padded to one length: with `lengths` (the attention mask of
+  transformers' HuBERT) each row's valid frames are the row's own, group norm included."""
+  config = hubert.HubertConfig(
+      conv_dim=(8, 8), conv_kernel=(4, 4), conv_stride=(2, 4), hidden_size=16, num_layers=2,
+      num_heads=2, intermediate_size=32, pos_conv_kernel=4, pos_conv_groups=2,
+      feat_extract_norm="layer" if layer_mode else "group", conv_bias=layer_mode,
+      stable_layer_norm=layer_mode)
+  params = hubert.unflatten(hubert.random_params(config, seed=1))
+  rng = np.random.default_rng(0)
+  lengths = [800, 523]
+  batch = np.zeros((2, 800), np.float32)
+  rows = [rng.normal(size=n).astype(np.float32) for n in lengths]
+  for i, r in enumerate(rows):
+    batch[i, :len(r)] = r
+  padded = hubert.hidden_states(params, batch, config, np.asarray(lengths))
+  for i, r in enumerate(rows):
+    alone = hubert.hidden_states(params, r[None], config)
+    n = hubert.num_frames(lengths[i], config)
+    assert alone[0].shape[1] == n == [99, 65][i]  # 800: (800 - 4) // 2 + 1 = 399, then 99
+    for a, p in zip(alone, padded):
+      np.testing.assert_allclose(np.asarray(p[i, :n]), np.asarray(a[0]), rtol=2e-5, atol=2e-5)
+  # unpadded rows: lengths change nothing
+  full = hubert.hidden_states(params, batch[:1], config, np.asarray([800]))
+  np.testing.assert_allclose(np.asarray(full[-1]), np.asarray(padded[-1][:1]), atol=2e-5)
+  assert hubert.frame_centre(hubert.BASE) == pytest.approx(0.625)  # 400 samples, hop 320

@@ -64,6 +64,32 @@ def test_unlabelled_split_and_unknown_features_are_refused(speech_data_dir):
   config.data.data_dir = speech_data_dir
   with pytest.raises(ValueError, match="has no phonemes"):
     splits.aligned_speech(config, "test", 2)
-  config.units.features = "hubert"
+  config.units.features = "wav2vec"
   with pytest.raises(ValueError, match="units.features: expected one of"):
     speech_units.features(np.zeros(1600, np.float32), config)
+
+
+def test_hubert_units_run_at_the_teachers_frames(speech_data_dir, tmp_path):
+  """`:hubert` on a random teacher of the published models' conv arithmetic (tiny widths):
+  50 frames/s, frames labelled at the teacher's receptive-field centres, and units of even
+  random features carry more phoneme information than random units. A missing teacher is
+  refused before the workdir."""
+  from vqlab.convert import hubert as convert_hubert
+  from vqlab.models import hubert
+  config = importlib.import_module("configs.speech_units").get_config("hubert,runlocal")
+  config.data.data_dir = speech_data_dir
+  workdir = tmp_path / "units"
+  with pytest.raises(ValueError, match="needs units.teacher"):
+    runs.train(config, str(workdir))
+  assert not workdir.exists()
+  teacher = hubert.HubertConfig(conv_dim=(8,) * 7, hidden_size=16, num_layers=2, num_heads=2,
+                                intermediate_size=32, pos_conv_kernel=8, pos_conv_groups=2)
+  config.units.teacher = str(tmp_path / "teacher.npz")
+  convert_hubert.save(config.units.teacher, hubert.random_params(teacher), teacher)
+  config.units.teacher_layer = 1
+  s = runs.train(config, str(workdir))
+  assert s["frame_rate"] == 50.0 and s["features"] == "hubert"
+  assert speech_units.frame_grid(config) == (320, pytest.approx(0.625))
+  wave = np.random.default_rng(0).normal(size=16000).astype(np.float32)
+  assert speech_units.features(wave, config).shape == (49, 16)  # (16000 - 400) // 320 + 1
+  assert s["eval/pnmi"] > s["random/pnmi"] and 0 < s["eval/pnmi"] < 1

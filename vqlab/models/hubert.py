@@ -70,8 +70,29 @@ def _gelu(x):
   return jax.nn.gelu(x, approximate=False)  # PyTorch's default GELU: the exact erf form
 
 
-def conv_features(params, wave: Array, config: HubertConfig) -> Array:
-  """(B, T) waveform -> (B, frames, conv_dim[-1]) conv features."""
+def num_frames(samples, config: HubertConfig):
+  """Frames of the conv encoder over `samples` (an int or an int array): each layer's
+  valid-convolution arithmetic."""
+  n = samples
+  for k, stride in zip(config.conv_kernel, config.conv_stride):
+    n = (n - k) // stride + 1
+  return n
+
+
+def frame_centre(config: HubertConfig) -> float:
+  """Where frame t's receptive field is centred, in hops after t * hop (0.625 for the
+  published models: 400 samples from t * 320)."""
+  field, step = config.conv_kernel[0], config.conv_stride[0]
+  for k, stride in zip(config.conv_kernel[1:], config.conv_stride[1:]):
+    field, step = field + (k - 1) * step, step * stride
+  return field / 2 / config.hop
+
+
+def conv_features(params, wave: Array, config: HubertConfig, lengths: Array | None = None
+                  ) -> Array:
+  """(B, T) waveform -> (B, frames, conv_dim[-1]) conv features. `lengths` (B,): the
+  valid samples of each row (the rest padding): the first layer's group norm takes its
+  statistics over the valid frames only, so those frames equal the unpadded row's."""
   x = wave[..., None].astype(jnp.float32)
   for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)):
     p = params["conv"][i]
@@ -79,21 +100,29 @@ def conv_features(params, wave: Array, config: HubertConfig) -> Array:
     if config.feat_extract_norm == "layer":
       x = _layer_norm(x, p["norm"], config.layer_norm_eps)
     elif i == 0:  # group norm with one group per channel: normalise each over time
-      mean = jnp.mean(x, axis=1, keepdims=True)
-      var = jnp.mean(jnp.square(x - mean), axis=1, keepdims=True)
+      if lengths is None:
+        w = jnp.full(x.shape[:2] + (1,), 1.0 / x.shape[1])
+      else:
+        valid = jnp.arange(x.shape[1])[None] < ((lengths - k) // s + 1)[:, None]
+        w = (valid / jnp.sum(valid, axis=1, keepdims=True))[..., None]
+      mean = jnp.sum(x * w, axis=1, keepdims=True)
+      var = jnp.sum(jnp.square(x - mean) * w, axis=1, keepdims=True)
       x = (x - mean) * jax.lax.rsqrt(var + config.layer_norm_eps) * p["norm"]["weight"] \
           + p["norm"]["bias"]
     x = _gelu(x)
   return x
 
 
-def _attention(x, p, heads: int):
+def _attention(x, p, heads: int, valid: Array | None = None):
   b, t, d = x.shape
   split = lambda y: y.reshape(b, t, heads, d // heads)
   q = split(x @ p["q"]["weight"].T + p["q"]["bias"]) * (d // heads) ** -0.5
   k = split(x @ p["k"]["weight"].T + p["k"]["bias"])
   v = split(x @ p["v"]["weight"].T + p["v"]["bias"])
-  w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  if valid is not None:  # padding frames are no keys
+    logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+  w = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, d)
   return out @ p["out"]["weight"].T + p["out"]["bias"]
 
@@ -103,12 +132,19 @@ def _feed_forward(x, p):
   return h @ p["output"]["weight"].T + p["output"]["bias"]
 
 
-def hidden_states(params, wave: Array, config: HubertConfig) -> list[Array]:
-  """[the transformer's input, the output of each layer], each (B, frames, hidden)."""
+def hidden_states(params, wave: Array, config: HubertConfig, lengths: Array | None = None
+                  ) -> list[Array]:
+  """[the transformer's input, the output of each layer], each (B, frames, hidden).
+  `lengths` (B,): valid samples per row, the rest padding (as transformers' attention
+  mask): the first `num_frames(lengths)` frames of a row equal those of the row alone."""
   eps = config.layer_norm_eps
-  x = conv_features(params, wave, config)
+  x = conv_features(params, wave, config, lengths)
   x = _layer_norm(x, params["projection"]["norm"], eps)
   x = x @ params["projection"]["weight"].T + params["projection"]["bias"]
+  valid = None
+  if lengths is not None:  # padding frames: zero into the positional conv, no keys
+    valid = jnp.arange(x.shape[1])[None] < num_frames(lengths, config)[:, None]
+    x = jnp.where(valid[..., None], x, 0.0)
   pos = params["pos_conv"]
   y = _conv1d(x, pos["weight"], pos["bias"], 1, config.pos_conv_groups,
               config.pos_conv_kernel // 2)
@@ -121,10 +157,10 @@ def hidden_states(params, wave: Array, config: HubertConfig) -> list[Array]:
   for p in params["layers"]:
     if config.stable_layer_norm:
       x = x + _attention(_layer_norm(x, p["attention_norm"], eps), p["attention"],
-                         config.num_heads)
+                         config.num_heads, valid)
       x = x + _feed_forward(_layer_norm(x, p["final_norm"], eps), p["feed_forward"])
     else:
-      x = _layer_norm(x + _attention(x, p["attention"], config.num_heads),
+      x = _layer_norm(x + _attention(x, p["attention"], config.num_heads, valid),
                       p["attention_norm"], eps)
       x = _layer_norm(x + _feed_forward(x, p["feed_forward"]), p["final_norm"], eps)
     states.append(x)
@@ -133,12 +169,12 @@ def hidden_states(params, wave: Array, config: HubertConfig) -> list[Array]:
   return states
 
 
-def features(params, wave: Array, config: HubertConfig, layer: int | str | None = None
-             ) -> Array:
+def features(params, wave: Array, config: HubertConfig, layer: int | str | None = None,
+             lengths: Array | None = None) -> Array:
   """The teacher's frame features: layer `layer`'s output (1-based; default the last),
   with layer=0 the transformer's input, or with layer="avg" the mean of the input and
   every layer's output (SpeechTokenizer's teacher). (B, frames, hidden)."""
-  states = hidden_states(params, wave, config)
+  states = hidden_states(params, wave, config, lengths)
   if layer == "avg":
     return jnp.mean(jnp.stack(states), axis=0)
   layer = len(states) - 1 if layer is None else layer

@@ -23,10 +23,11 @@ import numpy as np
 from vqlab.data import speech, splits, tokens
 from vqlab.eval import units as unit_metrics
 from vqlab.losses.spectral import mel_spectrogram
+from vqlab.models import hubert
 from vqlab.quantizers.search import nearest_code
 from vqlab.quantizers.vq import kmeans
 
-FEATURES = ("mfcc", "logmel")
+FEATURES = ("mfcc", "logmel", "hubert")
 MFCC_COEFFICIENTS = 13
 
 
@@ -55,13 +56,40 @@ def _log_mel(wave, rate: int, n_fft: int, hop: int, n_mels: int):
   return jnp.log(mel_spectrogram(wave[None], rate, n_fft, hop, n_mels)[0] + 1e-5)
 
 
+@functools.lru_cache(maxsize=2)
+def _teacher(path: str) -> tuple[dict, hubert.HubertConfig]:
+  return hubert.load_npz(path)
+
+
+_hubert_features = jax.jit(hubert.features, static_argnames=("config", "layer"))
+
+
+def frame_grid(config: ml_collections.ConfigDict) -> tuple[int, float]:
+  """(hop in samples, where frame t is centred in hops after t * hop) of the features:
+  the STFT's centred frames, or the teacher's conv frames."""
+  u = config.units
+  if u.features == "hubert":
+    teacher = _teacher(u.teacher)[1]
+    return teacher.hop, hubert.frame_centre(teacher)
+  return u.hop, 0.0
+
+
 def features(wave: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """(frames, dim) features of a waveform: frame t is centred on sample t * hop."""
+  """(frames, dim) features of a waveform, frame t centred at (t + `frame_grid(config)[1]`)
+  hops: MFCC / log-mel (centred STFT frames) or a converted HuBERT's layer
+  `units.teacher_layer` (its hop; GSLM's units are HuBERT base's layer 6)."""
   u = config.units
   if u.features not in FEATURES:
     raise ValueError(f"units.features: expected one of {FEATURES}, got {u.features!r}")
   bucket = int(BUCKET_SECONDS * config.data.sample_rate)
   padded = np.pad(wave, (0, -len(wave) % bucket))
+  if u.features == "hubert":  # padded to few shapes; `lengths` keeps the frames exact
+    params, teacher = _teacher(u.teacher)
+    x = hubert.normalize_wave(jnp.asarray(wave))[None] if u.teacher_normalize else wave[None]
+    x = jnp.pad(jnp.asarray(x, jnp.float32), ((0, 0), (0, len(padded) - len(wave))))
+    f = _hubert_features(params, x, teacher, int(u.teacher_layer),
+                         jnp.asarray([len(wave)]))
+    return np.asarray(f[0, :max(hubert.num_frames(len(wave), teacher), 0)])
   frames = 1 + len(wave) // u.hop  # the centred STFT's frames of the unpadded wave
   logmel = np.asarray(_log_mel(jnp.asarray(padded), config.data.sample_rate, u.n_fft, u.hop,
                                u.n_mels))[:frames]
@@ -76,11 +104,12 @@ def _split_frames(config, split: str):
   """Per utterance: (features, frame labels) of the split."""
   u = config.units
   out = []
+  hop, centre = frame_grid(config)
   for utt in splits.aligned_speech(config, split, u.examples or None):
     f = features(utt["audio"], config)
     labels = speech.frame_labels(utt["phoneme_starts"], utt["phoneme_ids"], len(f),
-                                 u.hop / config.data.sample_rate, config.data.sample_rate,
-                                 centre=0.0)
+                                 hop / config.data.sample_rate, config.data.sample_rate,
+                                 centre=centre)
     out.append((f, labels))
   return out
 
@@ -111,6 +140,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       summary = json.load(f)
     print(f"units: {workdir} is finished (summary.json); delete it to recompute")
     return summary
+  if u.features not in FEATURES:
+    raise ValueError(f"units.features: expected one of {FEATURES}, got {u.features!r}")
+  if u.features == "hubert":  # read (and checked) before the workdir is made
+    if not u.get("teacher"):
+      raise ValueError("units.features='hubert': needs units.teacher, a HuBERT .npz from "
+                       "`vqlab convert hubert`")
+    layers = _teacher(u.teacher)[1].num_layers
+    if not 0 <= int(u.teacher_layer) <= layers:
+      raise ValueError(f"units.teacher_layer: expected 0 .. {layers}, got {u.teacher_layer}")
   os.makedirs(workdir, exist_ok=True)
   shutil.rmtree(os.path.join(workdir, "tokens"), ignore_errors=True)  # an unfinished try's
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -125,8 +163,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   centres = np.asarray(centres)
   np.savez(os.path.join(workdir, "units.npz"), mean=mean, std=std, centres=centres,
            features=u.features)
+  hop = frame_grid(config)[0]
   summary: dict[str, Any] = {"features": u.features, "num_units": u.num_units,
-                             "frame_rate": config.data.sample_rate / u.hop}
+                             "frame_rate": config.data.sample_rate / hop}
   assigned = {}
   for name, split_set in (("eval", eval_set), ("train", train_set)):
     per_utt = [assign(f, mean, std, centres) for f, _ in split_set]
@@ -139,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       random = rng.integers(0, u.num_units, len(labels))
       q = unit_metrics.unit_quality(labels, random, len(speech.PHONEMES), u.num_units)
       summary.update({f"random/{k}": v for k, v in q.items()})
-      seconds = sum(len(f) for f, _ in split_set) * u.hop / config.data.sample_rate
+      seconds = sum(len(f) for f, _ in split_set) * hop / config.data.sample_rate
       runs_ = [np.concatenate([[0], np.flatnonzero(np.diff(lab)) + 1]) for _, lab in split_set]
       summary["eval/deduplicated_units_per_second"] = sum(
           len(unit_metrics.deduplicate(p)) for p in per_utt) / seconds
