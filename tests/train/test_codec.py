@@ -103,11 +103,12 @@ def test_the_default_variant_trains_in_runlocal(speech_chain):
 def test_ladder_scalars_name_every_level_and_the_unquantized_latent():
   r = {"levels": 2, "mel_distance@1": 3.0, "mel_distance@2": 2.5, "mel_distance@unquantized": 2.4,
        "stoi@1": 0.6, "stoi@2": 0.7, "si_sdr@1": -3.0, "si_sdr@2": -1.0, "wer@1": 0.9,
-       "latent_rank": 3.0}
+       "latent_error@1": 0.1, "latent_error@2": 0.05, "latent_rank": 3.0, "examples": 64}
   assert codec.ladder_scalars(r) == {
       "ladder/mel_distance@1": 3.0, "ladder/mel_distance@2": 2.5,
       "ladder/mel_distance@unquantized": 2.4, "ladder/stoi@1": 0.6, "ladder/stoi@2": 0.7,
-      "ladder/si_sdr@1": -3.0, "ladder/si_sdr@2": -1.0}
+      "ladder/si_sdr@1": -3.0, "ladder/si_sdr@2": -1.0, "ladder/latent_error@1": 0.1,
+      "ladder/latent_error@2": 0.05, "ladder/latent_rank": 3.0}
 
 
 def test_waveform_warm_up_error_and_schedule():

@@ -376,8 +376,12 @@ LADDER_METRICS = ("mel_distance", "stoi", "pesq", "si_sdr")
 
 def ladder_scalars(r: dict[str, Any]) -> dict[str, float]:
   """`ladder/<metric>@<levels>` (and @unquantized) of an `evaluate_audio` result: the
-  quality-against-steps curve of every bitrate, logged during training."""
-  keys = [f"{m}@{n}" for m in LADDER_METRICS for n in (*range(1, r["levels"] + 1), "unquantized")]
+  quality-against-steps curve of every bitrate, logged during training; with the share
+  of the latent each depth misses and the latent's rank (is the quantizer the limit, or
+  the autoencoder?)."""
+  levels = range(1, r["levels"] + 1)
+  keys = [f"{m}@{n}" for m in LADDER_METRICS for n in (*levels, "unquantized")]
+  keys += [f"latent_error@{n}" for n in levels] + ["latent_rank"]
   return {f"ladder/{k}": r[k] for k in keys if k in r}
 
 
