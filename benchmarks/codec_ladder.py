@@ -66,9 +66,9 @@ def plot(runs: dict[str, dict], path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
-def curve(workdir: str, summary: dict) -> dict[int, dict[str, float]]:
+def curve(workdir: str, summary: dict | None) -> dict[int, dict[str, float]]:
   """{step: {"<metric>@<levels>": value}} from the run's `ladder/` log lines and its
-  final evaluation (the last point)."""
+  final evaluation (the last point; none while the run trains)."""
   points: dict[int, dict[str, float]] = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
@@ -76,9 +76,15 @@ def curve(workdir: str, summary: dict) -> dict[int, dict[str, float]]:
       values = {k[len("ladder/"):]: v for k, v in record.items() if k.startswith("ladder/")}
       if values:
         points[int(record["step"])] = values
-  points[int(summary["step"])] = {k: v for k, v in summary.items()
-                                  if "@" in k and isinstance(v, (int, float))}
+  if summary:
+    points[int(summary["step"])] = {k: v for k, v in summary.items()
+                                    if "@" in k and isinstance(v, (int, float))}
   return dict(sorted(points.items()))
+
+
+def levels_of(points: dict[int, dict[str, float]]) -> int:
+  return max(int(k.split("@")[1]) for p in points.values() for k in p
+             if k.startswith("mel_distance@") and k.split("@")[1].isdigit())
 
 
 def curve_table(label: str, points: dict[int, dict[str, float]], levels: int) -> str:
@@ -124,25 +130,29 @@ def main():
   parser.add_argument("--curve", help="PNG path of quality against steps (runs that logged "
                       "`ladder/` scalars: log.ladder_every)")
   args = parser.parse_args()
-  runs = {}
+  runs, workdirs = {}, {}
   for arg in args.runs:
     label, sep, workdir = arg.partition("=")
     if not sep:
       parser.error(f"expected label=workdir, got {arg!r}")
-    with open(os.path.join(workdir, "summary.json")) as f:
-      runs[label] = json.load(f)
+    workdirs[label] = workdir
+    path = os.path.join(workdir, "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        runs[label] = json.load(f)
+    elif not args.curve:  # a run still training has a curve, not yet a ladder
+      parser.error(f"{workdir}: no summary.json (not finished); --curve plots its curve")
   for label, summary in runs.items():
     print(table(label, summary) + "\n")
-  if args.out:
+  if args.out and runs:
     plot(runs, args.out)
     print(f"wrote {args.out}")
   if args.curve:
     curves = {}
-    for arg in args.runs:
-      label, _, workdir = arg.partition("=")
-      points = curve(workdir, runs[label])
+    for label, workdir in workdirs.items():
+      points = curve(workdir, runs.get(label))
       if len(points) > 1:
-        curves[label] = (points, int(runs[label]["levels"]))
+        curves[label] = (points, levels_of(points))
         print("\n" + curve_table(label, points, curves[label][1]))
     if not curves:
       parser.error("--curve: no run logged `ladder/` scalars (set log.ladder_every)")
