@@ -239,6 +239,10 @@ def test_a_teacher_that_does_not_fit_the_codec_fails_before_the_workdir(speech_d
       codec.train(_hubert_config(speech_data_dir, weights), str(workdir))
     assert not workdir.exists()
   config = _hubert_config(speech_data_dir, _tiny_teacher(tmp_path / "t.npz"))
+  config.data.sample_rate = 24000
+  with pytest.raises(ValueError, match="takes 16000 Hz audio; data.sample_rate is 24000"):
+    codec.train(config, str(workdir))
+  config = _hubert_config(speech_data_dir, _tiny_teacher(tmp_path / "t.npz"))
   config.teacher.layer = "3"  # the teacher has 2 layers
   with pytest.raises(ValueError, match="teacher.layer: expected <= 2"):
     codec.train(config, str(workdir))

@@ -73,6 +73,9 @@ def relative_squared_error(x: jax.Array, recon: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(recon - x)) / jnp.maximum(jnp.sum(jnp.square(x)), 1e-12)
 
 
+HUBERT_RATE = 16000  # every published HuBERT / WavLM checkpoint's input rate
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   shape = audio_codec.make_shape(config.model.shape.to_dict())
   shape.check()
@@ -93,6 +96,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not t.weights:
       raise ValueError("loss.feature_distill: needs teacher.weights, a HuBERT .npz from "
                        "`vqlab convert hubert`")
+    if d.sample_rate != HUBERT_RATE:
+      raise ValueError(f"loss.feature_distill: the teacher (HuBERT) takes {HUBERT_RATE} Hz "
+                       f"audio; data.sample_rate is {d.sample_rate}")
     if t.axis not in semantic.DISTILL_AXES:
       raise ValueError(f"teacher.axis: expected one of {semantic.DISTILL_AXES}, got {t.axis!r}")
     teacher_layer(config)
@@ -151,7 +157,7 @@ def teacher_layer(config: ml_collections.ConfigDict) -> int | str:
 
 def load_teacher(config: ml_collections.ConfigDict) -> tuple[dict, hubert.HubertConfig]:
   """The frozen teacher of `loss.feature_distill` (a converted HuBERT), checked against
-  the codec: its input rate is the data's and one teacher frame is one codec frame."""
+  the codec: one teacher frame is one codec frame (`check_config` checks the rate)."""
   params, teacher = hubert.load_npz(config.teacher.weights)
   hop = audio_codec.make_shape(config.model.shape.to_dict()).hop
   if teacher.hop != hop:
