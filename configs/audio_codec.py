@@ -2,7 +2,7 @@
 
   vqlab codec --config configs/audio_codec.py --workdir runs/codec
 
-1,200 steps, about 20 minutes on 2 CPU cores. 16 kHz, strides 2 4 5 8 (hop 320: 50
+1,200 steps, about 24 minutes on 2 CPU cores. 16 kHz, strides 2 4 5 8 (hop 320: 50
 frames/s), causal SEANet encoder with ELU and weight norm, residual VQ of 8 levels x
 1,024 codes (EMA codebooks, k-means init, dead-code restarts, quantizer dropout): 0.5 to
 4 kbps from one model. Trained on espeak-ng speech, evaluated on real recordings
