@@ -74,13 +74,18 @@ def frame_grid(config: ml_collections.ConfigDict) -> tuple[int, float]:
   return u.hop, 0.0
 
 
+def check_features(config: ml_collections.ConfigDict) -> None:
+  u = config.units
+  if u.features not in FEATURES:
+    raise ValueError(f"units.features: expected one of {FEATURES}, got {u.features!r}")
+
+
 def features(wave: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
   """(frames, dim) features of a waveform, frame t centred at (t + `frame_grid(config)[1]`)
   hops: MFCC / log-mel (centred STFT frames) or a converted HuBERT's layer
   `units.teacher_layer` (its hop; GSLM's units are HuBERT base's layer 6)."""
   u = config.units
-  if u.features not in FEATURES:
-    raise ValueError(f"units.features: expected one of {FEATURES}, got {u.features!r}")
+  check_features(config)
   bucket = int(BUCKET_SECONDS * config.data.sample_rate)
   padded = np.pad(wave, (0, -len(wave) % bucket))
   if u.features == "hubert":  # padded to few shapes; `lengths` keeps the frames exact
@@ -140,8 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       summary = json.load(f)
     print(f"units: {workdir} is finished (summary.json); delete it to recompute")
     return summary
-  if u.features not in FEATURES:
-    raise ValueError(f"units.features: expected one of {FEATURES}, got {u.features!r}")
+  check_features(config)
   if u.features == "hubert":  # read (and checked) before the workdir is made
     if not u.get("teacher"):
       raise ValueError("units.features='hubert': needs units.teacher, a HuBERT .npz from "
