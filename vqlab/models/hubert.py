@@ -75,8 +75,13 @@ def num_frames(samples, config: HubertConfig):
   valid-convolution arithmetic."""
   n = samples
   for k, stride in zip(config.conv_kernel, config.conv_stride):
-    n = (n - k) // stride + 1
+    n = _valid_frames(n, k, stride)
   return n
+
+
+def _valid_frames(samples, kernel: int, stride: int):
+  """Outputs of one valid convolution over `samples` inputs."""
+  return (samples - kernel) // stride + 1
 
 
 def frame_centre(config: HubertConfig) -> float:
@@ -103,7 +108,7 @@ def conv_features(params, wave: Array, config: HubertConfig, lengths: Array | No
       if lengths is None:
         w = jnp.full(x.shape[:2] + (1,), 1.0 / x.shape[1])
       else:
-        valid = jnp.arange(x.shape[1])[None] < ((lengths - k) // s + 1)[:, None]
+        valid = jnp.arange(x.shape[1])[None] < _valid_frames(lengths, k, s)[:, None]
         w = (valid / jnp.sum(valid, axis=1, keepdims=True))[..., None]
       mean = jnp.sum(x * w, axis=1, keepdims=True)
       var = jnp.sum(jnp.square(x - mean) * w, axis=1, keepdims=True)

@@ -91,7 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name, value in config.loss.items():
     if value < 0:
       raise ValueError(f"loss.{name}: expected >= 0, got {value}")
-  if config.loss.get("feature_distill", 0.0) > 0:
+  if distills_features(config):
     t = config.teacher
     if not t.weights:
       raise ValueError("loss.feature_distill: needs teacher.weights, a HuBERT .npz from "
@@ -111,6 +111,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 # Phonemes per second a crop can hold: espeak-ng at 220 words a minute says ~17.
 MAX_PHONEME_RATE = 30
+
+
+def distills_features(config: ml_collections.ConfigDict) -> bool:
+  """Whether level 1 is distilled towards a teacher's features (`loss.feature_distill`)."""
+  return config.loss.get("feature_distill", 0.0) > 0
 
 
 def phoneme_classes(config: ml_collections.ConfigDict) -> int:
@@ -136,7 +141,7 @@ def build_model(config: ml_collections.ConfigDict, seed: int) -> audio_codec.Aud
 def teacher_dim(config: ml_collections.ConfigDict) -> int:
   """Width of the teacher head (0: no feature distillation); `CodecJob.load` sets
   teacher.dim from the teacher's weights before the model is built."""
-  if config.loss.get("feature_distill", 0.0) <= 0:
+  if not distills_features(config):
     return 0
   if not config.teacher.get("dim", 0):
     raise ValueError("teacher.dim: unknown before the teacher's weights are read "
@@ -287,8 +292,7 @@ class CodecJob(evaluators.TokenizerJob):
     check_config(self.config)
 
   def load(self):
-    self.teacher = (load_teacher(self.config)
-                    if self.config.loss.get("feature_distill", 0.0) > 0 else None)
+    self.teacher = load_teacher(self.config) if distills_features(self.config) else None
 
   def init_state(self):
     return init_state(self.config)
