@@ -91,7 +91,7 @@ class ProcessRows(grain.MapDataset):
     return f"ProcessRows(b={self.b}, p={self.p}, count={self.count})"
 
 
-def _check_batching(batch_size: int, process_index: int, process_count: int) -> None:
+def check_batching(batch_size: int, process_index: int, process_count: int) -> None:
   if batch_size < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
   if not 0 <= process_index < process_count:
@@ -121,7 +121,7 @@ def image_dataset(source, *, batch_size: int, image_size: int, seed: int,
   in_memory=True decodes the records once and keeps them (small datasets:
   the built-in photos are a few large PNGs that would be decoded for every crop).
   """
-  _check_batching(batch_size, process_index, process_count)
+  check_batching(batch_size, process_index, process_count)
   ds = grain.MapDataset.source(source)
   if in_memory:
     ds = grain.MapDataset.source([{k: np.asarray(r[k]) for k in keys} for r in ds])
@@ -161,7 +161,7 @@ def video_dataset(source, *, batch_size: int, num_frames: int, image_size: int, 
   """Batches of {"video": uint8 (batch_size, num_frames, image_size, image_size, C)}:
   random temporal crops (RandomClip) of clips (T, H, W, C) of any source with a "video"
   field (the built-in Moving MNIST; UCF-101 / Kinetics as prepared tfds datasets)."""
-  _check_batching(batch_size, process_index, process_count)
+  check_batching(batch_size, process_index, process_count)
   ds = grain.MapDataset.source(source)
   if in_memory:
     ds = grain.MapDataset.source([{k: np.asarray(r[k]) for k in keys} for r in ds])
@@ -254,7 +254,7 @@ def audio_dataset(source, *, batch_size: int, sample_rate: int, length: int, see
   `sample_rate` and loudness-normalised, then a random crop of `length` samples
   (`key` names the waveform field: "audio" here, "speech" in tfds' librispeech). With
   `max_phonemes`, also each crop's espeak-ng phonemes (RandomAudioCrop)."""
-  _check_batching(batch_size, process_index, process_count)
+  check_batching(batch_size, process_index, process_count)
   ds = grain.MapDataset.source(source).map(PrepareAudio(key, sample_rate, target_dbfs,
                                                         source_rate, bool(max_phonemes)))
   if in_memory:  # resampled once, kept

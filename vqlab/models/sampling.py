@@ -53,7 +53,7 @@ def sample_logits(key: Array, logits: Array, temperature: float = 1.0, top_k: in
       jnp.int32)
 
 
-def _eval_copy(model):
+def eval_copy(model):
   """A copy in eval mode: sampling never mutates the caller's model (also under jit)."""
   model = nnx.merge(*nnx.split(model), copy=True)
   model.eval()
@@ -80,7 +80,7 @@ def sample_next_token(model: NextTokenGenerator, labels: Array, key: Array, *,
   where the head is bitwise or depth; guidance and filtering apply to each). `prompt`
   (B, P) (stacked (B, P, D)): the first P tokens are given, not sampled (a video's first
   latent frame: frame prediction; an utterance's first frames). Call inside or outside jit."""
-  model = _eval_copy(model)
+  model = eval_copy(model)
   b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
   depth = model.stack.depth
   given = jnp.zeros((b, n, depth), jnp.int32)
@@ -125,7 +125,7 @@ def sample_next_scale(model: NextScaleGenerator, quantizer, labels: Array, key: 
   none at the first scale to `cfg_scale` - 1 extra at the last (VAR's `t = cfg * ratio`
   with s = 1 + t). Returns indices (B, sum pn^2) for `quantizer.decode`; a bitwise model
   samples each bit (guidance and filtering per bit)."""
-  model = _eval_copy(model)
+  model = eval_copy(model)
   b, guided = labels.shape[0], cfg_scale != 1.0
   kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
   lab = _with_null(labels, model.num_classes, guided)
@@ -181,7 +181,7 @@ def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: i
   most confident (log-prob + annealed Gumbel noise) and re-masks the rest so that
   mask_schedule((t+1)/T) N stay masked (cosine: cos(pi/2 (t+1)/T) N); tokens (B, N)."""
   mask_schedule(0.0, schedule)  # an unknown schedule fails here, not mid-loop
-  model = _eval_copy(model)
+  model = eval_copy(model)
   b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
   lab = _with_null(labels, model.num_classes, guided)
   tokens = jnp.full((b, n), model.mask_id, jnp.int32)
@@ -212,7 +212,7 @@ def sample_delay(model: DelayPatternGenerator, labels: Array, key: Array,
   """Continue prompts (B, P, K) (None: P = 0) to codes (B, F, K) with the delay pattern and
   the KV cache: each step samples its K delayed tokens, except those of prompt frames
   (kept) and of the pattern's empty corners (pad)."""
-  model = _eval_copy(model)
+  model = eval_copy(model)
   b, guided = labels.shape[0], cfg_scale != 1.0
   if prompt is None:
     prompt = jnp.zeros((b, 0, model.levels), jnp.int32)

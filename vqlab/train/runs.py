@@ -37,6 +37,7 @@ TRAINERS = {
     "generator": "vqlab.train.generator",
     "study": "vqlab.train.quantizer_study",
     "units": "vqlab.train.speech_units",  # no checkpoint: one pass, summary.json at the end
+    "multimodal": "vqlab.train.multimodal",
 }
 
 
@@ -44,6 +45,8 @@ def kind(config: ml_collections.ConfigDict) -> str:
   """The job a config is for, from the fields only it has."""
   if "paradigm" in config:
     return "generator"
+  if "text" in config:
+    return "multimodal"
   if "quantizers" in config:
     return "study"
   if "units" in config:
