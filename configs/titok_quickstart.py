@@ -69,7 +69,7 @@ def get_config(arg: str | None = None):
     proxy_settings(c, 2 if "stage2" in variants else 1)
   if "digits" in variants:
     c.model.shape = dict(c.model.shape, channels=1)
-    c.data.update(name="vqlab_digits", min_crop=0, max_crop=0, flip=False)
+    c.data.update(name="vqlab_digits", min_crop=0, max_crop=0, flip=False, in_memory=False)
     # L1's median on mostly-black digits is black: a trial stayed under the mean digit's
     # PSNR (11.5 vs 12.8 dB at 300 steps); squared error does not (as the video quickstart)
     c.loss.recon = "l2"

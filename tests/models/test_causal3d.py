@@ -43,11 +43,12 @@ def test_any_length_comes_back_with_its_length(temporal, lengths):
   factor = 2 ** sum(temporal)
   x = clip(6)
   for t in lengths:
-    recon, q = model(x[:, :t])
+    recon, indices, decoded = nnx.jit(lambda m, v: (lambda out: (
+        out[0], out[1].indices, m.decode(out[1].indices, t)))(m(v)))(model, x[:, :t])
     assert recon.shape == x[:, :t].shape
-    assert q.indices.shape == (2, causal3d.latent_frames(t, factor), 4, 4)
-    assert model.decode(q.indices, t).shape == recon.shape
-    np.testing.assert_allclose(model.decode(q.indices, t), recon, atol=1e-5)
+    assert indices.shape == (2, causal3d.latent_frames(t, factor), 4, 4)
+    assert decoded.shape == recon.shape
+    np.testing.assert_allclose(decoded, recon, atol=1e-5)
 
 
 def test_encoder_is_causal():
@@ -55,13 +56,17 @@ def test_encoder_is_causal():
   # and no latent frame has a gradient from a later input frame
   model = tokenizer()
   x = clip(9)
-  whole = model.encode(x)
+  # whole programs (op by op, each clip length would compile every op again)
+  encode = nnx.jit(lambda m, v: (m.encode(v).indices, m.encoder(v)))
+  whole, features = encode(model, x)
   for t, n in ((1, 1), (5, 2)):
-    part = model.encode(x[:, :t])
-    np.testing.assert_array_equal(part.indices, whole.indices[:, :n])
-    np.testing.assert_allclose(model.encoder(x[:, :t]), model.encoder(x)[:, :n], atol=1e-5)
+    part, part_features = encode(model, x[:, :t])
+    np.testing.assert_array_equal(part, whole[:, :n])
+    np.testing.assert_allclose(part_features, features[:, :n], atol=1e-5)
+  grad = nnx.jit(lambda m, v, latent: jax.grad(
+      lambda v: jnp.sum(jnp.take(m.encoder(v), latent, axis=1) ** 2))(v))
   for latent, last_seen in ((0, 0), (1, 4)):
-    g = jax.grad(lambda v: jnp.sum(model.encoder(v)[:, latent] ** 2))(x)
+    g = grad(model, x, latent)
     per_frame = np.asarray(jnp.abs(g).sum(axis=(0, 2, 3, 4)))
     assert np.all(per_frame[last_seen + 1:] == 0), per_frame
     assert np.all(per_frame[:last_seen + 1] > 0), per_frame

@@ -93,6 +93,8 @@ def test_attention_levels_give_the_masks_built_by_hand(mask, rng):
                         ("audio", rng.integers(0, 8, (1, 3)))], length=30)
   levels = multimodal.attention_levels(ids[None], VOCAB, mask)
   got = np.asarray(transformer.attention_mask(levels, levels))[0, 0]
+  if mask == "causal":  # from slot 0, the cache's levels
+    np.testing.assert_array_equal(levels, multimodal.causal_levels(ids[None]))
   np.testing.assert_array_equal(got, _allowed_by_hand(ids, mask))
   if mask == "show-o":  # the first image token sees the image's last, and no further
     start = 1 + 3 + 1
@@ -160,11 +162,25 @@ def test_guidance_at_scale_one_is_the_conditional_model_and_stop_pads():
   np.testing.assert_array_equal(run(model, key, 1.0), plain(model, key))
   assert not np.array_equal(run(model, key, 8.0), plain(model, key))
   text = multimodal.allowed_ids(TINY, "text", specials=(EOS,))
-  ids = np.asarray(multimodal.sample(model, prompt[:, :-1], key, steps=24, allowed=text,
-                                     stop=EOS, temperature=3.0))
+  ids = np.asarray(jax.jit(lambda m: multimodal.sample(
+      m, prompt[:, :-1], key, steps=24, allowed=text, stop=EOS, temperature=3.0))(model))
   for row in ids:
     ended = np.flatnonzero(row == EOS)
     assert np.all(np.isin(row, np.flatnonzero(text)) | (row == PAD))
     if len(ended):
       assert np.all(row[ended[0] + 1:] == PAD) and np.all(row[:ended[0]] != PAD)
   assert np.any(ids == EOS)  # three rows of 24 draws at temperature 3 end
+
+
+def test_show_o_decoding_fills_every_mask_and_guidance_one_is_conditional():
+  model, prompt = _model(), jnp.asarray(_prompts())
+  uncond = jnp.asarray(np.tile([BOS, BOI], (3, 1)))
+  run = jax.jit(lambda m, k, scale: multimodal.sample_image_masked(
+      m, prompt, k, image_tokens=9, steps=3, uncond=uncond, cfg_scale=scale))
+  key = jax.random.key(2)
+  codes = np.asarray(run(model, key, 1.0))
+  assert codes.shape == (3, 9) and codes.min() >= 0 and codes.max() < TINY.image
+  plain = jax.jit(lambda m, k: multimodal.sample_image_masked(m, prompt, k, image_tokens=9,
+                                                             steps=3))(model, key)
+  np.testing.assert_array_equal(codes, plain)
+  assert not np.array_equal(np.asarray(run(model, key, 8.0)), codes)

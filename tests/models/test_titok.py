@@ -42,19 +42,22 @@ def test_paper_sizes_give_k_tokens_of_256px_images(size, tokens):
 def test_encode_decode_shapes_and_every_prefix_equals_a_masked_tail():
   tok = _titok(tail_drop=0.5)
   x = _images()
-  recon, q = tok(x)
+  recon, q = nnx.jit(lambda t, x: t(x))(tok, x)
   assert recon.shape == x.shape and q.indices.shape == (3, 8) and q.quantized.shape == (3, 8, 6)
   assert tok.token_shape == (8,)
   tok.eval()
-  indices = tok.encode(x).indices
+  # whole programs: op by op, every prefix length would compile each op again
+  decode = nnx.jit(lambda t, i: t.decode(i))
+  masked_tail = nnx.jit(lambda t, z, k: t.decoder(z, keep=jnp.full((3,), k)))
+  indices = nnx.jit(lambda t, x: t.encode(x).indices)(tok, x)
   z = tok.quantizer.decode(indices)
-  full = tok.decode(indices)
-  np.testing.assert_allclose(tok.decoder(z, keep=jnp.full((3,), 8)), full, atol=1e-6)
+  full = decode(tok, indices)
+  np.testing.assert_allclose(masked_tail(tok, z, 8), full, atol=1e-6)
   decode_prefix = nnx.jit(lambda t, i, k: t.decode_prefix(i, k))  # one program, any k
   previous = None
   for k in range(1, 9):
-    prefix = tok.decode(indices[:, :k])  # attends to k latents only
-    np.testing.assert_allclose(prefix, tok.decoder(z, keep=jnp.full((3,), k)), atol=1e-5)
+    prefix = decode(tok, indices[:, :k])  # attends to k latents only
+    np.testing.assert_allclose(prefix, masked_tail(tok, z, k), atol=1e-5)
     np.testing.assert_allclose(prefix, decode_prefix(tok, indices, k), atol=1e-5)
     if previous is not None:  # every token changes the image: none is ignored
       assert float(jnp.max(jnp.abs(prefix - previous))) > 1e-4

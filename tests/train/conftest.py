@@ -28,7 +28,7 @@ def _build_tokenizer(root, name):
     return
   c = vqgan_quickstart.get_config(_CHAIN[name])
   c.data.update(name="vqlab_digits", data_dir=str(root.parent / "chain_tfds"), min_crop=0,
-                max_crop=0, flip=False)
+                max_crop=0, flip=False, in_memory=False)  # as configs/vqgan_quickstart.py:digits
   multiscale = name.startswith("ms")
   c.model.shape.update(in_channels=1, channel_mult=(1, 2, 2) if multiscale else (1, 2))
   c.loss.update(disc_start=10_000, perceptual_weight=0.0, lpips_weights="")  # codes only

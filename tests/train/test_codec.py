@@ -206,6 +206,7 @@ def _hubert_config(speech_data_dir, teacher):
   return config
 
 
+@pytest.mark.slow  # CI's slow step (the default run's budget); the losses' tests are default
 def test_hubert_feature_distillation_trains_and_its_codec_loads(speech_data_dir, tmp_path):
   """`:hubert` with a (random) converted teacher: each step's loss is its logged terms with
   the distillation weighted in, SpeechTokenizer's D-axis loss lies in its range, the

@@ -20,7 +20,8 @@ from vqlab.train.common import MetricWriter, WorkdirLock, read_jsonl
 def _digits_config(data_dir, **train):
   """The chain's 2-step digit tokenizer (conftest), cheap enough to train a few times."""
   c = vqgan_quickstart.get_config("runlocal")
-  c.data.update(name="vqlab_digits", data_dir=data_dir, min_crop=0, max_crop=0, flip=False)
+  c.data.update(name="vqlab_digits", data_dir=data_dir, min_crop=0, max_crop=0, flip=False,
+                in_memory=False)
   c.model.shape.update(in_channels=1, channel_mult=(1, 2))
   c.loss.update(disc_start=10_000, perceptual_weight=0.0, lpips_weights="")
   c.train.update(**train)

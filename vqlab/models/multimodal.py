@@ -197,25 +197,26 @@ class Vocabulary:
     return f"{MODALITIES[int(self.modalities(i)) - 1]} id {i}"
 
 
-def attention_levels(ids, vocab: Vocabulary, mask: str = "causal") -> np.ndarray:
+def attention_levels(ids: Array, vocab: Vocabulary, mask: str = "causal") -> Array:
   """(..., T) ids -> (..., T) int32 levels for `vqlab.nn.transformer` (a query sees keys
-  at levels <= its own). "causal": the position. "show-o": the tokens of an image
-  (between `<boi>` and `<eoi>`, not the brackets; `<mask>` counts as one) share the
-  level of the image's first token, so each sees the whole image and everything before
-  it; `<eoi>` and what follows see it all, causally. `<pad>` is at UNSEEN: seen by no
-  other token."""
+  at levels <= its own), the ids in cache slots 0 .. T-1. "causal": the slot. "show-o":
+  the tokens of an image (between `<boi>` and `<eoi>`, not the brackets; `<mask>` counts
+  as one) share the level of the image's first token, so each sees the whole image and
+  everything before it; `<eoi>` and what follows see it all, causally. `<pad>` is at
+  UNSEEN: seen by no other token. Traceable (jit)."""
   if mask not in MASKS:
     raise ValueError(f"mask: expected one of {MASKS}, got {mask!r}")
-  ids = np.asarray(ids)
-  positions = np.broadcast_to(np.arange(ids.shape[-1], dtype=np.int32), ids.shape)
-  levels = positions
+  ids = jnp.asarray(ids)
+  slots = jnp.broadcast_to(jnp.arange(ids.shape[-1], dtype=jnp.int32), ids.shape)
+  levels = slots
   if mask == "show-o":
-    image = (vocab.modalities(ids) == IMAGE) | (ids == MASK)
+    start, stop = vocab.span("image")
+    image = ((ids >= start) & (ids < stop)) | (ids == MASK)
     # the first image token of each run: where an image token follows a non-image one
-    starts = image & ~np.concatenate([np.zeros_like(image[..., :1]), image[..., :-1]], -1)
-    first = np.maximum.accumulate(np.where(starts, positions, 0), axis=-1)
-    levels = np.where(image, first, positions)
-  return np.where(ids == PAD, UNSEEN, levels).astype(np.int32)
+    before = jnp.concatenate([jnp.zeros_like(image[..., :1]), image[..., :-1]], -1)
+    first = jax.lax.cummax(jnp.where(image & ~before, slots, 0), axis=ids.ndim - 1)
+    levels = jnp.where(image, first, slots)
+  return jnp.where(ids == PAD, UNSEEN, levels).astype(jnp.int32)
 
 
 def _check_modality(modality: str) -> str:
@@ -257,7 +258,7 @@ def positions_of(ids: Array) -> Array:
 
 def causal_levels(ids: Array, start: Array | int = 0) -> Array:
   """Causal attention levels (B, T) of ids in cache slots start .. start + T - 1, `<pad>`
-  at UNSEEN (jit-able; `attention_levels` is the numpy form for whole sequences)."""
+  at UNSEEN (`attention_levels(..., "causal")` from any slot)."""
   slots = start + jnp.arange(ids.shape[-1], dtype=jnp.int32)
   return jnp.where(ids == PAD, UNSEEN, slots).astype(jnp.int32)
 
@@ -275,21 +276,24 @@ def allowed_ids(vocab: Vocabulary, *modalities: str, specials: tuple[int, ...] =
 
 def sample(model: UnifiedGenerator, prompt: Array, key: Array, *, steps: int,
            allowed: Array, uncond: Array | None = None, cfg_scale: float = 1.0,
-           temperature: float = 1.0, top_k: int = 0, stop: int = -1) -> Array:
+           temperature: float = 1.0, top_k: int = 0, stop: int = -1,
+           mask: str = "causal") -> Array:
   """Continue left-padded prompts (B, P) by `steps` ids (B, steps) with the KV cache,
   each drawn from the ids where `allowed` (V,) is True. `uncond` (B, P'): the prompts
   without their condition (e.g. `<bos> <boi>` for a caption's `<bos> caption <boi>`);
   given, the logits are guided, uncond + cfg_scale (cond - uncond) (Chameleon / Emu3's
   classifier-free guidance on the prompt; scale 1 is the conditional model). After a
-  row draws `stop` (e.g. `<eos>`) it gives `<pad>`. Runs inside jit."""
+  row draws `stop` (e.g. `<eos>`) it gives `<pad>`. `mask`: the prompts' attention
+  ("show-o": an image in the prompt attends within itself); what is drawn is causal.
+  Runs inside jit."""
   from vqlab.models.sampling import eval_copy, guide, sample_logits
   model = eval_copy(model)
-  mask = jnp.where(jnp.asarray(allowed), 0.0, -jnp.inf)
+  blocked = jnp.where(jnp.asarray(allowed), 0.0, -jnp.inf)
 
   def start(ids):
     cache = KVCache.empty(model.shape, ids.shape[0], ids.shape[1] + steps)
     positions = positions_of(ids)
-    logits, cache = model(ids, causal_levels(ids), positions, cache, 0)
+    logits, cache = model(ids, attention_levels(ids, model.vocab, mask), positions, cache, 0)
     return logits[:, -1], cache, positions[:, -1]
 
   def advance(token, state, length):
@@ -310,8 +314,39 @@ def sample(model: UnifiedGenerator, prompt: Array, key: Array, *, steps: int,
     if uncond is not None:
       logits = guide(logits, states[1][0], cfg_scale)
     key, sub = jax.random.split(key)
-    token = jnp.where(done, PAD, sample_logits(sub, logits + mask, temperature, top_k))
+    token = jnp.where(done, PAD, sample_logits(sub, logits + blocked, temperature, top_k))
     states = [advance(token, s, n + i) for s, n in zip(states, lengths)]
     return states, out.at[:, i].set(token), done | (token == stop), key
 
   return jax.lax.fori_loop(0, steps, body, (states, out, done, key))[1]
+
+
+def sample_image_masked(model: UnifiedGenerator, prompt: Array, key: Array, *,
+                        image_tokens: int, steps: int, uncond: Array | None = None,
+                        cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                        schedule: str = "cosine") -> Array:
+  """Show-o's image generation: prompts (B, P) ending in `<boi>` are followed by
+  `image_tokens` `<mask>` ids and `<eoi>`, and MaskGIT's iterative decoding fills the
+  masks (vqlab.models.sampling.masked_decoding) under the Show-o attention (the image
+  attends within itself and to the prompt); guided against `uncond` as `sample`.
+  Returns codes (B, image_tokens) in [0, vocab.image)."""
+  from vqlab.models.sampling import eval_copy, guide, masked_decoding, mask_schedule
+  mask_schedule(0.0, schedule)  # an unknown schedule fails here, not mid-loop
+  model = eval_copy(model)
+  vocab, b = model.vocab, prompt.shape[0]
+  start, stop = vocab.span("image")
+  codes_to_ids = lambda codes: jnp.where(codes == vocab.image, MASK, codes + start)
+
+  def image_logits(prefix, codes):
+    ids = jnp.concatenate([prefix, codes_to_ids(codes),
+                           jnp.full((b, 1), EOI, jnp.int32)], 1).astype(jnp.int32)
+    logits, _ = model(ids, attention_levels(ids, vocab, "show-o"), positions_of(ids))
+    p = prefix.shape[1]
+    return logits[:, p:p + image_tokens, start:stop]  # each masked slot predicts itself
+
+  def logits_fn(codes):
+    logits = image_logits(prompt, codes)
+    return logits if uncond is None else guide(logits, image_logits(uncond, codes), cfg_scale)
+
+  return masked_decoding(logits_fn, b, image_tokens, vocab.image, key, steps=steps,
+                         temperature=temperature, top_k=top_k, schedule=schedule)

@@ -177,32 +177,44 @@ def sample_masked(model: MaskedGenerator, labels: Array, key: Array, *, steps: i
                   cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, choice_temperature: float = 4.5,
                   schedule: str = "cosine") -> Array:
-  """MaskGIT decoding: start all masked; each step samples every masked slot, keeps the
-  most confident (log-prob + annealed Gumbel noise) and re-masks the rest so that
-  mask_schedule((t+1)/T) N stay masked (cosine: cos(pi/2 (t+1)/T) N); tokens (B, N)."""
+  """MaskGIT decoding of a `MaskedGenerator` (`masked_decoding`); tokens (B, N)."""
   mask_schedule(0.0, schedule)  # an unknown schedule fails here, not mid-loop
   model = eval_copy(model)
-  b, n, guided = labels.shape[0], model.seq_len, cfg_scale != 1.0
+  b, guided = labels.shape[0], cfg_scale != 1.0
   lab = _with_null(labels, model.num_classes, guided)
-  tokens = jnp.full((b, n), model.mask_id, jnp.int32)
+
+  def logits_fn(tokens):
+    logits = model(jnp.concatenate([tokens, tokens]) if guided else tokens, lab)
+    return guide(logits[:b], logits[b:], cfg_scale) if guided else logits
+
+  return masked_decoding(logits_fn, b, model.seq_len, model.mask_id, key, steps=steps,
+                         temperature=temperature, top_k=top_k, top_p=top_p,
+                         choice_temperature=choice_temperature, schedule=schedule)
+
+
+def masked_decoding(logits_fn, batch: int, n: int, mask_id: int, key: Array, *, steps: int,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    choice_temperature: float = 4.5, schedule: str = "cosine") -> Array:
+  """MaskGIT's iterative decoding (Chang et al. 2022, arXiv 2202.04200, Sec. 3.2): start
+  all `mask_id`; each step samples every masked slot from `logits_fn(tokens)` (B, N, V),
+  keeps the most confident (log-prob + annealed Gumbel noise) and re-masks the rest so
+  that mask_schedule((t+1)/T) N stay masked (cosine: cos(pi/2 (t+1)/T) N); tokens (B, N)."""
+  tokens = jnp.full((batch, n), mask_id, jnp.int32)
   for t in range(steps):
     key, k_sample, k_noise = jax.random.split(key, 3)
-    logits = model(jnp.concatenate([tokens, tokens]) if guided else tokens, lab)
-    if guided:
-      logits = guide(logits[:b], logits[b:], cfg_scale)
-    filtered = filter_logits(logits, temperature, top_k, top_p)
+    filtered = filter_logits(logits_fn(tokens), temperature, top_k, top_p)
     sampled = jax.random.categorical(k_sample, filtered).astype(jnp.int32)
-    unknown = tokens == model.mask_id
+    unknown = tokens == mask_id
     sampled = jnp.where(unknown, sampled, tokens)
     logp = jnp.take_along_axis(jax.nn.log_softmax(filtered, -1), sampled[..., None], -1)[..., 0]
     ratio = (t + 1) / steps
-    confidence = logp + choice_temperature * (1 - ratio) * jax.random.gumbel(k_noise, (b, n))
+    confidence = logp + choice_temperature * (1 - ratio) * jax.random.gumbel(k_noise, (batch, n))
     confidence = jnp.where(unknown, confidence, jnp.inf)  # decided tokens stay
     n_unknown = jnp.sum(unknown, -1, keepdims=True)
     n_mask = jnp.floor(mask_schedule(ratio, schedule) * n).astype(jnp.int32)
     n_mask = jnp.maximum(0, jnp.minimum(n_unknown - 1, n_mask)) if t < steps - 1 else 0 * n_mask
     rank = jnp.argsort(jnp.argsort(confidence, -1), -1)  # 0 = least confident
-    tokens = jnp.where(rank < n_mask, model.mask_id, sampled)
+    tokens = jnp.where(rank < n_mask, mask_id, sampled)
   return tokens
 
 

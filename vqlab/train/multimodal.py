@@ -42,8 +42,8 @@ from flax import nnx
 from vqlab import parallel
 from vqlab.data import paired, text
 from vqlab.data.tokens import TokenSource
-from vqlab.models import multimodal
-from vqlab.models.multimodal import BOI, BOS, EOS, PAD
+from vqlab.models import multimodal, sampling
+from vqlab.models.multimodal import BOI, BOS, EOS, MASK, PAD
 from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import evaluators, loop, runs
@@ -60,10 +60,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not config[name]:
       raise ValueError(f"{name}: expected a path (a digits tokenizer run and its exported "
                        "tokens; see configs/multimodal_quickstart.py), got ''")
-  if config.model.mask != "causal":
-    raise ValueError(f"model.mask: expected 'causal' (Show-o's mask exists as "
-                     f"multimodal.attention_levels; its masked-image objective and sampler "
-                     f"are not built yet), got {config.model.mask!r}")
+  if config.model.mask not in multimodal.MASKS:
+    raise ValueError(f"model.mask: expected one of {multimodal.MASKS}, got "
+                     f"{config.model.mask!r}")
+  sampling.mask_schedule(0.0, config.sample.schedule)
   for name, value in config.loss.items():
     if value < 0:
       raise ValueError(f"loss.{name}: expected >= 0, got {value}")
@@ -98,31 +98,55 @@ class StepSpec:
   grad_accum_steps: int
   text_span: tuple[int, int]
   image_span: tuple[int, int]
+  mask: str = "causal"
 
 
 def train_step(state, batch, *, graphdef, spec: StepSpec):
-  """Next-token cross-entropy over the whole document, each target weighted by its
-  modality's loss weight (`batch["weights"]`, 0 at `<pad>`)."""
+  """Every target weighted by its modality's loss weight (`batch["weights"]`, 0 at
+  `<pad>`). "causal" (Chameleon / Emu3): next-token cross-entropy over the whole document.
+  "show-o" (Show-o, arXiv 2408.12528): the image tokens of text -> image documents are
+  replaced by `<mask>` at a ratio drawn per document (MaskGIT's cosine schedule) and
+  predicted where they stand, under the Show-o attention; everything else that is not an
+  image token is predicted next-token."""
   model, optimizer = nnx.merge(graphdef, state["nnx"])
-  ids = batch["ids"]
-  inputs = {"ids": ids[:, :-1], "targets": ids[:, 1:], "weights": batch["weights"][:, 1:]}
-  total = jnp.maximum(jnp.sum(inputs["weights"]), 1.0)
-
-  def in_span(targets, span):
-    return ((targets >= span[0]) & (targets < span[1])).astype(jnp.float32)
+  rng, k_ratio, k_mask = jax.random.split(state["rng"], 3)
+  ids, weights = batch["ids"], batch["weights"]
+  in_span = lambda x, span: (x >= span[0]) & (x < span[1])
+  image = in_span(ids, spec.image_span)
+  # target t + 1 of position t (nothing after the last)
+  next_ids = jnp.concatenate([ids[:, 1:], jnp.full_like(ids[:, :1], PAD)], 1)
+  next_weights = jnp.concatenate([weights[:, 1:], jnp.zeros_like(weights[:, :1])], 1)
+  inputs = {"ids": ids, "next_ids": next_ids}
+  if spec.mask == "causal":
+    inputs["next_weights"], inputs["self_weights"] = next_weights, jnp.zeros_like(weights)
+  else:  # everything random is drawn for the whole batch, before any micro-batch split
+    ratio = sampling.mask_schedule(jax.random.uniform(k_ratio, (ids.shape[0], 1)))
+    masked = (image & (batch["task"][:, None] == paired.TASKS.index("text_to_image"))
+              & (jax.random.uniform(k_mask, ids.shape) < ratio))
+    inputs["ids"] = jnp.where(masked, MASK, ids)
+    next_image = jnp.concatenate([image[:, 1:], jnp.zeros_like(image[:, :1])], 1)
+    inputs["next_weights"] = jnp.where(next_image, 0.0, next_weights)
+    inputs["self_weights"] = jnp.where(masked, weights, 0.0)
+  inputs["targets"] = ids
+  total = jnp.maximum(jnp.sum(inputs["next_weights"]) + jnp.sum(inputs["self_weights"]), 1.0)
 
   def loss_fn(model, x):
-    logits, _ = model(x["ids"], multimodal.causal_levels(x["ids"]),
+    logits, _ = model(x["ids"], multimodal.attention_levels(x["ids"], model.vocab, spec.mask),
                       multimodal.positions_of(x["ids"]))
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, x["targets"])
-    hit = (jnp.argmax(logits, -1) == x["targets"]).astype(jnp.float32)
-    loss = jnp.sum(nll * x["weights"]) / total
-    # per modality: sums here, divided by their counts after accumulation
-    aux = {"accuracy": jnp.sum(hit * x["weights"]) / total}
-    for name, span in (("text", spec.text_span), ("image", spec.image_span)):
-      where = in_span(x["targets"], span)
-      aux[f"{name}_nll_sum"] = jnp.sum(nll * where)
-      aux[f"{name}_count"] = jnp.sum(where)
+    aux = {"accuracy": 0.0}
+    loss = 0.0
+    for target, w in ((x["next_ids"], x["next_weights"]), (x["targets"], x["self_weights"])):
+      if spec.mask == "causal" and target is x["targets"]:
+        continue  # no masked positions: skip the second cross-entropy
+      nll = optax.softmax_cross_entropy_with_integer_labels(logits, target)
+      hit = (jnp.argmax(logits, -1) == target).astype(jnp.float32)
+      loss = loss + jnp.sum(nll * w) / total
+      aux["accuracy"] = aux["accuracy"] + jnp.sum(hit * w) / total
+      # per modality: sums here, divided by their counts after accumulation
+      for name, span in (("text", spec.text_span), ("image", spec.image_span)):
+        where = jnp.where(in_span(target, span), w > 0, False).astype(jnp.float32)
+        aux[f"{name}_nll_sum"] = aux.get(f"{name}_nll_sum", 0.0) + jnp.sum(nll * where)
+        aux[f"{name}_count"] = aux.get(f"{name}_count", 0.0) + jnp.sum(where)
     return loss, aux
 
   (loss, aux), grads = accumulated_value_and_grad(loss_fn, model, inputs, spec.grad_accum_steps)
@@ -131,7 +155,7 @@ def train_step(state, batch, *, graphdef, spec: StepSpec):
   metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.global_norm(grads)}
   for name in ("text", "image"):  # nats per token of each modality
     metrics[f"{name}_loss"] = aux[f"{name}_nll_sum"] / jnp.maximum(aux[f"{name}_count"], 1.0)
-  return {"nnx": nnx.state((model, optimizer)), "ema": ema, "rng": state["rng"]}, metrics
+  return {"nnx": nnx.state((model, optimizer)), "ema": ema, "rng": rng}, metrics
 
 
 def left_pad(rows: list[np.ndarray]) -> np.ndarray:
@@ -148,6 +172,9 @@ class SampleSpec:
   cfg_scale: float
   temperature: float
   top_k: int
+  mask: str = "causal"
+  steps: int = 16  # "show-o": MaskGIT decoding steps of an image
+  schedule: str = "cosine"
 
 
 def make_samplers(graphdef, tok_graphdef, vocab: multimodal.Vocabulary, spec: SampleSpec):
@@ -160,11 +187,14 @@ def make_samplers(graphdef, tok_graphdef, vocab: multimodal.Vocabulary, spec: Sa
   def text_to_image(state, tok_state, prompts, key):
     model = runs.eval_model(graphdef, state)
     uncond = jnp.tile(jnp.array([[BOS, BOI]], jnp.int32), (prompts.shape[0], 1))
-    ids = multimodal.sample(model, prompts, key, steps=spec.image_tokens, allowed=image_ids,
-                            uncond=uncond if spec.cfg_scale != 1 else None,
-                            cfg_scale=spec.cfg_scale, temperature=spec.temperature,
-                            top_k=spec.top_k)
-    tokens = ids - vocab.image_offset
+    guided = dict(uncond=uncond if spec.cfg_scale != 1 else None, cfg_scale=spec.cfg_scale,
+                  temperature=spec.temperature, top_k=spec.top_k)
+    if spec.mask == "show-o":
+      tokens = multimodal.sample_image_masked(model, prompts, key, image_tokens=spec.image_tokens,
+                                              steps=spec.steps, schedule=spec.schedule, **guided)
+    else:
+      tokens = multimodal.sample(model, prompts, key, steps=spec.image_tokens,
+                                 allowed=image_ids, **guided) - vocab.image_offset
     tok = nnx.merge(tok_graphdef, tok_state)
     return tokens, tok.decode(tokens.reshape(-1, *spec.token_shape))
 
@@ -172,7 +202,8 @@ def make_samplers(graphdef, tok_graphdef, vocab: multimodal.Vocabulary, spec: Sa
   def image_to_text(state, prompts, key):
     model = runs.eval_model(graphdef, state)
     return multimodal.sample(model, prompts, key, steps=spec.caption_steps, allowed=text_ids,
-                             stop=EOS, temperature=spec.temperature, top_k=spec.top_k)
+                             stop=EOS, temperature=spec.temperature, top_k=spec.top_k,
+                             mask=spec.mask)
 
   return text_to_image, image_to_text
 
@@ -221,7 +252,7 @@ class MultimodalJob(loop.Job):
   def compile(self, graphdef, shardings):
     c = self.config
     spec = StepSpec(c.train.ema_decay, c.train.grad_accum_steps, self.vocab.span("text"),
-                    self.vocab.span("image"))
+                    self.vocab.span("image"), c.model.mask)
     fn = functools.partial(train_step, graphdef=graphdef, spec=spec)
     return {None: loop.jit_step(fn, c, shardings, self.mesh)}
 
@@ -264,7 +295,7 @@ class MultimodalJob(loop.Job):
     tok_graphdef, self.tok_state = nnx.split(self.tok)
     longest = max(len(t) for row in self.captions for t in row)
     spec = SampleSpec(self.image_tokens, self.token_shape, longest + 1, s.cfg_scale,
-                      s.temperature, s.top_k)
+                      s.temperature, s.top_k, c.model.mask, s.steps, s.schedule)
     self.text_to_image, self.image_to_text = make_samplers(graphdef, tok_graphdef,
                                                            self.vocab, spec)
     per_class = max(1, s.num // 10)

@@ -23,8 +23,9 @@ def _config(chain, arg="runlocal"):
   return c
 
 
-def test_runlocal_trains_evaluates_and_resumes(chain, tmp_path):
-  c = _config(chain)
+@pytest.mark.parametrize("arg", ["runlocal", "showo,runlocal"])
+def test_runlocal_trains_evaluates_and_resumes(arg, chain, tmp_path):
+  c = _config(chain, arg)
   assert runs.kind(c) == "multimodal"
   summary = trainer.train(c, str(tmp_path))
   rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
@@ -42,6 +43,8 @@ def test_runlocal_trains_evaluates_and_resumes(chain, tmp_path):
   again = trainer.train(c, str(tmp_path))  # finished: evaluated again, nothing retrained
   assert again["loss"] == summary["loss"]
   assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r] == [1, 2]
+  assert json.load(open(tmp_path / "config.json"))["model"]["mask"] == (
+      "show-o" if "showo" in arg else "causal")
 
 
 def test_a_short_run_lowers_the_text_and_image_losses(chain, tmp_path):
@@ -78,7 +81,8 @@ def test_sharded_step_matches_one_device(chain, sharded_steps_match):
 
 def test_bad_configs_fail_before_the_workdir(chain, tmp_path):
   workdir = tmp_path / "run"
-  for field, value, match in (("model.mask", "show-o", "model.mask: expected 'causal'"),
+  for field, value, match in (("model.mask", "bidirectional", "model.mask: expected one of"),
+                              ("sample.schedule", "cubic", "schedule: expected one of"),
                               ("train.tasks", {"text_to_speech": 1.0}, "tasks: expected names"),
                               ("train.drop_prompt", 1.0, "drop_prompt"),
                               ("loss.text", -1.0, "loss.text"),
