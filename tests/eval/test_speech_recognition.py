@@ -59,3 +59,20 @@ def test_pocketsphinx_recognises_a_known_recording():
   noise = np.random.default_rng(0).normal(0, 0.1, len(wave)).astype(np.float32)
   assert sr.word_error_rate(["go forward ten meters"],
                             [recognizer.transcribe(noise, 16000)]) >= 0.75
+
+
+def test_a_closed_grammar_hears_only_its_phrases():
+  pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx (vqlab[audio])")
+  grammar = sr.phrase_grammar(["two", "five", "ten"], ["go", "forward", "meters"])
+  assert grammar.splitlines()[2:] == [
+      "public <phrase> = <filler>* <keyword> <filler>*;", "<keyword> = two | five | ten;",
+      "<filler> = go | forward | meters;"]
+  recognizer = sr.Recognizer(grammar)
+  assert recognizer.transcribe(_raw("goforward.raw"), 16000) == "go forward ten meters"
+  # keywords alone: one of them is all it can hear, whatever was said
+  keyword_only = sr.Recognizer(sr.phrase_grammar(["two", "five", "ten"]))
+  assert keyword_only.transcribe(_raw("goforward.raw"), 16000) in ("two", "five", "ten")
+  with pytest.raises(ValueError, match="lower-case words"):
+    sr.phrase_grammar(["Ten"])
+  with pytest.raises(ValueError, match="lower-case words"):
+    sr.phrase_grammar([])

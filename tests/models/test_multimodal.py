@@ -184,3 +184,37 @@ def test_show_o_decoding_fills_every_mask_and_guidance_one_is_conditional():
                                                              steps=3))(model, key)
   np.testing.assert_array_equal(codes, plain)
   assert not np.array_equal(np.asarray(run(model, key, 8.0)), codes)
+
+
+def test_speech_is_drawn_level_by_level_and_stops_on_whole_frames():
+  vocab = multimodal.Vocabulary(text=20, image=16, audio_codes=8, audio_levels=3)
+  allowed = multimodal.allowed_audio(vocab)
+  assert allowed.shape == (3, vocab.size) and allowed[0, EOA] and not allowed[1:, EOA].any()
+  for level in range(3):  # row l: level l's 8 codes only
+    start = vocab.audio_offset + 8 * level
+    np.testing.assert_array_equal(np.flatnonzero(allowed[level]),
+                                  ([EOA] if level == 0 else []) + list(range(start, start + 8)))
+  model = multimodal.UnifiedGenerator(SMALL, vocab, rngs=nnx.Rngs(2))
+  prompt = jnp.asarray(np.tile(vocab.document([("text", [3, 4])])[:-1].tolist() + [BOA], (4, 1)))
+  ids = np.asarray(jax.jit(lambda m, k: multimodal.sample(
+      m, prompt, k, steps=31, allowed=jnp.asarray(allowed), stop=EOA, temperature=4.0))(
+          model, jax.random.key(3)))
+  ends = 0
+  for row in ids:
+    stop = np.flatnonzero(row == EOA)
+    body = row[:stop[0]] if len(stop) else row
+    if len(stop):
+      ends += 1
+      assert stop[0] % 3 == 0 and np.all(row[stop[0] + 1:] == PAD)
+    levels = (body - vocab.audio_offset) // 8
+    np.testing.assert_array_equal(levels, np.arange(len(body)) % 3)
+    codes = multimodal.audio_codes_of(vocab, row)
+    assert codes.shape == (len(body) // 3, 3) and codes.min() >= 0 and codes.max() < 8
+    # back to ids: the same frames, bracketed
+    np.testing.assert_array_equal(vocab.encode("audio", codes)[1:-1], body[:len(codes) * 3])
+  assert ends > 0  # at temperature 4, some of 4 rows of 10 frames draw <eoa>
+  with pytest.raises(ValueError, match="expected audio ids"):
+    multimodal.audio_codes_of(vocab, [vocab.text_offset, vocab.text_offset, 9])
+  with pytest.raises(ValueError, match="out of their level's order"):
+    multimodal.audio_codes_of(vocab, [vocab.audio_offset + 8, vocab.audio_offset,
+                                      vocab.audio_offset + 16])

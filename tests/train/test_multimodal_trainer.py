@@ -1,6 +1,7 @@
-"""The unified text + image trainer on the digits chain: runlocal trains, evaluates and
-resumes; a short run lowers the loss of both modalities; the sharded step equals one
-device's; bad configs fail before the workdir."""
+"""The unified text + image + speech trainer on the digits chain and the speech chain's
+codec: runlocal trains, evaluates every task and resumes; a short run lowers every
+task's loss; the sharded step equals one device's; bad configs fail before the
+workdir."""
 
 import json
 import os
@@ -9,36 +10,49 @@ import numpy as np
 import pytest
 
 from configs import multimodal_quickstart
-from vqlab.data import text
+from vqlab.data import paired, text
 from vqlab.data.tokens import TokenSource
 from vqlab.train import multimodal as trainer
 from vqlab.train import runs
 from vqlab.train.common import read_jsonl
 
 
-def _config(chain, arg="runlocal"):
+def _config(chain, arg="runlocal", codec=None):
   c = multimodal_quickstart.get_config(arg)
   workdir, tokens = chain["vq"]
   c.update(tokenizer_workdir=workdir, tokens_dir=tokens, eval_tokens_dir=tokens)
+  if codec is not None:
+    c.update(codec_workdir=codec)
+    c.speech.levels = 2  # of the speech chain's 3 levels of 64 codes
   return c
 
 
 @pytest.mark.parametrize("arg", ["runlocal", "showo,runlocal"])
-def test_runlocal_trains_evaluates_and_resumes(arg, chain, tmp_path):
-  c = _config(chain, arg)
+def test_runlocal_trains_evaluates_and_resumes(arg, chain, speech_chain, tmp_path):
+  c = _config(chain, arg, speech_chain[0])
   assert runs.kind(c) == "multimodal"
   summary = trainer.train(c, str(tmp_path))
   rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
   assert [r["step"] for r in rows] == [1, 2]
   vocab = summary["vocab_size"]
-  # 8 specials + the run's BPE + 1,024 codes; an untrained model is about uniform over them
+  # 8 specials + the run's BPE + 1,024 image codes + 2 levels of 64 speech codes; an
+  # untrained model is about uniform over them
   tok = text.load_tokenizer(str(tmp_path / "tokenizer.json"))
-  assert vocab == 8 + tok.vocab_size + 1024
-  for key in ("loss", "text_loss", "image_loss"):
-    assert abs(rows[0][key] - np.log(vocab)) < 0.5, (key, rows[0][key])
+  assert vocab == 8 + tok.vocab_size + 1024 + 2 * 64
+  for key in ("loss", "text_loss", "image_loss", "audio_loss"):
+    assert abs(rows[0][key] - np.log(vocab)) < 1.0, (key, rows[0][key])
   assert summary["image_to_text/examples"] == 8
-  captions = json.load(open(tmp_path / "captions.json"))
-  assert len(captions) == 8 and all(isinstance(r["caption"], str) for r in captions)
+  assert summary["speech_to_text/examples"] == 10
+  for key in ("speech_to_text/caption_accuracy", "text_to_speech/self_accuracy",
+              "text_to_speech/sphinx_accuracy", "text_to_speech/sphinx_accuracy@espeak",
+              "text_to_speech/sphinx_accuracy@codec"):
+    assert 0.0 <= summary[key] <= 1.0, key
+  examples = json.load(open(tmp_path / "captions.json"))
+  assert len(examples["image_to_text"]) == 8 and len(examples["speech_to_text"]) == 10
+  assert all(isinstance(r["caption"], str) for r in examples["image_to_text"])
+  assert [r["label"] for r in examples["text_to_speech"]] == list(range(10))
+  for y in range(10):  # a generated spoken caption per digit, at the codec's rate
+    assert os.path.exists(tmp_path / "audio" / f"text_to_speech_{y}.wav")
   assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
   again = trainer.train(c, str(tmp_path))  # finished: evaluated again, nothing retrained
   assert again["loss"] == summary["loss"]
@@ -47,21 +61,32 @@ def test_runlocal_trains_evaluates_and_resumes(arg, chain, tmp_path):
       "show-o" if "showo" in arg else "causal")
 
 
-def test_a_short_run_lowers_the_text_and_image_losses(chain, tmp_path):
-  c = _config(chain)
-  c.train.update(steps=30, lr=1e-2, batch_size=16)
+def test_a_short_run_lowers_every_task_loss(chain, speech_chain, tmp_path):
+  c = _config(chain, codec=speech_chain[0])
+  c.train.update(steps=30, lr=1e-2, batch_size=24)
   c.sample.every = 1000
-  c.eval.update(caption_examples=0)
-  c.log.update(every=5, checkpoint_every=1000)
+  c.eval.update(caption_examples=0, speech_examples=0)
+  c.log.update(every=1, checkpoint_every=1000)
   trainer.train(c, str(tmp_path))
   rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
-  for key in ("text_loss", "image_loss"):
-    first, last = rows[0][key], np.mean([r[key] for r in rows[-2:]])
-    assert last < first - 1.0, (key, [r[key] for r in rows])
+  # each task's nats per token over the steps that drew it: the first 5 and the last 5
+  for key in ["text_loss", "image_loss", "audio_loss"] + [f"{t}_loss" for t in paired.TASKS]:
+    drawn = [r[key] for r in rows if r[key] > 0]
+    first, last = np.mean(drawn[:5]), np.mean(drawn[-5:])
+    assert last < first - 1.0, (key, drawn)
 
 
-def test_sharded_step_matches_one_device(chain, sharded_steps_match):
-  c = _config(chain)
+def test_text_image_runs_without_a_codec(chain, tmp_path):
+  c = _config(chain, "text_image,runlocal")
+  c.eval.update(caption_examples=0)
+  summary = trainer.train(c, str(tmp_path))
+  tok = text.load_tokenizer(str(tmp_path / "tokenizer.json"))
+  assert summary["vocab_size"] == 8 + tok.vocab_size + 1024
+  assert "audio_loss" not in summary and "speech_to_text/caption_accuracy" not in summary
+
+
+def test_sharded_step_matches_one_device(chain, speech_chain, sharded_steps_match):
+  c = _config(chain, codec=speech_chain[0])
   c.train.update(batch_size=8)
   job = trainer.MultimodalJob(c, "")
   job.load()
@@ -72,22 +97,24 @@ def test_sharded_step_matches_one_device(chain, sharded_steps_match):
   batches = []
   for start in (0, 8):
     docs = [transform.random_map(source[i], rng) for i in range(start, start + 8)]
-    batches.append({k: np.stack([d[k] for d in docs]) for k in ("ids", "weights")})
-  spec = trainer.StepSpec(0.0, 1, job.vocab.span("text"), job.vocab.span("image"))
+    batches.append({k: np.stack([d[k] for d in docs]) for k in ("ids", "weights", "task")})
+  spec = job.step_spec()
   step = lambda state, batch, _: trainer.train_step(state, batch, graphdef=graphdef, spec=spec)
   sharded_steps_match(step, state, batches, {"data": 4, "fsdp": 2},
-                      ("loss", "text_loss", "image_loss"), min_fsdp_size=256)
+                      ("loss", "text_loss", "image_loss", "audio_loss"), min_fsdp_size=256)
 
 
 def test_bad_configs_fail_before_the_workdir(chain, tmp_path):
   workdir = tmp_path / "run"
   for field, value, match in (("model.mask", "bidirectional", "model.mask: expected one of"),
                               ("sample.schedule", "cubic", "schedule: expected one of"),
-                              ("train.tasks", {"text_to_speech": 1.0}, "tasks: expected names"),
+                              ("train.tasks", {"text_to_sound": 1.0}, "tasks: expected names"),
+                              ("codec_workdir", "", "codec_workdir: the tasks"),
+                              ("speech.templates", (1, 3), "the evaluation template"),
                               ("train.drop_prompt", 1.0, "drop_prompt"),
                               ("loss.text", -1.0, "loss.text"),
                               ("tokens_dir", "", "tokens_dir: expected a path")):
-    c = _config(chain)
+    c = _config(chain, codec="/nonexistent")
     section, _, name = field.rpartition(".")
     (c[section] if section else c)[name] = value
     with pytest.raises(ValueError, match=match):

@@ -1,16 +1,21 @@
-"""Paired text + image sequences for the unified model, made on the fly from a digits
-tokenizer's exported tokens (vqlab.data.tokens) and the digits' captions (text.py).
+"""Paired sequences for the unified model, made on the fly from a digits tokenizer's
+exported tokens (vqlab.data.tokens), the digits' captions (text.py) and, with a codec,
+the captions spoken by espeak-ng and coded by it (spoken.py).
 
 Each example becomes one task's document over the unified vocabulary
-(vqlab.models.multimodal):
-- text -> image: `<bos> caption <boi> image <eoi> <eos>`; with probability
-  `drop_prompt` the caption is left out (`<bos> <boi> image <eoi> <eos>`), which trains
-  the unconditional model classifier-free guidance contrasts with (Chameleon / Emu3 drop
-  the prompt the same way);
-- image -> text: `<bos> <boi> image <eoi> caption <eos>`.
-Captions are drawn over all templates, so a digit is named in words and numerals.
-Every position gets the loss weight of the modality of the id it predicts (specials 1,
-`<pad>` 0): the model learns every token of the sequence, as Chameleon does.
+(vqlab.models.multimodal), `<bos> prompt target <eos>`:
+- text -> image: `<bos> caption <boi> image <eoi> <eos>`;
+- image -> text: `<bos> <boi> image <eoi> caption <eos>`;
+- text -> speech: `<bos> caption <boa> speech <eoa> <eos>`;
+- speech -> text: `<bos> <boa> speech <eoa> caption <eos>`;
+- speech -> image: `<bos> <boa> speech <eoa> <boi> image <eoi> <eos>`.
+Where the target is an image or speech, the prompt is left out with probability
+`drop_prompt` (`<bos> <boi> image <eoi> <eos>`): the unconditional model that
+classifier-free guidance contrasts with (Chameleon / Emu3 drop the prompt the same way).
+Captions are drawn over all templates (speech: over the spoken templates and voices), so
+a digit is named in words and numerals. Every position gets the loss weight of the
+modality of the id it predicts (specials 1, `<pad>` 0): the model learns every token of
+the sequence, as Chameleon does.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from vqlab.data import text
 from vqlab.data.pipeline import ProcessRows, check_batching
 from vqlab.models import multimodal
 
-TASKS = ("text_to_image", "image_to_text")
+# task -> (the prompt's modality, the target's)
+TASK_MODALITIES = {"text_to_image": ("text", "image"), "image_to_text": ("image", "text"),
+                   "text_to_speech": ("text", "audio"), "speech_to_text": ("audio", "text"),
+                   "speech_to_image": ("audio", "image")}
+TASKS = tuple(TASK_MODALITIES)
+SPEECH_TASKS = tuple(t for t, m in TASK_MODALITIES.items() if "audio" in m)
 
 
 def caption_table(tokenizer: text.TextTokenizer) -> list[list[np.ndarray]]:
@@ -34,18 +44,17 @@ def caption_table(tokenizer: text.TextTokenizer) -> list[list[np.ndarray]]:
           for label in range(10)]
 
 
-def document(vocab: multimodal.Vocabulary, task: str, caption_ids: np.ndarray | None,
-             image_tokens: np.ndarray, length: int) -> np.ndarray:
-  """One task's padded document (`caption_ids` None: the prompt dropped)."""
-  caption = [] if caption_ids is None else [("text", caption_ids)]
-  image = [("image", image_tokens)]
-  if task == "text_to_image":
-    return vocab.document(caption + image, length)
-  if task == "image_to_text":
-    if caption_ids is None:
-      raise ValueError("image_to_text: the caption is the target; it cannot be dropped")
-    return vocab.document(image + caption, length)
-  raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+def document(vocab: multimodal.Vocabulary, task: str, prompt, target, length: int
+             ) -> np.ndarray:
+  """One task's padded document from its prompt's tokens (None: the prompt dropped) and
+  its target's: caption ids, image codes, or speech codes (frames, levels)."""
+  if task not in TASK_MODALITIES:
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+  source, goal = TASK_MODALITIES[task]
+  if prompt is None and goal == "text":
+    raise ValueError(f"{task}: the caption is the target; the prompt cannot be dropped")
+  segments = ([] if prompt is None else [(source, prompt)]) + [(goal, target)]
+  return vocab.document(segments, length)
 
 
 def loss_weights(vocab: multimodal.Vocabulary, ids: np.ndarray,
@@ -57,12 +66,15 @@ def loss_weights(vocab: multimodal.Vocabulary, ids: np.ndarray,
   return np.where(ids == multimodal.PAD, 0.0, table[kinds]).astype(np.float32)
 
 
-def sequence_length(vocab: multimodal.Vocabulary, captions: list[list[np.ndarray]],
-                    image_tokens: int) -> int:
-  """The longest document any task makes: `<bos>`, the longest caption, the bracketed
-  image, `<eos>`."""
-  del vocab
-  return 1 + max(len(c) for row in captions for c in row) + image_tokens + 2 + 1
+def sequence_length(captions: list[list[np.ndarray]], image_tokens: int,
+                    speech: dict | None = None, levels: int = 1) -> int:
+  """The longest document any task makes: `<bos>`, the longest prompt and target (each
+  image or speech span with its brackets), `<eos>`."""
+  sizes = {"text": max(len(c) for row in captions for c in row), "image": image_tokens + 2}
+  if speech:
+    sizes["audio"] = max(len(u) for voices in speech.values() for u in voices) * levels + 2
+  return 2 + max(sizes[a] + sizes[b] for a, b in TASK_MODALITIES.values()
+                 if a in sizes and b in sizes)
 
 
 def task_probabilities(task_probs: Mapping[str, float], drop_prompt: float) -> np.ndarray:
@@ -78,28 +90,56 @@ def task_probabilities(task_probs: Mapping[str, float], drop_prompt: float) -> n
   return probs / probs.sum()
 
 
+def speech_table(utterances: list[dict], codes: list[np.ndarray]) -> dict:
+  """{(label, template): [speech codes (frames, levels) of each voice]} of spoken
+  captions (vqlab.data.spoken) and their codes, in the utterances' order."""
+  table = {}
+  for u, c in zip(utterances, codes):
+    table.setdefault((int(u["label"]), int(u["template"])), []).append(np.asarray(c))
+  return table
+
+
 class PairedDocuments(grain.transforms.RandomMap):
-  """{"indices", "label"} -> {"ids": (length,), "weights": (length,), "task": int32}."""
+  """{"indices", "label"} -> {"ids": (length,), "weights": (length,), "task": int32,
+  "label": int32}. `speech` (`speech_table`): the spoken captions' codes, needed by the
+  speech tasks; their caption is the spoken one."""
 
   def __init__(self, vocab: multimodal.Vocabulary, captions: list[list[np.ndarray]],
                length: int, task_probs: Mapping[str, float], drop_prompt: float,
-               weights: Mapping[str, float]):
+               weights: Mapping[str, float], speech: dict | None = None):
     self.vocab, self.captions, self.length = vocab, captions, length
     self.probs, self.drop_prompt = task_probabilities(task_probs, drop_prompt), drop_prompt
-    self.weights = dict(weights)
+    self.weights, self.speech = dict(weights), speech or {}
+    wanted = [t for t, p in zip(TASKS, self.probs) if p > 0 and t in SPEECH_TASKS]
+    if wanted and not self.speech:
+      raise ValueError(f"tasks: {wanted} need spoken captions (a codec: codec_workdir)")
+    if self.speech and vocab.audio_codes == 0:
+      raise ValueError("speech: the vocabulary has no audio tokens")
+    self.spoken = {label: sorted(t for y, t in self.speech if y == label)
+                   for label in range(10)}
+    if self.speech and not all(self.spoken.values()):
+      raise ValueError("speech: expected spoken captions of every digit")
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     if "label" not in element:
       raise ValueError("paired data: the exported tokens have no labels (export a labelled "
                        "dataset, e.g. the built-in digits)")
-    task = int(rng.choice(len(TASKS), p=self.probs))
+    task = TASKS[int(rng.choice(len(TASKS), p=self.probs))]
     label = int(element["label"])
-    caption = self.captions[label][int(rng.integers(len(text.TEMPLATES)))]
-    if TASKS[task] == "text_to_image" and rng.random() < self.drop_prompt:
-      caption = None
-    ids = document(self.vocab, TASKS[task], caption, element["indices"], self.length)
+    source, goal = TASK_MODALITIES[task]
+    if "audio" in (source, goal):  # a spoken caption: its template, one of its voices
+      template = self.spoken[label][int(rng.integers(len(self.spoken[label])))]
+      voices = self.speech[(label, template)]
+      tokens = {"audio": voices[int(rng.integers(len(voices)))]}
+    else:
+      template, tokens = int(rng.integers(len(text.TEMPLATES))), {}
+    tokens.update(text=self.captions[label][template], image=element["indices"])
+    prompt = tokens[source]
+    if goal != "text" and rng.random() < self.drop_prompt:
+      prompt = None
+    ids = document(self.vocab, task, prompt, tokens[goal], self.length)
     return {"ids": ids, "weights": loss_weights(self.vocab, ids, self.weights),
-            "task": np.int32(task), "label": np.int32(label)}
+            "task": np.int32(TASKS.index(task)), "label": np.int32(label)}
 
 
 def paired_dataset(source, transform: PairedDocuments, *, batch_size: int, seed: int,

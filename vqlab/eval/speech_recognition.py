@@ -10,7 +10,9 @@ modern recogniser would do; synthetic espeak-ng speech is outside what it was tr
 - `word_errors`: the word-level Levenshtein distance (substitutions + deletions +
   insertions) between a reference and a hypothesis; `word_error_rate` is the corpus WER,
   total errors over total reference words (as NIST's sclite scores a test set).
-- `Recognizer`: float waveforms at any rate -> transcripts.
+- `Recognizer`: float waveforms at any rate -> transcripts; with a JSGF `grammar`
+  (`phrase_grammar`) it decodes a closed set of phrases instead of open English, which is
+  how a closed-vocabulary test (a spoken digit in a few caption templates) is scored.
 """
 
 from __future__ import annotations
@@ -62,16 +64,35 @@ def available() -> bool:
   return True
 
 
-class Recognizer:
-  """PocketSphinx with its shipped US English models; `transcribe(wave, rate)` -> text."""
+def phrase_grammar(keywords: Sequence[str], fillers: Sequence[str] = ()) -> str:
+  """A JSGF grammar of one of `keywords` with any number of `fillers` words around it
+  (lower-case words of the shipped dictionary)."""
+  words = [w for w in list(keywords) + list(fillers) if not re.fullmatch(r"[a-z']+", w)]
+  if not keywords or words:
+    raise ValueError(f"grammar: expected lower-case words and >= 1 keyword, got {words or keywords}")
+  around = "<filler>* " if fillers else ""
+  rules = [f"public <phrase> = {around}<keyword>{' <filler>*' if fillers else ''};",
+           f"<keyword> = {' | '.join(keywords)};"]
+  if fillers:
+    rules.append(f"<filler> = {' | '.join(fillers)};")
+  return "#JSGF V1.0;\ngrammar phrase;\n" + "\n".join(rules) + "\n"
 
-  def __init__(self):
+
+class Recognizer:
+  """PocketSphinx with its shipped US English models; `transcribe(wave, rate)` -> text.
+  `grammar`: a JSGF grammar (`phrase_grammar`) to decode with instead of the language
+  model."""
+
+  def __init__(self, grammar: str | None = None):
     try:
       from pocketsphinx import Decoder
     except ImportError:
       raise ImportError("pocketsphinx: word error rates need it; pip install pocketsphinx "
                         "(or vqlab[audio])") from None
     self._decoder = Decoder(samprate=RATE, loglevel="FATAL")
+    if grammar is not None:
+      self._decoder.set_jsgf_string("grammar", grammar)
+      self._decoder.activate_search("grammar")
 
   def transcribe(self, wave: np.ndarray, sample_rate: int) -> str:
     """The transcript of a float waveform (T,) in [-1, 1] at `sample_rate` Hz."""

@@ -274,12 +274,41 @@ def allowed_ids(vocab: Vocabulary, *modalities: str, specials: tuple[int, ...] =
   return allowed
 
 
+def allowed_audio(vocab: Vocabulary, stop: int = EOA) -> np.ndarray:
+  """(levels, V) bool for `sample`: a frame's levels in turn, each from its own codes;
+  `stop` only where a frame would begin (so the speech ends on whole frames)."""
+  allowed = np.zeros((vocab.audio_levels, vocab.size), bool)
+  for level in range(vocab.audio_levels):
+    start = vocab.audio_offset + level * vocab.audio_codes
+    allowed[level, start:start + vocab.audio_codes] = True
+  allowed[0, stop] = True
+  return allowed
+
+
+def audio_codes_of(vocab: Vocabulary, ids, stop: int = EOA) -> np.ndarray:
+  """Generated audio ids (n,) up to `stop` (or `<pad>` / the end) -> codes (frames,
+  levels): the inverse of `encode("audio", ...)` without its brackets; a frame left
+  incomplete at the end is dropped."""
+  ids = np.asarray(ids).reshape(-1)
+  end = np.flatnonzero((ids == stop) | (ids == PAD))
+  ids = ids[:end[0] if len(end) else len(ids)]
+  ids = ids[:len(ids) - len(ids) % vocab.audio_levels]
+  if np.any(vocab.modalities(ids) != AUDIO):
+    raise ValueError("ids: expected audio ids before the stop id")
+  codes = (ids - vocab.audio_offset).reshape(-1, vocab.audio_levels)
+  level = np.arange(vocab.audio_levels)
+  if np.any(codes // vocab.audio_codes != level):
+    raise ValueError("ids: audio codes out of their level's order")
+  return codes - level * vocab.audio_codes
+
+
 def sample(model: UnifiedGenerator, prompt: Array, key: Array, *, steps: int,
            allowed: Array, uncond: Array | None = None, cfg_scale: float = 1.0,
            temperature: float = 1.0, top_k: int = 0, stop: int = -1,
            mask: str = "causal") -> Array:
   """Continue left-padded prompts (B, P) by `steps` ids (B, steps) with the KV cache,
-  each drawn from the ids where `allowed` (V,) is True. `uncond` (B, P'): the prompts
+  each drawn from the ids where `allowed` (V,) is True; `allowed` (C, V): step i draws from
+  row i mod C (a codec's levels in turn: row l holds level l's codes). `uncond` (B, P'): the prompts
   without their condition (e.g. `<bos> <boi>` for a caption's `<bos> caption <boi>`);
   given, the logits are guided, uncond + cfg_scale (cond - uncond) (Chameleon / Emu3's
   classifier-free guidance on the prompt; scale 1 is the conditional model). After a
@@ -289,6 +318,7 @@ def sample(model: UnifiedGenerator, prompt: Array, key: Array, *, steps: int,
   from vqlab.models.sampling import eval_copy, guide, sample_logits
   model = eval_copy(model)
   blocked = jnp.where(jnp.asarray(allowed), 0.0, -jnp.inf)
+  blocked = blocked[None] if blocked.ndim == 1 else blocked
 
   def start(ids):
     cache = KVCache.empty(model.shape, ids.shape[0], ids.shape[1] + steps)
@@ -314,7 +344,8 @@ def sample(model: UnifiedGenerator, prompt: Array, key: Array, *, steps: int,
     if uncond is not None:
       logits = guide(logits, states[1][0], cfg_scale)
     key, sub = jax.random.split(key)
-    token = jnp.where(done, PAD, sample_logits(sub, logits + blocked, temperature, top_k))
+    allowed_now = blocked[i % blocked.shape[0]]
+    token = jnp.where(done, PAD, sample_logits(sub, logits + allowed_now, temperature, top_k))
     states = [advance(token, s, n + i) for s, n in zip(states, lengths)]
     return states, out.at[:, i].set(token), done | (token == stop), key
 
