@@ -69,7 +69,8 @@ def phrase_grammar(keywords: Sequence[str], fillers: Sequence[str] = ()) -> str:
   (lower-case words of the shipped dictionary)."""
   words = [w for w in list(keywords) + list(fillers) if not re.fullmatch(r"[a-z']+", w)]
   if not keywords or words:
-    raise ValueError(f"grammar: expected lower-case words and >= 1 keyword, got {words or keywords}")
+    raise ValueError(f"grammar: expected lower-case words and >= 1 keyword, got "
+                     f"{words or keywords}")
   around = "<filler>* " if fillers else ""
   rules = [f"public <phrase> = {around}<keyword>{' <filler>*' if fillers else ''};",
            f"<keyword> = {' | '.join(keywords)};"]

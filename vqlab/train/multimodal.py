@@ -128,9 +128,10 @@ def train_step(state, batch, *, graphdef, spec: StepSpec):
   """Every target weighted by its modality's loss weight (`batch["weights"]`, 0 at
   `<pad>`). "causal" (Chameleon / Emu3): next-token cross-entropy over the whole document.
   "show-o" (Show-o, arXiv 2408.12528): the image tokens of documents whose target is the
-  image (text -> image, speech -> image) are replaced by `<mask>` at a ratio drawn per document (MaskGIT's cosine schedule) and
-  predicted where they stand, under the Show-o attention; everything else that is not an
-  image token is predicted next-token."""
+  image (text -> image, speech -> image) are replaced by `<mask>` at a ratio drawn per
+  document (MaskGIT's cosine schedule) and predicted where they stand, under the Show-o
+  attention; everything else that is not an image token is predicted next-token. Metrics:
+  nats per token of each modality and of each task's documents."""
   model, optimizer = nnx.merge(graphdef, state["nnx"])
   rng, k_ratio, k_mask = jax.random.split(state["rng"], 3)
   ids, weights = batch["ids"], batch["weights"]
