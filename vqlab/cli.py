@@ -22,8 +22,10 @@ JOBS = {
     "study": ("vqlab.train.runs", "study", "= train, for a quantizer study config"),
     "units": ("vqlab.train.runs", "units", "= train, for a speech-units config (k-means units "
               "of speech features, scored against phonemes)"),
-    "multimodal": ("vqlab.train.runs", "multimodal", "= train, for a unified text + image "
-                   "model config"),
+    "multimodal": ("vqlab.train.runs", "multimodal", "= train, for a unified text + image + "
+                   "speech model config"),
+    "sample": ("vqlab.train.multimodal_sample", None, "any task of a trained unified model "
+               "(text -> image, image -> text, text -> speech, speech -> text / image)"),
     "sweep": ("vqlab.train.sweep", None, "run an ablation (configs/ablations/): a base job "
               "over variants and seeds; tables, plots and claim verdicts"),
 }

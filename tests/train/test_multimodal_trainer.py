@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from configs import multimodal_quickstart
-from vqlab.data import paired, text
+from vqlab.data import paired, speech, spoken, text
 from vqlab.data.tokens import TokenSource
 from vqlab.train import multimodal as trainer
+from vqlab.train import multimodal_sample
 from vqlab.train import runs
 from vqlab.train.common import read_jsonl
 
@@ -54,11 +55,44 @@ def test_runlocal_trains_evaluates_and_resumes(arg, chain, speech_chain, tmp_pat
   for y in range(10):  # a generated spoken caption per digit, at the codec's rate
     assert os.path.exists(tmp_path / "audio" / f"text_to_speech_{y}.wav")
   assert os.path.exists(tmp_path / "images" / "samples_0000002.png")
+  if arg == "runlocal":
+    _every_task_from_the_saved_run(tmp_path)
   again = trainer.train(c, str(tmp_path))  # finished: evaluated again, nothing retrained
   assert again["loss"] == summary["loss"]
   assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r] == [1, 2]
   assert json.load(open(tmp_path / "config.json"))["model"]["mask"] == (
       "show-o" if "showo" in arg else "causal")
+
+
+def _every_task_from_the_saved_run(workdir):
+  """UnifiedModel and `vqlab sample` on a finished run: every task, seeded."""
+  model = trainer.UnifiedModel(str(workdir))
+  assert model.step == 2 and model.sample_rate == 16000
+  asked = ["a handwritten seven", "the digit 3"]
+  images = model.text_to_image(asked, seed=0)
+  assert images.shape == (2, 32, 32, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(model.text_to_image(asked, seed=0), images)
+  assert not np.array_equal(model.text_to_image(asked, seed=1), images)
+  said = model.image_to_text(images, seed=0)
+  assert len(said) == 2 and said == model.image_to_text(images, seed=0)
+  waves = model.text_to_speech(asked, seed=0)
+  hop = model.job.codec.hop
+  assert len(waves) == 2 and all(len(w) % hop == 0 and len(w) <= model.job.speech_frames * hop
+                                 for w in waves)
+  clip = spoken.spoken_captions(spoken.caption_voices(1), (0,), 22050)[7]["audio"]
+  assert len(model.speech_to_text([clip], rate=22050, seed=0)) == 1
+  assert model.speech_to_image([clip], rate=22050, seed=0).shape == (1, 32, 32, 1)
+  assert model.sample_images(3, seed=0).shape == (3, 32, 32, 1)
+  # the command line: files written, captions printed
+  out = workdir / "asked"
+  png = multimodal_sample.run(str(workdir), "text_to_image", asked[0], count=2, out=str(out))
+  assert png == [str(out / "text_to_image.png")] and os.path.exists(png[0])
+  wavs = multimodal_sample.run(str(workdir), "text_to_speech", asked[1], out=str(out))
+  speech.write_wav(str(out / "said.wav"), clip, 22050)
+  heard = multimodal_sample.run(str(workdir), "speech_to_text", str(out / "said.wav"))
+  assert os.path.exists(wavs[0]) and len(heard) == 1 and isinstance(heard[0], str)
+  with pytest.raises(ValueError, match="prompt: image_to_text needs one"):
+    multimodal_sample.run(str(workdir), "image_to_text", "")
 
 
 def test_a_short_run_lowers_every_task_loss(chain, speech_chain, tmp_path):

@@ -57,6 +57,15 @@ def trim_silence(wave: np.ndarray, sample_rate: int, threshold: float = 0.02,
   return wave[max(loud[0] - margin, 0):loud[-1] + 1 + margin]
 
 
+def prepare(wave: np.ndarray, rate: int, sample_rate: int,
+            target_dbfs: float | None = -20.0) -> np.ndarray:
+  """Any waveform (int16 or float, any rate) as the unified model hears speech: float32
+  at `sample_rate`, cut to the speech, loudness-normalised on the speech alone."""
+  audio = trim_silence(PrepareAudio("audio", sample_rate, None).map(
+      {"audio": wave, "sample_rate": rate})["audio"], sample_rate)
+  return audio if target_dbfs is None else normalize_loudness(audio, target_dbfs)
+
+
 def spoken_captions(voices: list[tuple[str, int, int]], templates, sample_rate: int,
                     target_dbfs: float | None = -20.0, threads: int = 4) -> list[dict]:
   """Every digit's caption in each of `templates` said by each voice: per utterance
@@ -64,7 +73,6 @@ def spoken_captions(voices: list[tuple[str, int, int]], templates, sample_rate: 
   `sample_rate`}, in (label, template, voice) order."""
   for t in templates:
     text.caption(0, int(t))  # an unknown template fails before any synthesis
-  prepare = PrepareAudio("audio", sample_rate, None)
   jobs = [(label, int(t), v) for label in range(10) for t in templates
           for v in range(len(voices))]
 
@@ -72,10 +80,7 @@ def spoken_captions(voices: list[tuple[str, int, int]], templates, sample_rate: 
     label, template, v = job
     caption = text.caption(label, template)
     wave, rate = speech.synthesize(caption, *voices[v])
-    audio = trim_silence(prepare.map({"audio": wave, "sample_rate": rate})["audio"],
-                         sample_rate)
-    if target_dbfs is not None:  # the speech's loudness, not diluted by the silence cut
-      audio = normalize_loudness(audio, target_dbfs)
+    audio = prepare(wave, rate, sample_rate, target_dbfs)
     return {"label": label, "template": template, "voice": v, "text": caption,
             "audio": audio}
 

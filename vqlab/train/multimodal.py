@@ -1,26 +1,33 @@
-"""The unified multimodal trainer: one decoder-only transformer over text and image
-tokens in one sequence (early fusion: Chameleon, arXiv 2405.09818; Emu3, arXiv
-2409.18869), trained on the built-in digits and their captions.
+"""The unified multimodal trainer: one decoder-only transformer over text, image and
+speech tokens in one sequence (early fusion: Chameleon, arXiv 2405.09818; Emu3, arXiv
+2409.18869; AnyGPT, arXiv 2402.12226), trained on the built-in digits, their captions,
+and the captions spoken by espeak-ng.
 
   vqlab train --config configs/vqgan_quickstart.py:digits --workdir runs/digits
   vqlab tokens --workdir runs/digits --out runs/digits/tokens --split train
   vqlab tokens --workdir runs/digits --out runs/digits/test_tokens --split test
-  vqlab train --config configs/multimodal_quickstart.py --workdir runs/multimodal \\
+  vqlab codec --config configs/audio_codec.py --workdir runs/codec
+  vqlab multimodal --config configs/multimodal_quickstart.py --workdir runs/multimodal \\
     --config.tokenizer_workdir=runs/digits --config.tokens_dir=runs/digits/tokens \\
-    --config.eval_tokens_dir=runs/digits/test_tokens
+    --config.eval_tokens_dir=runs/digits/test_tokens --config.codec_workdir=runs/codec
 
 The text tokenizer is a byte-level BPE trained on the captions (vqlab.data.text) and
-saved with the run (tokenizer.json); the vocabulary puts text and the image tokenizer's
-codes behind offsets with `<boi>` / `<eoi>` (vqlab.models.multimodal). Each training
-document is one task, drawn per example (vqlab.data.paired): text -> image (the caption
-dropped at `train.drop_prompt`, for classifier-free guidance) or image -> text. The loss
-is next-token cross-entropy over every id, weighted per modality (`loss.text`,
-`loss.image`).
+saved with the run (tokenizer.json); the vocabulary puts text, the image tokenizer's codes
+and the codec's first `speech.levels` levels behind offsets with `<boi>` / `<eoi>`,
+`<boa>` / `<eoa>` (vqlab.models.multimodal). The spoken captions (vqlab.data.spoken) are
+synthesised and coded once per start, for the training voices and the held-out ones.
+Each training document is one task, drawn per example (vqlab.data.paired); the loss is
+next-token cross-entropy over every id, weighted per modality (`loss.text`, `.image`,
+`.audio`).
 
-Evaluation, on held-out digits: text -> image (the fixed caption of each digit, guided)
-scored by the digits classifier (class accuracy, digits FID, precision / recall: the
-generator's metrics); image -> text: the caption generated for each held-out digit's
-tokens names the right digit (caption accuracy).
+Evaluation: text -> image (the fixed caption of each digit, guided) scored by the digits
+classifier (class accuracy, digits FID: the generator's metrics); image -> text: the
+caption generated for each held-out digit names it; on held-out voices, speech -> text
+(the caption names the spoken digit), speech -> image (class accuracy), and text ->
+speech, recognised by the model itself (its own speech -> text) and by PocketSphinx
+under a closed grammar of the captions' words, next to PocketSphinx's score on the
+held-out espeak-ng speech and on its codec resynthesis. `UnifiedModel` runs every task on
+a finished run (notebooks, `vqlab sample`).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from vqlab.nn import precision
 from vqlab.nn.transformer import TransformerShape
 from vqlab.train import evaluators, loop, runs
 from vqlab.train.common import (accumulated_value_and_grad, ema_update, make_optimizer,
-                                save_image_grid, to_pixels)
+                                save_image_grid, to_pixels, to_unit)
 
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
 TOKENIZER_FILE = "tokenizer.json"
@@ -292,6 +299,8 @@ def speech_codes(codec, waves: list[np.ndarray], levels: int, batch_size: int = 
 
 def speech_waves(codec, codes: list[np.ndarray], frames: int) -> list[np.ndarray]:
   """Codes (f, l) of each clip (f <= frames) -> its waveform, one padded shape for all."""
+  if not codes:
+    return []
   graphdef, state = nnx.split(codec)
   batch = np.full((len(codes), max(frames, 1), codes[0].shape[-1]), -1, np.int32)  # -1: skipped
   for i, c in enumerate(codes):
@@ -575,6 +584,89 @@ class MultimodalJob(loop.Job):
     if "text_to_image/digits_fid" in summary:
       parts.append(f"text -> image digits FID {summary['text_to_image/digits_fid']:.2f}")
     return "multimodal: " + "; ".join(parts)
+
+
+class UnifiedModel:
+  """A trained unified run, every task one call (notebooks, `vqlab sample`):
+
+    m = UnifiedModel("runs/multimodal")
+    images = m.text_to_image(["a handwritten seven"] * 4)   # uint8 (4, H, W, C)
+    m.image_to_text(images)                                  # ["a handwritten seven", ...]
+    waves = m.text_to_speech(["the digit 3"])                # float32 at m.sample_rate
+    m.speech_to_text(waves), m.speech_to_image(waves), m.sample_images(8)
+
+  Speech in is any waveform at `rate` (resampled, cut to the speech, loudness-normalised
+  as the training captions are); images in are uint8 at the tokenizer's size. Sampling
+  follows the run's `sample` settings (guidance scale, temperature, top-k)."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    config = runs.load_config(workdir)
+    if runs.kind(config) != "multimodal":
+      raise ValueError(f"workdir: expected a unified multimodal run, got a "
+                       f"{runs.kind(config)} run in {workdir!r}")
+    self.job = job = MultimodalJob(config, workdir)
+    job.load()
+    self.config, graphdef, self.state, self.step = runs.restore(
+        workdir, step, init_state=lambda _: job.init_state())
+    job.periodic(graphdef)  # the samplers; nothing is written
+    self.samplers = job.samplers
+    tok_graphdef, _ = nnx.split(job.tok)
+    self._encode_images = jax.jit(lambda state, x: nnx.merge(tok_graphdef, state).encode(
+        to_unit(x)).indices)
+    self.sample_rate = job.codec.sample_rate if job.codec is not None else None
+    self._calls = 0
+
+  def _key(self, seed: int | None):
+    self._calls += 1
+    return jax.random.key(self._calls if seed is None else seed)
+
+  def _prompts(self, captions, begin) -> np.ndarray:
+    return left_pad([np.concatenate([[BOS], self.job.vocab.encode(
+        "text", self.job.text.encode(c)), [begin]]).astype(np.int32) for c in captions])
+
+  def _speech(self, waves, rate) -> list[np.ndarray]:
+    if self.job.codec is None:
+      raise ValueError("speech: this run was trained without a codec (codec_workdir)")
+    rate = rate or self.sample_rate
+    clips = [spoken.prepare(np.asarray(w), rate, self.sample_rate) for w in waves]
+    return speech_codes(self.job.codec, clips, int(self.config.speech.levels))
+
+  def _images(self, prompts, seed) -> np.ndarray:
+    return to_pixels(self.samplers["image"](self.state, self.job.tok_state,
+                                            jnp.asarray(prompts), self._key(seed))[1])
+
+  def text_to_image(self, captions: list[str], seed: int | None = None) -> np.ndarray:
+    return self._images(self._prompts(captions, BOI), seed)
+
+  def sample_images(self, count: int, seed: int | None = None) -> np.ndarray:
+    """Images drawn with no prompt at all (`<bos> <boi>`)."""
+    return self._images(np.tile(np.array([[BOS, BOI]], np.int32), (count, 1)), seed)
+
+  def image_to_text(self, images: np.ndarray, seed: int | None = None) -> list[str]:
+    codes = np.asarray(self._encode_images(self.job.tok_state, jnp.asarray(images)))
+    codes = codes.reshape(len(codes), -1)
+    return self.job.texts_of(self.samplers["text"](
+        self.state, jnp.asarray(self.job.image_prompts(codes)), self._key(seed)))
+
+  def text_to_speech(self, captions: list[str], seed: int | None = None
+                     ) -> list[np.ndarray]:
+    """Waveforms at `sample_rate` (empty where the model ended the speech at once)."""
+    if self.job.codec is None:
+      raise ValueError("speech: this run was trained without a codec (codec_workdir)")
+    ids = np.asarray(self.samplers["speech"](self.state, jnp.asarray(
+        self._prompts(captions, BOA)), self._key(seed)))
+    made = [multimodal.audio_codes_of(self.job.vocab, row) for row in ids]
+    return speech_waves(self.job.codec, made, self.job.speech_frames)
+
+  def speech_to_text(self, waves, rate: int | None = None, seed: int | None = None
+                     ) -> list[str]:
+    prompts = self.job.speech_prompts(self._speech(waves, rate))
+    return self.job.texts_of(self.samplers["text"](self.state, jnp.asarray(prompts),
+                                                   self._key(seed)))
+
+  def speech_to_image(self, waves, rate: int | None = None, seed: int | None = None
+                      ) -> np.ndarray:
+    return self._images(self.job.speech_prompts(self._speech(waves, rate), (BOI,)), seed)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
