@@ -31,6 +31,8 @@ def _config(chain, arg="runlocal", codec=None):
 @pytest.mark.parametrize("arg", ["runlocal", "showo,runlocal"])
 def test_runlocal_trains_evaluates_and_resumes(arg, chain, speech_chain, tmp_path):
   c = _config(chain, arg, speech_chain[0])
+  if "showo" in arg:  # fewer spoken captions (the causal run covers the speech path)
+    c.speech.update(templates=(0,), held_out_voices=1)
   assert runs.kind(c) == "multimodal"
   summary = trainer.train(c, str(tmp_path))
   rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
@@ -87,10 +89,9 @@ def _every_task_from_the_saved_run(workdir):
   out = workdir / "asked"
   png = multimodal_sample.run(str(workdir), "text_to_image", asked[0], count=2, out=str(out))
   assert png == [str(out / "text_to_image.png")] and os.path.exists(png[0])
-  wavs = multimodal_sample.run(str(workdir), "text_to_speech", asked[1], out=str(out))
   speech.write_wav(str(out / "said.wav"), clip, 22050)
   heard = multimodal_sample.run(str(workdir), "speech_to_text", str(out / "said.wav"))
-  assert os.path.exists(wavs[0]) and len(heard) == 1 and isinstance(heard[0], str)
+  assert len(heard) == 1 and isinstance(heard[0], str)
   with pytest.raises(ValueError, match="prompt: image_to_text needs one"):
     multimodal_sample.run(str(workdir), "image_to_text", "")
 

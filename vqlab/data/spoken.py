@@ -12,6 +12,7 @@ new recording of a known one.
 
 from __future__ import annotations
 
+import functools
 from concurrent import futures
 
 import numpy as np
@@ -70,9 +71,18 @@ def spoken_captions(voices: list[tuple[str, int, int]], templates, sample_rate: 
                     target_dbfs: float | None = -20.0, threads: int = 4) -> list[dict]:
   """Every digit's caption in each of `templates` said by each voice: per utterance
   {"label", "template", "voice" (its index), "text", "audio" float32 (T,) at
-  `sample_rate`}, in (label, template, voice) order."""
+  `sample_rate`}, in (label, template, voice) order. Synthesis is deterministic: the
+  last few sets asked for are kept (a trainer and a model loaded after it in one process
+  synthesise once); each call gets its own dicts."""
   for t in templates:
     text.caption(0, int(t))  # an unknown template fails before any synthesis
+  said = _spoken(tuple(map(tuple, voices)), tuple(int(t) for t in templates), int(sample_rate),
+                 target_dbfs, threads)
+  return [dict(u) for u in said]
+
+
+@functools.lru_cache(maxsize=4)
+def _spoken(voices, templates, sample_rate, target_dbfs, threads) -> tuple[dict, ...]:
   jobs = [(label, int(t), v) for label in range(10) for t in templates
           for v in range(len(voices))]
 
@@ -85,4 +95,4 @@ def spoken_captions(voices: list[tuple[str, int, int]], templates, sample_rate: 
             "audio": audio}
 
   with futures.ThreadPoolExecutor(threads) as pool:  # each synthesis is a subprocess
-    return list(pool.map(say, jobs))
+    return tuple(pool.map(say, jobs))
