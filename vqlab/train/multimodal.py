@@ -298,11 +298,13 @@ def speech_codes(codec, waves: list[np.ndarray], levels: int, batch_size: int = 
 
 
 def speech_waves(codec, codes: list[np.ndarray], frames: int) -> list[np.ndarray]:
-  """Codes (f, l) of each clip (f <= frames) -> its waveform, one padded shape for all."""
+  """Codes (f, l) of each clip -> its waveform, one padded shape of `frames` for all
+  (longer if a clip is)."""
   if not codes:
     return []
   graphdef, state = nnx.split(codec)
-  batch = np.full((len(codes), max(frames, 1), codes[0].shape[-1]), -1, np.int32)  # -1: skipped
+  frames = max([frames, 1] + [len(c) for c in codes])
+  batch = np.full((len(codes), frames, codes[0].shape[-1]), -1, np.int32)  # -1: skipped
   for i, c in enumerate(codes):
     batch[i, :len(c)] = c
   waves = np.asarray(_decode_speech(state, jnp.asarray(batch), graphdef=graphdef))
