@@ -3,13 +3,7 @@ speech tokens in one sequence (early fusion: Chameleon, arXiv 2405.09818; Emu3, 
 2409.18869; AnyGPT, arXiv 2402.12226), trained on the built-in digits, their captions,
 and the captions spoken by espeak-ng.
 
-  vqlab train --config configs/vqgan_quickstart.py:digits --workdir runs/digits
-  vqlab tokens --workdir runs/digits --out runs/digits/tokens --split train
-  vqlab tokens --workdir runs/digits --out runs/digits/test_tokens --split test
-  vqlab codec --config configs/audio_codec.py --workdir runs/codec
-  vqlab multimodal --config configs/multimodal_quickstart.py --workdir runs/multimodal \\
-    --config.tokenizer_workdir=runs/digits --config.tokens_dir=runs/digits/tokens \\
-    --config.eval_tokens_dir=runs/digits/test_tokens --config.codec_workdir=runs/codec
+The commands that make its inputs and train it: configs/multimodal_quickstart.py.
 
 The text tokenizer is a byte-level BPE trained on the captions (vqlab.data.text) and
 saved with the run (tokenizer.json); the vocabulary puts text, the image tokenizer's codes
