@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
       # sampled by MaskGIT's decoding (Show-o)
       mask="causal"))
   c.train = ml_collections.ConfigDict(dict(
-      steps=1400, batch_size=32, lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05,
+      steps=1200, batch_size=32, lr=1e-3, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_steps=100, schedule="constant", grad_clip=1.0, ema_decay=0.0,
       compute_dtype="float32", grad_accum_steps=1, nonfinite="stop", max_skips=20,
       tasks={"text_to_image": 1.0, "image_to_text": 1.0, "text_to_speech": 1.0,

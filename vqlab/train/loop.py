@@ -161,11 +161,19 @@ def check_nonfinite_mode(mode: str) -> None:
     raise ValueError(f"train.nonfinite: expected one of {NONFINITE}, got {mode!r}")
 
 
+def is_finite(x: jax.Array) -> jax.Array:
+  """No NaN / inf in `x`. x * 0 is 0 for finite x and NaN for NaN or inf, so this is one
+  fused multiply-sum (no overflow, whatever its scale)."""
+  return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype), dtype=jnp.float32))
+
+
 def finite_leaves(tree) -> list[jax.Array]:
-  """One bool per floating leaf: no NaN / inf in it. x * 0 is 0 for finite x and NaN for
-  NaN or inf, so each leaf is one fused multiply-sum (no overflow, whatever its scale)."""
-  return [jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype), dtype=jnp.float32))
-          for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  """One bool per floating leaf of `tree` (inside a traced step)."""
+  return [is_finite(x) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+# a restored state's check, a small program per leaf shape (as checkpoint.checksums)
+leaf_is_finite = jax.jit(is_finite)
 
 
 def _all_finite(tree) -> jax.Array:

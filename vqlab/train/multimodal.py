@@ -54,6 +54,7 @@ from vqlab.train.common import (accumulated_value_and_grad, ema_update, make_opt
 
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(TransformerShape)]
 TOKENIZER_FILE = "tokenizer.json"
+SPEECH_FILE = "speech.json"  # the longest spoken caption, so a saved run loads without them
 IMAGE_TARGET_TASKS = tuple(i for i, t in enumerate(paired.TASKS)
                            if paired.TASK_MODALITIES[t][1] == "image")
 
@@ -311,9 +312,11 @@ class MultimodalJob(loop.Job):
   def check(self):
     check_config(self.config)
 
-  def load(self):
+  def load(self, clips: bool = True):
     """The image tokenizer and its tokens (labelled), the text tokenizer, the codec and
-    the spoken captions' codes (training and held-out voices), the vocabulary."""
+    the spoken captions' codes (training and held-out voices), the vocabulary. Without
+    `clips` (a saved run's model only) the captions are not spoken: the longest one's
+    length comes from the run's SPEECH_FILE."""
     c = self.config
     self.source = TokenSource(c.tokens_dir)
     self.tok, step, ident = runs.load_token_model_of(c.tokenizer_workdir)
@@ -333,7 +336,7 @@ class MultimodalJob(loop.Job):
     self.codec, self.speech, self.held_out = None, None, []
     audio = {}
     if c.codec_workdir:
-      self.load_speech()
+      self.load_speech(clips)
       audio = dict(audio_codes=int(self.codec.quantizer.codebook_size),
                    audio_levels=int(c.speech.levels))
     self.vocab = multimodal.Vocabulary(text=self.text.vocab_size,
@@ -341,7 +344,7 @@ class MultimodalJob(loop.Job):
     self.length = paired.sequence_length(self.captions, self.image_tokens, self.speech,
                                          int(c.speech.levels))
 
-  def load_speech(self):
+  def load_speech(self, clips: bool = True):
     """The codec, and every spoken caption (the training voices' and the held-out
     voices') as its codes."""
     c, sp = self.config, self.config.speech
@@ -351,6 +354,11 @@ class MultimodalJob(loop.Job):
     if sp.levels > self.codec.num_levels:
       raise ValueError(f"speech.levels: the codec has {self.codec.num_levels} levels, got "
                        f"{sp.levels}")
+    saved = os.path.join(self.workdir, SPEECH_FILE)
+    if not clips and os.path.exists(saved):
+      with open(saved) as f:
+        self.speech_frames = int(json.load(f)["frames"])
+      return
     rate, templates = self.codec.sample_rate, tuple(int(t) for t in sp.templates)
     said = spoken.spoken_captions(spoken.caption_voices(sp.train_voices), templates, rate)
     self.speech = paired.speech_table(said, speech_codes(self.codec, [u["audio"] for u in said],
@@ -408,6 +416,10 @@ class MultimodalJob(loop.Job):
                          "changed")
     elif self.main_process:
       self.text.save(path)
+    if self.speech is not None and self.main_process:
+      with open(os.path.join(self.workdir, SPEECH_FILE), "w") as f:
+        json.dump({"frames": int(self.speech_frames), "levels": int(self.config.speech.levels)},
+                  f)
 
   # ------------------------------------------------------------------ prompts
 
@@ -466,7 +478,7 @@ class MultimodalJob(loop.Job):
   def evaluate(self, graphdef, state):
     c = self.config
     summary = {k: float(v) for k, v in self.last_metrics.items()}
-    summary["vocab_size"] = self.vocab.size
+    summary["vocab_size"], summary["sequence_length"] = self.vocab.size, self.length
     image, caption = self.samplers["image"], self.samplers["text"]
     if c.eval.digits_examples:  # text -> image, scored by the digits classifier
       fn = lambda labels, key: image(state, self.tok_state, jnp.asarray(
@@ -548,16 +560,16 @@ class MultimodalJob(loop.Job):
           text.DIGIT_WORDS, words))
       rate = self.codec.sample_rate
       found = lambda wave, y: text.DIGIT_WORDS[y] in recognizer.transcribe(wave, rate).split()
+      for r, w in zip(record, waves):
+        r["sphinx_heard"] = recognizer.transcribe(w, rate) if len(w) else ""
       summary["text_to_speech/sphinx_accuracy"] = float(np.mean(
-          [found(w, y) if len(w) else False for w, y in zip(waves, labels)]))
+          [text.DIGIT_WORDS[r["label"]] in r["sphinx_heard"].split() for r in record]))
       refs = [u for u in held if u["template"] == text.EVAL_TEMPLATE]
       resynth = speech_waves(self.codec, [u["codes"] for u in refs], self.speech_frames)
       summary["text_to_speech/sphinx_accuracy@espeak"] = float(np.mean(
           [found(u["audio"], u["label"]) for u in refs]))
       summary["text_to_speech/sphinx_accuracy@codec"] = float(np.mean(
           [found(w, u["label"]) for w, u in zip(resynth, refs)]))
-      for r, w in zip(record, waves):
-        r["sphinx_heard"] = recognizer.transcribe(w, rate) if len(w) else ""
     examples["text_to_speech"] = record
     if self.main_process:
       os.makedirs(os.path.join(self.workdir, "audio"), exist_ok=True)
@@ -601,7 +613,7 @@ class UnifiedModel:
       raise ValueError(f"workdir: expected a unified multimodal run, got a "
                        f"{runs.kind(config)} run in {workdir!r}")
     self.job = job = MultimodalJob(config, workdir)
-    job.load()
+    job.load(clips=False)
     self.config, graphdef, self.state, self.step = runs.restore(
         workdir, step, init_state=lambda _: job.init_state())
     job.periodic(graphdef)  # the samplers; nothing is written

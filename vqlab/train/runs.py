@@ -85,10 +85,10 @@ def restore_run(workdir: str, state: dict, step: int | None = None) -> tuple[int
     step, restored, _ = ckpt.restore(loop.to_checkpoint(state), step)
   finally:
     ckpt.close()
-  paths = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(restored)
-           if jnp.issubdtype(x.dtype, jnp.inexact)]
-  bad = [p for p, ok in zip(paths, jax.device_get(jax.jit(loop.finite_leaves)(restored)))
-         if not ok]
+  floats = [(jax.tree_util.keystr(p), x) for p, x in
+            jax.tree_util.tree_leaves_with_path(restored) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  bad = [p for (p, _), ok in zip(floats, jax.device_get([loop.leaf_is_finite(x)
+                                                         for _, x in floats])) if not ok]
   if bad:
     raise ValueError(f"checkpoint {step} of {workdir!r} holds non-finite values in "
                      f"{len(bad)} arrays ({', '.join(bad[:3])}): not a usable model")
