@@ -312,11 +312,11 @@ class MultimodalJob(loop.Job):
   def check(self):
     check_config(self.config)
 
-  def load(self, clips: bool = True):
+  def load(self, saved: bool = False):
     """The image tokenizer and its tokens (labelled), the text tokenizer, the codec and
-    the spoken captions' codes (training and held-out voices), the vocabulary. Without
-    `clips` (a saved run's model only) the captions are not spoken: the longest one's
-    length comes from the run's SPEECH_FILE."""
+    the spoken captions' codes (training and held-out voices), the vocabulary. `saved`:
+    a finished run's model only (UnifiedModel): the run's own text tokenizer, and no
+    captions spoken (the longest one's length is the run's SPEECH_FILE)."""
     c = self.config
     self.source = TokenSource(c.tokens_dir)
     self.tok, step, ident = runs.load_token_model_of(c.tokenizer_workdir)
@@ -329,14 +329,16 @@ class MultimodalJob(loop.Job):
     if self.eval_source is not None:
       runs.check_tokens_match(self.eval_source.meta, self.tok, step, ident,
                               c.tokenizer_workdir)
-    self.text = text_tokenizer(c)
+    saved_text = os.path.join(self.workdir, TOKENIZER_FILE)
+    self.text = (text.load_tokenizer(saved_text) if saved and os.path.exists(saved_text)
+                 else text_tokenizer(c))
     self.captions = paired.caption_table(self.text)
     self.token_shape = tuple(int(n) for n in np.shape(self.source[0]["indices"]))
     self.image_tokens = math.prod(self.token_shape)
     self.codec, self.speech, self.held_out = None, None, []
     audio = {}
     if c.codec_workdir:
-      self.load_speech(clips)
+      self.load_speech(saved)
       audio = dict(audio_codes=int(self.codec.quantizer.codebook_size),
                    audio_levels=int(c.speech.levels))
     self.vocab = multimodal.Vocabulary(text=self.text.vocab_size,
@@ -344,7 +346,7 @@ class MultimodalJob(loop.Job):
     self.length = paired.sequence_length(self.captions, self.image_tokens, self.speech,
                                          int(c.speech.levels))
 
-  def load_speech(self, clips: bool = True):
+  def load_speech(self, saved: bool = False):
     """The codec, and every spoken caption (the training voices' and the held-out
     voices') as its codes."""
     c, sp = self.config, self.config.speech
@@ -354,9 +356,8 @@ class MultimodalJob(loop.Job):
     if sp.levels > self.codec.num_levels:
       raise ValueError(f"speech.levels: the codec has {self.codec.num_levels} levels, got "
                        f"{sp.levels}")
-    saved = os.path.join(self.workdir, SPEECH_FILE)
-    if not clips and os.path.exists(saved):
-      with open(saved) as f:
+    if saved and os.path.exists(os.path.join(self.workdir, SPEECH_FILE)):
+      with open(os.path.join(self.workdir, SPEECH_FILE)) as f:
         self.speech_frames = int(json.load(f)["frames"])
       return
     rate, templates = self.codec.sample_rate, tuple(int(t) for t in sp.templates)
@@ -613,7 +614,7 @@ class UnifiedModel:
       raise ValueError(f"workdir: expected a unified multimodal run, got a "
                        f"{runs.kind(config)} run in {workdir!r}")
     self.job = job = MultimodalJob(config, workdir)
-    job.load(clips=False)
+    job.load(saved=True)
     self.config, graphdef, self.state, self.step = runs.restore(
         workdir, step, init_state=lambda _: job.init_state())
     job.periodic(graphdef)  # the samplers; nothing is written
