@@ -317,7 +317,6 @@ def test_stop_and_resume_equals_an_uninterrupted_run(speech_data_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(raw(a)), np.asarray(raw(b)))
 
 
-@pytest.mark.slow  # a whole evaluation again (the default run checks the trainer's)
 def test_vqlab_eval_on_a_codec_run_gives_its_summary(speech_chain):
   """`vqlab eval` evaluates any tokenizer run: on a codec, the restored checkpoint's
   numbers at every bitrate are the ones the trainer wrote after its last step."""

@@ -118,10 +118,9 @@ def test_every_ablation_config_is_complete(path, monkeypatch):
 # their runlocal sweeps are run by hand (-m manual); CI checks their configs above.
 GENERATOR_ABLATIONS = ("generators", "generator_heads", "guidance", "maskgit_schedules")
 SPEECH_ABLATIONS = ("codec_dropout",)
-# the longest runlocal sweeps run in CI's slow step (the default run's budget); two
-# quantizer-study sweeps (quantizers, estimators) stay in the default run
-SLOW_ABLATIONS = ("titok_tokens", "codebook_size", "residual_depth", "collapse",
-                  "implicit_codebooks")
+# the longest runlocal sweeps run in CI's slow step (the default run's budget); the
+# quantizer-study sweeps stay in the default run
+SLOW_ABLATIONS = ("titok_tokens", "codebook_size", "residual_depth")
 RUN = [pytest.param(p, id=_name(p), marks=[pytest.mark.manual]
                     if _name(p) in GENERATOR_ABLATIONS + SPEECH_ABLATIONS
                     else [pytest.mark.slow] if _name(p) in SLOW_ABLATIONS else [])

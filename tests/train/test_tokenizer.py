@@ -23,15 +23,13 @@ from vqlab.data.pipeline import iterate
 from vqlab.train import evaluators, export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
-# VQGAN's ImageNet config's and ViT-VQGAN's runlocal runs are CI's slow step (the
-# default-suite budget; ViT-VQGAN's model, its GAN last layer and remat are the default
-# run's in tests/models), UCF's and TiTok's ImageNet ones by hand (-m manual);
-# the quickstarts cover the same trainer in the default run, TiTok's the digits
+# VQGAN's ImageNet config's runlocal run is CI's slow step (the default-suite budget),
+# UCF's and TiTok's ImageNet ones by hand (-m manual);
+# the quickstarts cover the same models and trainer in the default run, TiTok's the digits
 # chain's TiTok (titok_quickstart:digits,runlocal) and the ordered-prefix test
 CONFIGS = ("vqgan_quickstart", pytest.param("vqgan_imagenet_f16", marks=pytest.mark.slow),
            pytest.param("video_ucf101", marks=pytest.mark.manual),  # video quickstart: CI
-           pytest.param("vit_vqgan_imagenet", marks=pytest.mark.slow),
-           pytest.param("titok_quickstart", marks=pytest.mark.slow),
+           "vit_vqgan_imagenet", pytest.param("titok_quickstart", marks=pytest.mark.slow),
            pytest.param("titok_imagenet", marks=pytest.mark.manual))  # TiTok: digits chain
 
 
