@@ -356,8 +356,9 @@ class MultimodalJob(loop.Job):
     if sp.levels > self.codec.num_levels:
       raise ValueError(f"speech.levels: the codec has {self.codec.num_levels} levels, got "
                        f"{sp.levels}")
-    if saved and os.path.exists(os.path.join(self.workdir, SPEECH_FILE)):
-      with open(os.path.join(self.workdir, SPEECH_FILE)) as f:
+    saved_speech = os.path.join(self.workdir, SPEECH_FILE)
+    if saved and os.path.exists(saved_speech):
+      with open(saved_speech) as f:
         self.speech_frames = int(json.load(f)["frames"])
       return
     rate, templates = self.codec.sample_rate, tuple(int(t) for t in sp.templates)
@@ -560,11 +561,12 @@ class MultimodalJob(loop.Job):
       recognizer = speech_recognition.Recognizer(speech_recognition.phrase_grammar(
           text.DIGIT_WORDS, words))
       rate = self.codec.sample_rate
-      found = lambda wave, y: text.DIGIT_WORDS[y] in recognizer.transcribe(wave, rate).split()
+      names = lambda heard, y: text.DIGIT_WORDS[y] in heard.split()
+      found = lambda wave, y: names(recognizer.transcribe(wave, rate), y)
       for r, w in zip(record, waves):
         r["sphinx_heard"] = recognizer.transcribe(w, rate) if len(w) else ""
       summary["text_to_speech/sphinx_accuracy"] = float(np.mean(
-          [text.DIGIT_WORDS[r["label"]] in r["sphinx_heard"].split() for r in record]))
+          [names(r["sphinx_heard"], r["label"]) for r in record]))
       refs = [u for u in held if u["template"] == text.EVAL_TEMPLATE]
       resynth = speech_waves(self.codec, [u["codes"] for u in refs], self.speech_frames)
       summary["text_to_speech/sphinx_accuracy@espeak"] = float(np.mean(
