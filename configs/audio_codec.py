@@ -54,6 +54,10 @@ def get_config(arg: str | None = None):
       sample_rate=16000, crop_seconds=0.5, eval_seconds=2.0,
       normalize=True, target_dbfs=-20.0,  # RMS loudness normalisation per utterance
       in_memory=True, threads=2, prefetch=64, workers=0))
+  # training crops through simulated rooms and noise (pipeline.Acoustics; off: 0.0 each)
+  c.data.augment = ml_collections.ConfigDict(dict(
+      reverb_prob=0.0, rt60=(0.1, 0.6), drr_db=(0.0, 15.0),
+      noise_prob=0.0, snr_db=(10.0, 40.0), noise_exponent=(0.0, 2.0)))
   c.train = ml_collections.ConfigDict(dict(
       steps=1200, batch_size=16, lr=2e-3, disc_lr=1e-4, b1=0.8, b2=0.99, weight_decay=0.0,
       warmup_steps=50, schedule="cosine", grad_clip=10.0, nonfinite="stop", max_skips=20,

@@ -13,6 +13,7 @@ single-process global batch, row for row.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grain
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from vqlab.data import speech
-from vqlab.dsp import resample
+from vqlab.dsp import colored_noise, resample, room_response
 
 
 class SelectKeys(grain.transforms.Map):
@@ -221,23 +222,86 @@ class PrepareAudio(grain.transforms.Map):
             "phoneme_ids": speech.phoneme_ids(symbols)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Acoustics:
+  """Training crops heard through a room and a microphone's noise floor: clean synthetic
+  speech (espeak-ng) has digital silence and no room, recordings have both. Per crop, with
+  probability `reverb_prob`, a synthetic room (`vqlab.dsp.room_response`: RT60 and
+  direct-to-reverberant ratio drawn uniformly from `rt60` s and `drr_db`), with
+  probability `noise_prob`, noise of a 1 / f^a spectrum (a drawn from `noise_exponent`)
+  at an SNR drawn from `snr_db` against the utterance's power (so silences get the floor
+  too). Simulated rooms and noise as in Ko et al. 2017 ("A study on data augmentation of
+  reverberant speech for robust speech recognition", ICASSP)."""
+
+  rate: int
+  reverb_prob: float = 0.0
+  rt60: tuple[float, float] = (0.1, 0.6)
+  drr_db: tuple[float, float] = (0.0, 15.0)
+  noise_prob: float = 0.0
+  snr_db: tuple[float, float] = (10.0, 40.0)
+  noise_exponent: tuple[float, float] = (0.0, 2.0)
+
+  def __post_init__(self):
+    for name in ("reverb_prob", "noise_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
+    for name in ("rt60", "drr_db", "snr_db", "noise_exponent"):
+      bounds = tuple(getattr(self, name))
+      if len(bounds) != 2 or bounds[0] > bounds[1]:
+        raise ValueError(f"{name}: expected (low, high) with low <= high, got {bounds}")
+    if self.rt60[0] <= 0:
+      raise ValueError(f"rt60: expected seconds > 0, got {tuple(self.rt60)}")
+
+  @property
+  def active(self) -> bool:
+    return self.reverb_prob > 0 or self.noise_prob > 0
+
+  @property
+  def context(self) -> int:
+    """Samples before a crop that reach it through the longest room."""
+    return int(np.ceil(self.rt60[1] * self.rate)) if self.reverb_prob > 0 else 0
+
+  def __call__(self, segment: np.ndarray, length: int, power: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """The last `length` samples of `segment` (a crop and up to `context` samples before
+    it) through a drawn room and noise; `power`: the utterance's mean square."""
+    out = segment.astype(np.float32)
+    if rng.random() < self.reverb_prob:
+      ir = room_response(rng.uniform(*self.rt60), rng.uniform(*self.drr_db), self.rate, rng)
+      from scipy.signal import fftconvolve
+      out = fftconvolve(out, ir)[:len(out)].astype(np.float32)
+    out = out[len(out) - length:]
+    if rng.random() < self.noise_prob and power > 0:
+      noise = colored_noise(length, rng.uniform(*self.noise_exponent), rng)
+      out = out + noise * np.float32(np.sqrt(power * 10.0 ** (-rng.uniform(*self.snr_db) / 10)))
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 class RandomAudioCrop(grain.transforms.RandomMap):
   """`length` samples from a random offset; shorter signals are zero-padded at the end.
   With `max_phonemes`, the phonemes said in the crop replace the utterance's: "phonemes"
-  (int32 (max_phonemes,), zero-padded) and "phoneme_count" (the same crops either way)."""
+  (int32 (max_phonemes,), zero-padded) and "phoneme_count" (the same crops either way).
+  With `acoustics`, each crop is heard through its drawn room and noise (Acoustics)."""
 
-  def __init__(self, length: int, max_phonemes: int = 0):
+  def __init__(self, length: int, max_phonemes: int = 0, acoustics: Acoustics | None = None):
     if length < 1:
       raise ValueError(f"length: expected >= 1, got {length}")
     self.length, self.max_phonemes = length, max_phonemes
+    self.acoustics = acoustics if acoustics is not None and acoustics.active else None
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     wave = element["audio"]
     if len(wave) < self.length:
       start, crop = 0, np.pad(wave, (0, self.length - len(wave)))
+      segment = crop
     else:
       start = int(rng.integers(0, len(wave) - self.length + 1))
       crop = np.ascontiguousarray(wave[start:start + self.length])
+      segment = wave[max(start - (self.acoustics.context if self.acoustics else 0), 0):
+                     start + self.length]
+    if self.acoustics:
+      power = float(np.mean(np.square(wave, dtype=np.float64))) if len(wave) else 0.0
+      crop = self.acoustics(segment, self.length, power, rng)
     if not self.max_phonemes:
       return {**element, "audio": crop}
     labels, count = speech.phonemes_in(element["phoneme_starts"], element["phoneme_ids"],
@@ -249,19 +313,21 @@ def audio_dataset(source, *, batch_size: int, sample_rate: int, length: int, see
                   key: str = "audio", target_dbfs: float | None = -20.0, source_rate: int = 0,
                   shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, in_memory: bool = False,
-                  drop_remainder: bool = True, max_phonemes: int = 0) -> grain.MapDataset:
+                  drop_remainder: bool = True, max_phonemes: int = 0,
+                  acoustics: Acoustics | None = None) -> grain.MapDataset:
   """Batches of {"audio": float32 (batch_size, length)}: each utterance resampled to
   `sample_rate` and loudness-normalised, then a random crop of `length` samples
   (`key` names the waveform field: "audio" here, "speech" in tfds' librispeech). With
-  `max_phonemes`, also each crop's espeak-ng phonemes (RandomAudioCrop)."""
+  `max_phonemes`, also each crop's espeak-ng phonemes; with `acoustics`, rooms and noise
+  (RandomAudioCrop)."""
   check_batching(batch_size, process_index, process_count)
   ds = grain.MapDataset.source(source).map(PrepareAudio(key, sample_rate, target_dbfs,
                                                         source_rate, bool(max_phonemes)))
   if in_memory:  # resampled once, kept
     ds = grain.MapDataset.source([ds[i] for i in range(len(ds))])
   keys = ("audio", "phoneme_starts", "phoneme_ids") if max_phonemes else ("audio",)
-  return _crops(ds, RandomAudioCrop(length, max_phonemes), batch_size=batch_size, seed=seed,
-                shuffle=shuffle, num_epochs=num_epochs, keys=keys,
+  return _crops(ds, RandomAudioCrop(length, max_phonemes, acoustics), batch_size=batch_size,
+                seed=seed, shuffle=shuffle, num_epochs=num_epochs, keys=keys,
                 process_index=process_index, process_count=process_count,
                 drop_remainder=drop_remainder)
 

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 
 from vqlab.data import builtin
-from vqlab.data.pipeline import PrepareAudio, audio_dataset, image_dataset, video_dataset
+from vqlab.data.pipeline import (Acoustics, PrepareAudio, audio_dataset, image_dataset,
+                                 video_dataset)
 
 
 def _passes(train: bool, wanted: int, available: int) -> int | None:
@@ -88,10 +89,13 @@ def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
                 drop_remainder: bool = True, split_by_process: bool = True,
                 max_phonemes: int = 0):
   """Batches {"audio": float32 (b, T)}: random crops of `crop_seconds`, shuffled and
-  endless for training; else crops of `eval_seconds` fixed by the evaluation seed,
+  endless for training, heard through `data.augment`'s rooms and noise where set
+  (pipeline.Acoustics); else crops of `eval_seconds` fixed by the evaluation seed,
   enough passes for `num_examples` (default one per utterance). `max_phonemes` adds each
   crop's espeak-ng phonemes ("phonemes", "phoneme_count"; the built-in speech only)."""
   d = config.data
+  augment = d.get("augment") if train else None
+  acoustics = Acoustics(d.sample_rate, **augment.to_dict()) if augment else None
   source = builtin.load(d.name, d.data_dir, split)
   processes = jax.process_count() if split_by_process else 1
   wanted = (num_examples or len(source)) * processes
@@ -102,7 +106,8 @@ def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
       target_dbfs=d.target_dbfs if d.normalize else None, source_rate=d.source_rate,
       shuffle=train, num_epochs=_passes(train, wanted, len(source)),
       process_index=jax.process_index() if split_by_process else 0, process_count=processes,
-      in_memory=d.in_memory, drop_remainder=drop_remainder, max_phonemes=max_phonemes)
+      in_memory=d.in_memory, drop_remainder=drop_remainder, max_phonemes=max_phonemes,
+      acoustics=acoustics)
 
 
 def aligned_speech(config: ml_collections.ConfigDict, split: str,
