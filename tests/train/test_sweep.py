@@ -113,11 +113,11 @@ def test_every_ablation_config_is_complete(path, monkeypatch):
 
 # The generator ablations train a digits tokenizer chain first (their `prepare`), then
 # the generator trainer under other overrides (paradigms, heads, guidance scales, mask
-# schedules: each tested in test_generator and tests/models), and the codec ablation trains
-# three runlocal codecs (the codec's runlocal run is tested in test_codec), minutes each:
+# schedules: each tested in test_generator and tests/models), and the codec ablations train
+# two or three runlocal codecs each (the codec's runlocal run is tested in test_codec), minutes:
 # their runlocal sweeps are run by hand (-m manual); CI checks their configs above.
 GENERATOR_ABLATIONS = ("generators", "generator_heads", "guidance", "maskgit_schedules")
-SPEECH_ABLATIONS = ("codec_dropout",)
+SPEECH_ABLATIONS = ("codec_dropout", "codec_rooms")
 # the longest runlocal sweeps run in CI's slow step (the default run's budget); the
 # quantizer-study sweeps stay in the default run
 SLOW_ABLATIONS = ("titok_tokens", "codebook_size", "residual_depth")
