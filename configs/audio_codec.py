@@ -23,6 +23,9 @@ SoundStream's losses from the start). Variants:
   its layers) matched by a linear map of level 1 (their D-axis loss, weight 40 = their
   120 : 45 to the mel loss); give `--config.teacher.weights=hubert_base.npz` (`vqlab
   convert hubert` of facebook/hubert-base-ls960; nothing is downloaded).
+- `:rooms`: each training crop heard, with probability 0.5 each, through a simulated room
+  and coloured noise (`data.augment`; README "Audio codec quickstart": better on the real
+  recordings, worse on held-out synthetic speech).
 Add `,runlocal` for a 2-step smoke run with every loss term on.
 """
 
@@ -37,7 +40,7 @@ SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, known=("encodec", "dac", "semantic", "hubert"))
+  args = parse_arg(arg, known=("encodec", "dac", "semantic", "hubert", "rooms"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dry_run = False  # compile the step for the mesh, print memory and FLOPs, train nothing
@@ -112,6 +115,8 @@ def get_config(arg: str | None = None):
     c.loss.phoneme_ctc = 1.0
   if "hubert" in args:  # SpeechTokenizer's distillation-to-mel weight ratio, 120 : 45
     c.loss.feature_distill = c.loss.mel * 120 / 45
+  if "rooms" in args:
+    c.data.augment.update(reverb_prob=0.5, noise_prob=0.5)
   if "runlocal" in args:
     c.model.shape.update(channels=4, latent_dim=16, strides=(2, 4), dilations=(1, 3),
                          lstm_layers=min(c.model.shape.lstm_layers, 1))

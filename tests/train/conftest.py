@@ -67,9 +67,10 @@ def chain(build_once):
 def _build_speech_chain(root, data_dir):
   from configs import audio_codec
   from vqlab.train import codec
-  # the codec quickstart's default-run variant (phoneme CTC on level 1, the GAN from step
-  # 2, WER and the phoneme probe in its evaluation): test_codec checks this run too
-  c = audio_codec.get_config("semantic,runlocal")
+  # the codec quickstart's default-run variant (phoneme CTC on level 1, training crops
+  # through rooms and noise, the GAN from step 2, WER and the phoneme probe in its
+  # evaluation): test_codec checks this run too
+  c = audio_codec.get_config("semantic,rooms,runlocal")
   c.data.update(data_dir=data_dir, crop_seconds=0.5, eval_seconds=0.5)
   c.model.shape.update(strides=(2, 4, 5, 8))  # 50 frames/s: 25 frames per 0.5 s record
   workdir = str(root / "codec")
@@ -81,7 +82,7 @@ def _build_speech_chain(root, data_dir):
 
 @pytest.fixture(scope="session")
 def speech_chain(build_once, speech_data_dir):
-  """A 2-step speech codec (`configs/audio_codec.py:semantic,runlocal`: 3 levels of 64
+  """A 2-step speech codec (`configs/audio_codec.py:semantic,rooms,runlocal`: 3 levels of 64
   codes; 50 frames/s here), 24 exported training clips of 0.5 s and 8 held-out prompt clips;
   built once per session."""
   root = build_once("speech_chain", lambda d: _build_speech_chain(d, speech_data_dir))

@@ -92,11 +92,13 @@ def _check_runlocal_run(workdir, summary):
 
 
 def test_the_default_variant_trains_in_runlocal(speech_chain):
-  """`:semantic,runlocal` (phoneme CTC, WER and the probe on) is the speech chain's codec,
-  which the generator and eval tests share: checked here, not trained again."""
+  """`:semantic,rooms,runlocal` (phoneme CTC, rooms and noise, WER and the probe on) is
+  the speech chain's codec, which the generator and eval tests share: checked here, not
+  trained again."""
   workdir = pathlib.Path(speech_chain[0])
   config = runs.load_config(str(workdir))
   assert config.loss.phoneme_ctc > 0 and config.eval.wer_utterances and config.eval.probe_utterances
+  assert config.data.augment.reverb_prob > 0 and config.data.augment.noise_prob > 0
   _check_runlocal_run(workdir, json.load(open(workdir / "summary.json")))
 
 
