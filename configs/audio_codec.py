@@ -36,7 +36,8 @@ from vqlab import parallel
 
 SHAPE = dict(channels=8, latent_dim=64, strides=(2, 4, 5, 8), dilations=(1, 3, 9),
              residual_kernel=7, kernel=7, activation="elu", causal=True, weight_norm=True,
-             lstm_layers=0, audio_channels=1, decoder="istft")
+             lstm_layers=0, audio_channels=1, decoder="istft",
+             remat="none")  # "block" / "full": residual units recomputed in the backward
 
 
 def get_config(arg: str | None = None):

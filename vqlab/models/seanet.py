@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vqlab.nn.transformer import param
+from vqlab.nn.transformer import check_remat, checkpointed, param
 
 Array = jax.Array
 ACTIVATIONS = ("elu", "snake")
@@ -50,6 +50,8 @@ class SEANetShape:
   lstm_layers: int = 0                    # EnCodec: 2, after the encoder / before the decoder
   audio_channels: int = 1
   decoder: str = "seanet"                 # or "istft": a spectrogram and its inverse (Vocos)
+  remat: str = "none"                     # training: "block" / "full" recompute each
+                                          # residual unit in the backward (whole signals)
 
   def check(self) -> None:
     if self.activation not in ACTIVATIONS:
@@ -65,6 +67,7 @@ class SEANetShape:
       raise ValueError(f"dilations: expected positive ints, got {self.dilations}")
     if self.lstm_layers < 0:
       raise ValueError(f"lstm_layers: expected >= 0, got {self.lstm_layers}")
+    check_remat(self.remat)
 
   @property
   def hop(self) -> int:
@@ -206,11 +209,16 @@ class LSTM(nnx.Module):
     return y, (None if whole else jnp.stack(new))
 
 
-def _run(layers: Sequence[nnx.Module], x: Array, states: list | None) -> tuple[Array, list | None]:
-  """Apply stateful layers in order; stateless ones (activations) take no state."""
+def _run(layers: Sequence[nnx.Module], x: Array, states: list | None,
+         remat: str = "none") -> tuple[Array, list | None]:
+  """Apply stateful layers in order; stateless ones (activations) take no state. On a
+  whole signal (no states), residual units run under `remat` (vqlab.nn.transformer's
+  policies: their activations recomputed in the backward)."""
   new = [] if states is not None else None
   for i, layer in enumerate(layers):
-    if hasattr(layer, "apply"):
+    if remat != "none" and states is None and isinstance(layer, ResidualUnit):
+      x, s = checkpointed(layer, remat, lambda unit, h: unit.apply(h)[0], x), None
+    elif hasattr(layer, "apply"):
       x, s = layer.apply(x, None if states is None else states[i])
     else:
       x, s = layer(x), None
@@ -251,7 +259,7 @@ class _Stack(nnx.Module):
     return _init_states(self.layers, batch)
 
   def apply(self, x: Array, state: list | None = None):
-    return _run(self.layers, x, state)
+    return _run(self.layers, x, state, self.shape.remat)
 
   def __call__(self, x: Array) -> Array:
     return self.apply(x)[0]
