@@ -65,7 +65,8 @@ def get_config(arg: str | None = None):
   c.train = ml_collections.ConfigDict(dict(
       steps=1200, batch_size=16, lr=2e-3, disc_lr=1e-4, b1=0.8, b2=0.99, weight_decay=0.0,
       warmup_steps=50, schedule="cosine", grad_clip=10.0, nonfinite="stop", max_skips=20,
-      compute_dtype="float32"))  # or "bfloat16": float32 parameters, bf16 convs
+      compute_dtype="float32",  # or "bfloat16": float32 parameters, bf16 convs
+      grad_accum_steps=1))  # micro-batches per step (a divisor of batch_size; codec.train_step)
   # DAC's weights (mel 15, adversarial 1, feature matching 2); wave L1 as EnCodec's 0.1
   c.loss = ml_collections.ConfigDict(dict(
       wave_l1=0.1, mel=15.0, stft=0.0, quantizer=1.0, adversarial=1.0, feature=2.0,

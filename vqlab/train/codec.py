@@ -45,7 +45,7 @@ from vqlab.models import audio_discriminators as discs
 from vqlab.nn import precision
 from vqlab.quantizers import factory
 from vqlab.train import evaluators, loop
-from vqlab.train.common import make_optimizer, save_audio
+from vqlab.train.common import accumulated_value_and_grad, make_optimizer, save_audio
 from vqlab.train.runs import eval_model
 
 
@@ -211,7 +211,7 @@ def reconstruction_terms(x, recon, loss: LossSpec) -> dict[str, jax.Array]:
 
 
 def train_step(state, batch, teacher_params=None, *, graphdef, loss: LossSpec, gan: bool,
-               warmup_mse: bool = False):
+               warmup_mse: bool = False, micro_batches: int = 1):
   """One codec (+ discriminator when `gan`) update on batch["audio"] (B, T) (and its
   "phonemes" / "phoneme_count" under phoneme_ctc; the frozen teacher's `teacher_params`
   under feature_distill); (state, metrics).
@@ -221,14 +221,24 @@ def train_step(state, batch, teacher_params=None, *, graphdef, loss: LossSpec, g
   the average spectrum through its biases and then sits on a plateau where its output
   barely depends on its input (the latent collapses to one direction or to nothing; the
   audio issue's flat ladder); a waveform error has no input-independent solution, so a
-  few hundred steps of it start the information flowing (benchmarks/codec_plateau.py)."""
+  few hundred steps of it start the information flowing (benchmarks/codec_plateau.py).
+
+  `micro_batches` > 1 (train.grad_accum_steps): both updates from that many slices of the
+  batch in turn (common.accumulated_value_and_grad), each slice's losses weighted 1 / m.
+  Terms that are means over examples give the large-batch step; the ones normalised by a
+  whole-batch total (the warm-up's relative error, feature matching's scale, the STFT
+  loss's spectral convergence) and the quantizer's statistics (EMA codebooks, dead codes)
+  are per slice, as a batch norm's would be."""
   model, disc, opt_g, opt_d = nnx.merge(graphdef, state["nnx"])
   audio = batch["audio"]
   x = audio[..., None].astype(jnp.float32)
   disc_graph, disc_state = nnx.split(disc)
   frozen_disc = lambda y: nnx.merge(disc_graph, disc_state, copy=True)(y)
+  share = 1.0 / micro_batches
 
-  def generator_loss(model):
+  def generator_loss(model, part):
+    audio = part["audio"]
+    x = audio[..., None].astype(jnp.float32)
     recon, q, z = model.reconstruct(x)
     terms = reconstruction_terms(x, recon, loss)
     # how many directions the latent uses: a collapsing encoder shows here first
@@ -241,8 +251,8 @@ def train_step(state, batch, teacher_params=None, *, graphdef, loss: LossSpec, g
     total = reconstruction + loss.quantizer * q.loss
     terms.update(quantizer_loss=q.loss, **{f"q/{k}": v for k, v in q.metrics.items()})
     if loss.phoneme_ctc:
-      terms["phoneme_ctc"] = semantic.phoneme_ctc(model.phoneme_logits(q), batch["phonemes"],
-                                                  batch["phoneme_count"], loss.blank_id)
+      terms["phoneme_ctc"] = semantic.phoneme_ctc(model.phoneme_logits(q), part["phonemes"],
+                                                  part["phoneme_count"], loss.blank_id)
       total = total + loss.phoneme_ctc * terms["phoneme_ctc"]
     if loss.feature_distill:
       wave = hubert.normalize_wave(audio) if loss.teacher_normalize else audio
@@ -257,20 +267,22 @@ def train_step(state, batch, teacher_params=None, *, graphdef, loss: LossSpec, g
       terms["feature_loss"] = discs.feature_matching(real_out, fake_out)
       total = (total + loss.adversarial * terms["adversarial_loss"]
                + loss.feature * terms["feature_loss"])
-    return total, (recon, terms)
+    terms = jax.tree.map(lambda t: t * share, terms)
+    return total * share, {**terms, "recon": recon}
 
-  (total, (recon, terms)), grads = nnx.value_and_grad(
-      generator_loss, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+  (total, terms), grads = accumulated_value_and_grad(
+      generator_loss, model, dict(batch), micro_batches, row_keys=("recon",))
+  recon = terms.pop("recon")
   opt_g.update(model, grads)
   metrics = {"loss": total, **terms, "grad_norm/codec": optax.global_norm(grads),
              "si_sdr": jnp.mean(audio_metrics.si_sdr(recon, x))}
   if gan:
-    fake = jax.lax.stop_gradient(recon)
+    def disc_loss(disc, part):
+      real = part["audio"][..., None].astype(jnp.float32)
+      return discs.discriminator_hinge(disc(real), disc(part["fake"])) * share, ()
 
-    def disc_loss(disc):
-      return discs.discriminator_hinge(disc(x), disc(fake))
-
-    d, d_grads = nnx.value_and_grad(disc_loss, argnums=nnx.DiffState(0, nnx.Param))(disc)
+    (d, _), d_grads = accumulated_value_and_grad(
+        disc_loss, disc, {"audio": audio, "fake": jax.lax.stop_gradient(recon)}, micro_batches)
     opt_d.update(disc, d_grads)
     metrics.update({"disc_loss": d, "grad_norm/discriminator": optax.global_norm(d_grads)})
   return {"nnx": nnx.state((model, disc, opt_g, opt_d))}, metrics
@@ -314,7 +326,8 @@ class CodecJob(evaluators.TokenizerJob):
 
     def step(gan, warmup_mse):
       return functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
-                               warmup_mse=warmup_mse)
+                               warmup_mse=warmup_mse,
+                               micro_batches=self.config.train.get("grad_accum_steps", 1))
 
     args = len(self.step_args())
     return {(gan, warmup): loop.jit_step(step(gan, warmup), self.config, shardings, self.mesh,

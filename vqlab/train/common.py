@@ -164,15 +164,18 @@ def local_batch_size(global_batch: int, mesh) -> int:
   return global_batch // jax.process_count()
 
 
-def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int):
+def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int,
+                               row_keys: tuple[str, ...] = ()):
   """`nnx.value_and_grad(loss_fn, has_aux=True)(model, inputs)` over `micro_batches`
   equal slices of the batch axis of `inputs`, one after another in a `lax.scan`: only one
   slice's activations are alive at a time, the peak memory of a micro-batch step.
 
   `loss_fn(model, slice) -> (loss, aux)` must return its slice's share of the whole
   batch's loss (a sum over the slice's examples divided by a total over the batch), so
-  that the summed losses, aux values and gradients are the large-batch ones. The
-  model's other state (RNG streams, statistics) is carried from slice to slice."""
+  that the summed losses, aux values and gradients are the large-batch ones. Entries of
+  the aux dict named in `row_keys` are per-example outputs (batch axis first): those are
+  put back together in the batch's row order instead of summed. The model's other state
+  (RNG streams, statistics) is carried from slice to slice."""
   grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
   if micro_batches == 1:
     return grad_fn(model, inputs)
@@ -189,14 +192,24 @@ def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int)
   def one(carry, piece):  # the parameters ride in the carry: scan traces them itself
     total, params, rest = carry
     m = nnx.merge(graphdef, params, rest)
-    out = grad_fn(m, piece)
+    (loss, aux), grads = grad_fn(m, piece)
+    per_row = {k: aux[k] for k in row_keys}
+    if row_keys:  # a dict: its per-example entries leave the sum
+      aux = {k: v for k, v in aux.items() if k not in row_keys}
+    out = ((loss, aux), grads)
     rest = nnx.state(m, nnx.Not(nnx.Param))
-    return (out if total is None else jax.tree.map(jnp.add, total, out), params, rest), None
+    total = out if total is None else jax.tree.map(jnp.add, total, out)
+    return (total, params, rest), per_row
 
-  carry, _ = one((None, params, rest), jax.tree.map(lambda x: x[0], slices))
-  (out, _, rest), _ = jax.lax.scan(one, carry, jax.tree.map(lambda x: x[1:], slices))
+  carry, first = one((None, params, rest), jax.tree.map(lambda x: x[0], slices))
+  (((loss, aux), grads), _, rest), others = jax.lax.scan(
+      one, carry, jax.tree.map(lambda x: x[1:], slices))
   nnx.update(model, rest)
-  return out
+  # (m, b / m, ...) -> rows in the batch's order: row j m + i is slice i's row j
+  for k in row_keys:
+    stacked = jnp.concatenate([first[k][None], others[k]])
+    aux[k] = stacked.swapaxes(0, 1).reshape(-1, *stacked.shape[2:])
+  return (loss, aux), grads
 
 
 def ema_update(ema, params, decay: float):

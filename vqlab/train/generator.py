@@ -99,10 +99,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                        f"got {setting!r}")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes: expected >= 1, got {config.model.num_classes}")
-  accum = config.train.grad_accum_steps
-  if accum < 1 or config.train.batch_size % accum:
-    raise ValueError(f"train.grad_accum_steps: expected a divisor of train.batch_size="
-                     f"{config.train.batch_size}, got {accum}")
   loop.check_train_config(config)
   if config.model.head not in HEADS:
     raise ValueError(f"model.head: expected one of {HEADS}, got {config.model.head!r}")

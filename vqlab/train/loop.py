@@ -403,6 +403,10 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   if t.steps < 1 or t.batch_size < 1:
     raise ValueError(f"train.steps, train.batch_size: expected >= 1, got {t.steps}, "
                      f"{t.batch_size}")
+  accum = t.get("grad_accum_steps", 1)
+  if accum < 1 or t.batch_size % accum:
+    raise ValueError(f"train.grad_accum_steps: expected a divisor of train.batch_size="
+                     f"{t.batch_size}, got {accum}")
   profile = config.get("profile_steps", ())
   if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
     raise ValueError(f"profile_steps: expected (first, last) steps with 1 <= first <= last, "
