@@ -55,6 +55,7 @@ def test_runlocal_trains_evaluates_and_resumes(arg, chain, speech_chain, tmp_pat
     # the longest spoken caption is kept with the run (a saved run's model needs no clips)
     saved = json.load(open(tmp_path / trainer.SPEECH_FILE))
     assert saved["levels"] == 2 and 0 < saved["frames"] * 2 + 2 < summary["sequence_length"]
+    assert saved["sequence_length"] == summary["sequence_length"]
     assert summary["speech_to_text/examples"] == 10 and len(examples["speech_to_text"]) == 10
     for key in ("speech_to_text/caption_accuracy", "text_to_speech/self_accuracy",
                 "text_to_speech/sphinx_accuracy", "text_to_speech/sphinx_accuracy@espeak",
@@ -86,7 +87,9 @@ def test_every_task_from_a_saved_run(chain, speech_chain, tmp_path):
   model = trainer.UnifiedModel(str(workdir))
   assert model.step == 2 and model.sample_rate == 16000
   assert model.job.speech is None  # the captions were not spoken again
-  assert model.job.speech_frames == json.load(open(workdir / trainer.SPEECH_FILE))["frames"]
+  saved = json.load(open(workdir / trainer.SPEECH_FILE))
+  assert model.job.speech_frames == saved["frames"]
+  assert model.job.length == saved["sequence_length"]  # the training documents' length
   asked = ["a handwritten seven", "the digit 3"]
   images = model.text_to_image(asked, seed=0)
   assert images.shape == (2, 32, 32, 1) and images.dtype == np.uint8

@@ -316,7 +316,8 @@ class MultimodalJob(loop.Job):
     """The image tokenizer and its tokens (labelled), the text tokenizer, the codec and
     the spoken captions' codes (training and held-out voices), the vocabulary. `saved`:
     a finished run's model only (UnifiedModel): the run's own text tokenizer, and no
-    captions spoken (the longest one's length is the run's SPEECH_FILE)."""
+    captions spoken (the longest one's frames and the documents' length are the run's
+    SPEECH_FILE)."""
     c = self.config
     self.source = TokenSource(c.tokens_dir)
     self.tok, step, ident = runs.load_token_model_of(c.tokenizer_workdir)
@@ -335,7 +336,7 @@ class MultimodalJob(loop.Job):
     self.captions = paired.caption_table(self.text)
     self.token_shape = tuple(int(n) for n in np.shape(self.source[0]["indices"]))
     self.image_tokens = math.prod(self.token_shape)
-    self.codec, self.speech, self.held_out = None, None, []
+    self.codec, self.speech, self.held_out, self.saved_length = None, None, [], None
     audio = {}
     if c.codec_workdir:
       self.load_speech(saved)
@@ -343,8 +344,9 @@ class MultimodalJob(loop.Job):
                    audio_levels=int(c.speech.levels))
     self.vocab = multimodal.Vocabulary(text=self.text.vocab_size,
                                        image=int(self.tok.quantizer.codebook_size), **audio)
-    self.length = paired.sequence_length(self.captions, self.image_tokens, self.speech,
-                                         int(c.speech.levels))
+    # a saved run's documents held its spoken captions, which were not loaded now
+    self.length = self.saved_length or paired.sequence_length(
+        self.captions, self.image_tokens, self.speech, int(c.speech.levels))
 
   def load_speech(self, saved: bool = False):
     """The codec, and every spoken caption (the training voices' and the held-out
@@ -359,7 +361,9 @@ class MultimodalJob(loop.Job):
     saved_speech = os.path.join(self.workdir, SPEECH_FILE)
     if saved and os.path.exists(saved_speech):
       with open(saved_speech) as f:
-        self.speech_frames = int(json.load(f)["frames"])
+        saved_file = json.load(f)
+      self.speech_frames = int(saved_file["frames"])
+      self.saved_length = saved_file.get("sequence_length")  # absent in older runs
       return
     rate, templates = self.codec.sample_rate, tuple(int(t) for t in sp.templates)
     said = spoken.spoken_captions(spoken.caption_voices(sp.train_voices), templates, rate)
@@ -420,8 +424,8 @@ class MultimodalJob(loop.Job):
       self.text.save(path)
     if self.speech is not None and self.main_process:
       with open(os.path.join(self.workdir, SPEECH_FILE), "w") as f:
-        json.dump({"frames": int(self.speech_frames), "levels": int(self.config.speech.levels)},
-                  f)
+        json.dump({"frames": int(self.speech_frames), "levels": int(self.config.speech.levels),
+                   "sequence_length": int(self.length)}, f)
 
   # ------------------------------------------------------------------ prompts
 
