@@ -2,8 +2,8 @@
 quickstart codec (configs/audio_codec.py) trained on espeak-ng's clean synthetic speech as
 it is, and with each training crop heard, with probability 0.5 each, through a simulated
 room (RT60 0.1-0.6 s) and coloured noise (SNR 10-40 dB) (`data.augment`,
-vqlab/data/pipeline.Acoustics; the rooms as in Ko et al. 2017, "A study on data
-augmentation of reverberant speech for robust speech recognition", ICASSP); 600 steps
+vqlab/data/pipeline.Acoustics; training on simulated rooms as Ko et al. 2017, "A study
+on data augmentation of reverberant speech for robust speech recognition", ICASSP); 600 steps
 each, no discriminators, scored at 1 and 8 levels on the 64 real-recording clips (never
 trained on); three seeds. The question is this repository's, not a paper's (README "Audio
 codec quickstart": the codec stalls on the recordings while it improves on held-out

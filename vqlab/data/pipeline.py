@@ -230,8 +230,9 @@ class Acoustics:
   direct-to-reverberant ratio drawn uniformly from `rt60` s and `drr_db`), with
   probability `noise_prob`, noise of a 1 / f^a spectrum (a drawn from `noise_exponent`)
   at an SNR drawn from `snr_db` against the utterance's power (so silences get the floor
-  too). Simulated rooms and noise as in Ko et al. 2017 ("A study on data augmentation of
-  reverberant speech for robust speech recognition", ICASSP)."""
+  too). Training on simulated rooms: Ko et al. 2017 ("A study on data augmentation of
+  reverberant speech for robust speech recognition", ICASSP; their rooms are image-method
+  simulations, ours Polack's statistical tail)."""
 
   rate: int
   reverb_prob: float = 0.0
