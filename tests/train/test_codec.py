@@ -175,7 +175,9 @@ def test_bad_configs_fail_before_the_workdir(speech_data_dir, tmp_path):
   workdir = tmp_path / "run"
   for field, value, match in (("data.crop_seconds", 0.01, "crop_seconds"),
                               ("loss.mel", -1.0, "loss.mel"),
-                              ("model.shape.activation", "relu", "activation")):
+                              ("model.shape.activation", "relu", "activation"),
+                              ("data.augment.noise_prob", 1.5, "noise_prob: expected a "
+                                                               "probability")):
     config = codec_config.get_config("runlocal")
     config.data.data_dir = speech_data_dir
     section, name = field.rsplit(".", 1)

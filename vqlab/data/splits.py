@@ -84,6 +84,13 @@ def crop_length(config: ml_collections.ConfigDict, seconds: float) -> int:
   return int(round(seconds * config.data.sample_rate))
 
 
+def acoustics(config: ml_collections.ConfigDict) -> Acoustics | None:
+  """The rooms and noise of `data.augment` for training crops (None where the config has
+  none); its ranges are checked here, so a trainer can call it before any work."""
+  augment = config.data.get("augment")
+  return Acoustics(config.data.sample_rate, **augment.to_dict()) if augment else None
+
+
 def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
                 batch_size: int, num_examples: int | None = None,
                 drop_remainder: bool = True, split_by_process: bool = True,
@@ -94,8 +101,6 @@ def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
   enough passes for `num_examples` (default one per utterance). `max_phonemes` adds each
   crop's espeak-ng phonemes ("phonemes", "phoneme_count"; the built-in speech only)."""
   d = config.data
-  augment = d.get("augment") if train else None
-  acoustics = Acoustics(d.sample_rate, **augment.to_dict()) if augment else None
   source = builtin.load(d.name, d.data_dir, split)
   processes = jax.process_count() if split_by_process else 1
   wanted = (num_examples or len(source)) * processes
@@ -107,7 +112,7 @@ def audio_split(config: ml_collections.ConfigDict, split: str, *, train: bool,
       shuffle=train, num_epochs=_passes(train, wanted, len(source)),
       process_index=jax.process_index() if split_by_process else 0, process_count=processes,
       in_memory=d.in_memory, drop_remainder=drop_remainder, max_phonemes=max_phonemes,
-      acoustics=acoustics)
+      acoustics=acoustics(config) if train else None)
 
 
 def aligned_speech(config: ml_collections.ConfigDict, split: str,

@@ -91,6 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name, value in config.loss.items():
     if value < 0:
       raise ValueError(f"loss.{name}: expected >= 0, got {value}")
+  splits.acoustics(config)  # data.augment's probabilities and ranges
   if distills_features(config):
     t = config.teacher
     if not t.weights:
