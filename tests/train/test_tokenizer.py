@@ -6,6 +6,7 @@ import functools
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -240,14 +241,17 @@ def test_bad_config_fails_early_and_keeps_the_workdir(change, error, match, data
   assert sorted(os.listdir(tmp_path)) == ["notes.txt"] and open(keep).read() == "keep me"
 
 
-def test_other_model_in_a_used_workdir_is_refused(data_dir, tmp_path):
-  tokenizer.train(small_config(data_dir), str(tmp_path))
-  before = sorted(os.listdir(tmp_path / "checkpoints"))
-  config = small_config(data_dir)
+def test_other_model_in_a_used_workdir_is_refused(chain, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(chain["vq"][0], workdir)  # a finished run (the chain's shared one)
+  before = sorted(os.listdir(workdir / "checkpoints"))
+  config = runs.load_config(str(workdir))
   config.model.quantizer.args.codebook_size = 512
   with pytest.raises(ValueError, match="model.quantizer"):
-    tokenizer.train(config, str(tmp_path))
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    tokenizer.train(config, str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == before
+  assert json.load(open(workdir / "config.json"))["model"]["quantizer"]["args"][
+      "codebook_size"] == 1024
 
 
 def test_unknown_config_key_is_refused_by_the_cli(tmp_path):
