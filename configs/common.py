@@ -64,6 +64,8 @@ def tokenizer_config(arch: str, shape: dict, quantizer: ml_collections.ConfigDic
       weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0,
       ema_decay=0.0,  # 0: no EMA of the generator
       compute_dtype="float32",  # or "bfloat16": float32 parameters, bf16 matmuls / convs
+      grad_accum_steps=1,  # micro-batches per step (a divisor of batch_size): the large
+      # batch's step (VQGAN's adaptive weight included) at one micro-batch's activations
       # a step whose loss or new state is not finite: "stop" the run, or "skip" the update
       # (stopping after max_skips in a row)
       nonfinite="stop", max_skips=20))

@@ -50,8 +50,23 @@ def adaptive_weight(last_layer: Callable[[Array], Array], kernel: Array,
   features; nll_fn / gan_fn map images to the two scalar losses. The weight is a
   constant for the optimizer (stop-gradient), as in taming.
   """
-  nll_grad = jax.grad(lambda k: nll_fn(last_layer(k)))(kernel)
-  gan_grad = jax.grad(lambda k: gan_fn(last_layer(k)))(kernel)
+  return weight_from_gradients(*last_layer_gradients(last_layer, kernel, nll_fn, gan_fn),
+                               disc_weight, max_weight)
+
+
+def last_layer_gradients(last_layer: Callable[[Array], Array], kernel: Array,
+                         nll_fn: Callable[[Array], Array], gan_fn: Callable[[Array], Array]
+                         ) -> tuple[Array, Array]:
+  """(d nll / d kernel, d gan / d kernel) at the decoder's last layer (see adaptive_weight).
+  Both are linear in the losses: a batch's are the sums of its slices' (each loss weighted
+  by its slice's share), which is how accumulated micro-batches get the batch's weight."""
+  return (jax.grad(lambda k: nll_fn(last_layer(k)))(kernel),
+          jax.grad(lambda k: gan_fn(last_layer(k)))(kernel))
+
+
+def weight_from_gradients(nll_grad: Array, gan_grad: Array, disc_weight: float = 1.0,
+                          max_weight: float = 1e4) -> Array:
+  """|nll_grad| / (|gan_grad| + 1e-4), clipped to [0, max_weight], times disc_weight."""
   weight = jnp.linalg.norm(nll_grad) / (jnp.linalg.norm(gan_grad) + 1e-4)
   return jax.lax.stop_gradient(jnp.clip(weight, 0.0, max_weight) * disc_weight)
 

@@ -164,11 +164,25 @@ def local_batch_size(global_batch: int, mesh) -> int:
   return global_batch // jax.process_count()
 
 
+def micro_batch_slices(inputs: dict, micro_batches: int) -> dict:
+  """Each array of `inputs` as (micro_batches, rows / micro_batches, ...): slice i holds
+  rows i, i + m, i + 2m, ... so that, with the batch split over devices in contiguous
+  blocks, every slice has rows on every device (data parallelism holds)."""
+  rows = {k: v.shape[0] for k, v in inputs.items()}
+  if any(r % micro_batches for r in rows.values()):
+    raise ValueError(f"train.grad_accum_steps: expected a divisor of the batch {rows}, got "
+                     f"{micro_batches}")
+  return jax.tree.map(lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1),
+                      inputs)
+
+
 def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int,
-                               row_keys: tuple[str, ...] = ()):
-  """`nnx.value_and_grad(loss_fn, has_aux=True)(model, inputs)` over `micro_batches`
-  equal slices of the batch axis of `inputs`, one after another in a `lax.scan`: only one
-  slice's activations are alive at a time, the peak memory of a micro-batch step.
+                               row_keys: tuple[str, ...] = (),
+                               wrt: nnx.filterlib.Filter = nnx.Param):
+  """`nnx.value_and_grad(loss_fn, has_aux=True)(model, inputs)` (gradients of the `wrt`
+  state) over `micro_batches` equal slices of the batch axis of `inputs`, one after
+  another in a `lax.scan`: only one slice's activations are alive at a time, the peak
+  memory of a micro-batch step.
 
   `loss_fn(model, slice) -> (loss, aux)` must return its slice's share of the whole
   batch's loss (a sum over the slice's examples divided by a total over the batch), so
@@ -176,18 +190,11 @@ def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int,
   the aux dict named in `row_keys` are per-example outputs (batch axis first): those are
   put back together in the batch's row order instead of summed. The model's other state
   (RNG streams, statistics) is carried from slice to slice."""
-  grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
   if micro_batches == 1:
     return grad_fn(model, inputs)
-  rows = {k: v.shape[0] for k, v in inputs.items()}
-  if any(r % micro_batches for r in rows.values()):
-    raise ValueError(f"train.grad_accum_steps: expected a divisor of the batch {rows}, got "
-                     f"{micro_batches}")
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  # Slice i holds rows i, i + m, i + 2m, ...: with the batch split over devices in
-  # contiguous blocks, every slice has rows on every device (data parallelism holds).
-  slices = jax.tree.map(
-      lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), inputs)
+  slices = micro_batch_slices(inputs, micro_batches)
+  graphdef, params, rest = nnx.split(model, wrt, ...)
 
   def one(carry, piece):  # the parameters ride in the carry: scan traces them itself
     total, params, rest = carry
@@ -197,7 +204,7 @@ def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int,
     if row_keys:  # a dict: its per-example entries leave the sum
       aux = {k: v for k, v in aux.items() if k not in row_keys}
     out = ((loss, aux), grads)
-    rest = nnx.state(m, nnx.Not(nnx.Param))
+    rest = nnx.state(m, nnx.Not(wrt))
     total = out if total is None else jax.tree.map(jnp.add, total, out)
     return (total, params, rest), per_row
 
@@ -210,6 +217,26 @@ def accumulated_value_and_grad(loss_fn, model, inputs: dict, micro_batches: int,
     stacked = jnp.concatenate([first[k][None], others[k]])
     aux[k] = stacked.swapaxes(0, 1).reshape(-1, *stacked.shape[2:])
   return (loss, aux), grads
+
+
+def accumulated_sum(fn, model, inputs: dict, micro_batches: int):
+  """The sum over the micro-batch slices (micro_batch_slices) of `fn(model, slice)`, a
+  pytree, computed one slice at a time on a copy of the model whose state (RNG streams,
+  statistics) is carried from slice to slice and then dropped: a look-ahead pass that
+  draws what accumulated_value_and_grad's pass over the same slices will draw."""
+  graphdef, state = nnx.split(model)
+  slices = micro_batch_slices(inputs, micro_batches)
+
+  def one(carry, piece):
+    total, state = carry
+    m = nnx.merge(graphdef, state, copy=True)
+    out = fn(m, piece)
+    total = out if total is None else jax.tree.map(jnp.add, total, out)
+    return (total, nnx.state(m)), None
+
+  carry, _ = one((None, state), jax.tree.map(lambda x: x[0], slices))
+  (total, _), _ = jax.lax.scan(one, carry, jax.tree.map(lambda x: x[1:], slices))
+  return total
 
 
 def ema_update(ema, params, decay: float):

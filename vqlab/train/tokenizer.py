@@ -54,8 +54,8 @@ from vqlab.models.discriminator import PatchGAN
 from vqlab.nn import precision
 from vqlab.quantizers import factory
 from vqlab.train import evaluators, loop, runs
-from vqlab.train.common import (ema_update, make_optimizer, save_image_grid, to_pixels,
-                                to_unit)
+from vqlab.train.common import (accumulated_sum, accumulated_value_and_grad, ema_update,
+                                make_optimizer, save_image_grid, to_pixels, to_unit)
 
 RECON_LOSSES = ("l1", "l2")
 
@@ -220,10 +220,19 @@ def _rgb(x: jax.Array) -> jax.Array:
 
 
 def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: LossSpec,
-               gan: bool):
-  """One generator (+ discriminator when `gan`) update; returns (state, metrics)."""
+               gan: bool, micro_batches: int = 1):
+  """One generator (+ discriminator when `gan`) update; returns (state, metrics).
+
+  `micro_batches` > 1 (train.grad_accum_steps): both updates from that many slices of the
+  batch in turn (common.accumulated_value_and_grad), each slice's losses weighted 1 / m,
+  which gives the large-batch step for the terms that are means over examples. VQGAN's
+  adaptive weight needs the whole batch's last-layer gradients before any slice's
+  gradient: a look-ahead pass of forwards over the slices gives it first
+  (common.accumulated_sum; a forward more per slice). Per slice, as they would be at that
+  batch size: the discriminator's batch norm (disc.norm="batch") and the quantizer's
+  statistics (EMA codebooks, dead codes, usage)."""
   p = merge(graphdef, state)
-  x = to_unit(images)
+  share = 1.0 / micro_batches
   perceptual = None
   if lpips_graphdef is not None:
     lpips = nnx.merge(lpips_graphdef, lpips_state)
@@ -231,8 +240,9 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
   disc_graph, disc_state = nnx.split(p.disc)
   # The generator sees a copy of D: its batch statistics move only in D's own update.
   frozen_disc = lambda y: nnx.merge(disc_graph, disc_state, copy=True)(y)
+  gan_fn = lambda y: adversarial.generator_loss(frozen_disc(y), loss.gan_loss)
 
-  def nll_fn(recon):
+  def nll_fn(recon, x):
     err = jnp.abs(recon - x) if loss.recon == "l1" else jnp.square(recon - x)
     rec = jnp.mean(err)
     nll = loss.recon_weight * rec
@@ -242,7 +252,22 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
       nll = nll + loss.perceptual_weight * terms["perceptual_loss"]
     return nll, terms
 
-  def generator_loss(model):
+  def last_layer_gradients(model, part):  # this slice's share of the batch's
+    x = to_unit(part["image"])
+    h, _ = model.features(x)
+    return adversarial.last_layer_gradients(
+        lambda k: model.decoder.last_layer(h, k), model.decoder.last_kernel,
+        lambda y: nll_fn(y, x)[0] * share, lambda y: gan_fn(y) * share)
+
+  batch = {"image": images}
+  weight = jnp.asarray(loss.disc_weight, jnp.float32)
+  if gan and loss.adaptive_weight and micro_batches > 1:
+    weight = adversarial.weight_from_gradients(
+        *accumulated_sum(last_layer_gradients, p.model, batch, micro_batches),
+        loss.disc_weight)
+
+  def generator_loss(model, part):
+    x = to_unit(part["image"])
     if loss.proxy_weight:  # TiTok stage 1: the teacher's codes; pixels only to watch
       q = model.encode(x)
       logits = model.decoder.logits(q.quantized).astype(jnp.float32)
@@ -252,49 +277,50 @@ def train_step(state, images, lpips_state, *, graphdef, lpips_graphdef, loss: Lo
           model.decoder.teacher_decoder.features(model.decoder.soft_codes(logits)),
           model.decoder.last_kernel))
       total = loss.proxy_weight * ce + loss.quantizer_weight * q.loss
-      return total, (recon, {"proxy_loss": ce, "proxy_accuracy": jnp.mean(
-          jnp.argmax(logits, -1) == targets), "quantizer_loss": q.loss,
-          **{f"q/{k}": v for k, v in q.metrics.items()}})
-    h, q = model.features(x)
-    kernel = model.decoder.last_kernel
-    recon = model.decoder.last_layer(h, kernel)
-    nll, terms = nll_fn(recon)
-    total = nll + loss.quantizer_weight * q.loss
-    terms = {**terms, "quantizer_loss": q.loss, **{f"q/{k}": v for k, v in q.metrics.items()}}
-    if gan:
-      gan_fn = lambda y: adversarial.generator_loss(frozen_disc(y), loss.gan_loss)
-      g = gan_fn(recon)
-      if loss.adaptive_weight:
-        weight = adversarial.adaptive_weight(lambda k: model.decoder.last_layer(h, k), kernel,
-                                             lambda y: nll_fn(y)[0], gan_fn, loss.disc_weight)
-      else:
-        weight = jnp.asarray(loss.disc_weight, jnp.float32)
-      total = total + weight * g
-      terms.update(generator_loss=g, gan_weight=weight)
-    return total, (recon, terms)
+      terms = {"proxy_loss": ce, "proxy_accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
+               "quantizer_loss": q.loss, **{f"q/{k}": v for k, v in q.metrics.items()}}
+    else:
+      h, q = model.features(x)
+      kernel = model.decoder.last_kernel
+      recon = model.decoder.last_layer(h, kernel)
+      nll, terms = nll_fn(recon, x)
+      total = nll + loss.quantizer_weight * q.loss
+      terms = {**terms, "quantizer_loss": q.loss,
+               **{f"q/{k}": v for k, v in q.metrics.items()}}
+      if gan:
+        g = gan_fn(recon)
+        w = weight
+        if loss.adaptive_weight and micro_batches == 1:  # the batch is this one slice
+          w = adversarial.adaptive_weight(lambda k: model.decoder.last_layer(h, k), kernel,
+                                          lambda y: nll_fn(y, x)[0], gan_fn, loss.disc_weight)
+        total = total + w * g
+        terms.update(generator_loss=g, gan_weight=w)
+    terms = jax.tree.map(lambda t: t * share, terms)
+    return total * share, {**terms, "recon": recon}
 
-  diff = nnx.DiffState(0, trainable(p.model))
-  (total, (recon, terms)), grads = nnx.value_and_grad(generator_loss, argnums=diff,
-                                                      has_aux=True)(p.model)
+  (total, terms), grads = accumulated_value_and_grad(
+      generator_loss, p.model, batch, micro_batches, row_keys=("recon",),
+      wrt=trainable(p.model))
+  recon = terms.pop("recon")
   p.opt_g.update(p.model, grads)
+  x = to_unit(images)
   metrics = {"loss": total, **terms, "grad_norm/generator": optax.global_norm(grads),
              "psnr": jnp.mean(psnr(frames(recon), frames(x)))}
   if min(x.shape[-3:-1]) >= 11:
     metrics["ssim"] = jnp.mean(ssim(frames(recon), frames(x)))
   lecam = state["lecam"]
   if gan:
-    fake = jax.lax.stop_gradient(recon)
-
-    def disc_loss(disc):
-      real_logits, fake_logits = disc(x), disc(fake)
+    def disc_loss(disc, part):
+      real_logits, fake_logits = disc(to_unit(part["image"])), disc(part["fake"])
       d = adversarial.discriminator_loss(real_logits, fake_logits, loss.gan_loss)
       if loss.lecam_weight:
         d = d + loss.lecam_weight * adversarial.lecam_regularization(
             real_logits, fake_logits, lecam[0], lecam[1])
-      return d, (jnp.mean(real_logits), jnp.mean(fake_logits))
+      return d * share, (jnp.mean(real_logits) * share, jnp.mean(fake_logits) * share)
 
-    (d, (real_mean, fake_mean)), d_grads = nnx.value_and_grad(
-        disc_loss, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(p.disc)
+    (d, (real_mean, fake_mean)), d_grads = accumulated_value_and_grad(
+        disc_loss, p.disc, {"image": images, "fake": jax.lax.stop_gradient(recon)},
+        micro_batches)
     p.opt_d.update(p.disc, d_grads)
     means = jnp.stack([real_mean, fake_mean])
     lecam = loss.lecam_decay * lecam + (1.0 - loss.lecam_decay) * means
@@ -331,7 +357,8 @@ class ImageTokenizerJob(evaluators.TokenizerJob):
 
     def step(gan):
       fn = functools.partial(train_step, graphdef=graphdef, loss=loss, gan=gan,
-                             lpips_graphdef=self.lpips_graphdef)
+                             lpips_graphdef=self.lpips_graphdef,
+                             micro_batches=self.config.train.get("grad_accum_steps", 1))
       return lambda state, batch, lpips_state: fn(state, batch[key], lpips_state)
 
     return {gan: loop.jit_step(step(gan), self.config, shardings, self.mesh, num_args=1)
