@@ -9,11 +9,11 @@ from conftest import COMPILE_FLAGS
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-# The notebooks that train for minutes: the image tokenizer's (the README's main job) and
-# the unified model's run in CI's slow step; the codec, generation and video ones (minutes
-# each, their trainers are CI's in tests/train) are run by hand (-m manual); the others
-# run in the default run.
-LONG = {"image_tokenizer.ipynb": pytest.mark.slow, "multimodal.ipynb": pytest.mark.slow,
+# The notebooks that train for minutes: the image tokenizer's (the README's main job) runs
+# in CI's slow step; the codec, generation, video and unified-model ones (minutes each,
+# their trainers are CI's in tests/train) are run by hand (-m manual); the others run in
+# the default run.
+LONG = {"image_tokenizer.ipynb": pytest.mark.slow, "multimodal.ipynb": pytest.mark.manual,
         "audio_codec.ipynb": pytest.mark.manual,
         "generation.ipynb": pytest.mark.manual, "video_tokenizer.ipynb": pytest.mark.manual}
 NOTEBOOKS = [pytest.param(p, marks=LONG[p.name]) if p.name in LONG else p

@@ -20,10 +20,11 @@ def _config(paradigm, chain, **model):
   return c
 
 
-# maskgit's gFID wiring compiles a whole Inception network: CI's slow step (the masked
-# generator trains in the default run on TiTok's tokens and as MaskBit)
-@pytest.mark.parametrize("paradigm", ["raster", pytest.param("maskgit", marks=pytest.mark.slow),
-                                      "var"])
+# CI's slow step: maskgit's gFID wiring compiles a whole Inception network (the masked
+# generator trains in the default run on TiTok's tokens and as MaskBit); raster's digits
+# metrics (~75 s; the raster generator trains and resumes in the default run below)
+@pytest.mark.parametrize("paradigm", [pytest.param("raster", marks=pytest.mark.slow),
+                                      pytest.param("maskgit", marks=pytest.mark.slow), "var"])
 def test_each_paradigm_trains_and_samples_images(paradigm, chain, tmp_path):
   c = _config(paradigm, chain)
   if paradigm == "maskgit":  # gFID / IS wiring, on a random Inception network
@@ -179,9 +180,10 @@ def _near_uniform(loss: float, sizes) -> bool:
   return uniform - 1.0 < loss < uniform + 1.2 * len(sizes)
 
 
-# factorized shares the LFQ chain with bitwise and the depth head with rq: CI's slow step
-@pytest.mark.parametrize("head", ["bitwise", "rq", pytest.param("factorized",
-                                                              marks=pytest.mark.slow)])
+# CI's slow step: factorized shares the LFQ chain with bitwise and the depth head with rq;
+# rq's depth head also trains in the default run on speech tokens (test_rq_transformer_...)
+@pytest.mark.parametrize("head", ["bitwise", pytest.param("rq", marks=pytest.mark.slow),
+                                  pytest.param("factorized", marks=pytest.mark.slow)])
 def test_every_head_trains_and_samples_its_tokenizers_tokens(head, chain, tmp_path):
   kind, sizes = HEAD_CHAINS[head]
   c = generator_quickstart.get_config(f"raster,{head},runlocal")

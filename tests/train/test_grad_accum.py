@@ -61,6 +61,7 @@ def test_accumulated_gradients_equal_the_full_batch_gradients():
     accumulated_value_and_grad(loss_fn, model, {"x": x, "y": y}, 5)
 
 
+@pytest.mark.slow  # ~45 s of compile: CI's slow step (the image tokenizer's runs by default)
 def test_codec_micro_batches_give_the_large_batch_step():
   """The codec's step and its discriminators' at 1 and 4 micro-batches from the same
   state: with terms that are means over examples (mel, waveform L1, a learned codebook's
