@@ -113,8 +113,9 @@ def generator_config(paradigm: str) -> ml_collections.ConfigDict:
       remat="none",  # "block" / "full": recompute each block's activations in backward
       # the output head: "softmax" (one index per position), "bitwise" (an LFQ / BSQ
       # index as its bits: Infinity for raster, MaskBit for maskgit), "depth" (a small
-      # transformer over each position's sub-codes: a residual / grouped tokenizer's levels (RQ-Transformer), or one index
-      # split into sub-tokens of sub_token_bits bits, the rest last (Open-MAGVIT2: (6,)))
+      # transformer over each position's sub-codes: a residual / grouped tokenizer's
+      # levels (RQ-Transformer), or one index split into sub-tokens of sub_token_bits
+      # bits, the rest last (Open-MAGVIT2: (6,)))
       head="softmax", depth_layers=2, sub_token_bits=(),
       bit_groups=2))  # maskgit + "bitwise" (MaskBit): a token's bits in this many groups
   if paradigm == "var":  # VAR's block: AdaLN, LayerNorm, GELU MLP, l2 QK-norm, q/v biases
