@@ -24,11 +24,11 @@ from vqlab.data.pipeline import iterate
 from vqlab.train import evaluators, export_tokens, runs, tokenizer, tokenizer_eval, utilisation
 from vqlab.train.common import read_jsonl, to_unit
 
-# VQGAN's ImageNet config's runlocal run is CI's slow step (the default-suite budget),
-# UCF's and TiTok's ImageNet ones by hand (-m manual);
-# the quickstarts cover the same models and trainer in the default run, TiTok's the digits
-# chain's TiTok (titok_quickstart:digits,runlocal) and the ordered-prefix test
-# the default run trains the quickstart's; the paper configs are CI's slow step
+# The default run trains the VQGAN quickstart's runlocal; the VQGAN and ViT-VQGAN ImageNet
+# configs' and the TiTok quickstart's are CI's slow step (the default-suite budget; the
+# ViT-VQGAN model's own tests run by default, TiTok trains by default as the digits chain's
+# titok_quickstart:digits,runlocal and in the ordered-prefix test), UCF's and TiTok's
+# ImageNet ones by hand (-m manual)
 CONFIGS = ("vqgan_quickstart", pytest.param("vqgan_imagenet_f16", marks=pytest.mark.slow),
            pytest.param("video_ucf101", marks=pytest.mark.manual),  # video quickstart: CI
            pytest.param("vit_vqgan_imagenet", marks=pytest.mark.slow),
